@@ -1,0 +1,104 @@
+"""Score-based pruning: keep the K highest-scoring tokens, in temporal order."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ltbm.inputs import budgets, check_tokens, valid_mask
+from ltbm.methods.selection import selection_plan, top_scoring
+from ltbm.plan import Plan
+
+SCORERS = ("attention", "norm")
+QUERY_BLOCK = 1024
+
+
+@torch.no_grad()
+def attention_received(
+    queries: torch.Tensor, keys: torch.Tensor, frame_lengths: torch.Tensor
+) -> torch.Tensor:
+    """Mean attention each key frame receives: softmax(QKᵀ/√d) over valid keys, averaged over
+    heads and valid queries. ``queries``/``keys`` are ``[B, H, F, d]`` from the encoder's last
+    layer; computed in query blocks so the F×F matrix is never held whole."""
+    if queries.shape != keys.shape or queries.dim() != 4:
+        raise ValueError(
+            "attention scoring needs queries and keys of the same shape [B, heads, frames, "
+            f"head_dim], got {list(queries.shape)} and {list(keys.shape)}"
+        )
+    batch, heads, frames, head_dim = keys.shape
+    key_valid = valid_mask(frame_lengths, frames)
+    received = torch.zeros(batch, frames, dtype=torch.float32, device=keys.device)
+    scale = 1.0 / math.sqrt(head_dim)
+    for start in range(0, frames, QUERY_BLOCK):
+        q = queries[:, :, start : start + QUERY_BLOCK].float()
+        logits = torch.matmul(q, keys.float().transpose(-1, -2)) * scale
+        logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        query_valid = key_valid[:, start : start + QUERY_BLOCK]
+        probs = probs * query_valid[:, None, :, None]
+        received += probs.sum(dim=(1, 2))
+    return received / (heads * frame_lengths.clamp(min=1)[:, None])
+
+
+def pool_frames_to_tokens(frame_scores: torch.Tensor, width: int) -> torch.Tensor:
+    """Average frame scores over the encoder's own pooling (e.g. 1500 frames → 750 tokens)."""
+    frames = frame_scores.shape[1]
+    if frames == width:
+        return frame_scores
+    if frames % width:
+        raise ValueError(
+            f"attention covers {frames} frames but there are {width} tokens; frames must be "
+            "a whole multiple of tokens (the encoder's pooling factor)"
+        )
+    return frame_scores.reshape(frame_scores.shape[0], width, frames // width).mean(-1)
+
+
+@torch.no_grad()
+def prune_plan(
+    tokens: torch.Tensor,
+    lengths: torch.Tensor | None,
+    keep_ratio: float,
+    scorer: str = "norm",
+    queries: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+) -> Plan:
+    """Keep the K highest-scoring tokens. ``scorer="norm"`` scores by feature L2 norm;
+    ``scorer="attention"`` by attention received in the encoder's last layer, from the
+    ``queries``/``keys`` that layer computed (a backbone adapter captures them). ``scores``
+    ``[B, N]`` overrides both with the caller's own."""
+    lengths = check_tokens(tokens, lengths)
+    kept = budgets(lengths, keep_ratio)
+    width = tokens.shape[1]
+    if scores is None:
+        scores = token_scores(tokens, lengths, scorer, queries, keys)
+    elif scores.shape != tokens.shape[:2]:
+        raise ValueError(
+            f"scores must be [B, N] = {list(tokens.shape[:2])}, got {list(scores.shape)}"
+        )
+    chosen = top_scoring(scores, valid_mask(lengths, width), kept)
+    return selection_plan(chosen, kept, width)
+
+
+def token_scores(
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    scorer: str,
+    queries: torch.Tensor | None,
+    keys: torch.Tensor | None,
+) -> torch.Tensor:
+    """Importance score of every token under the named scorer."""
+    if scorer == "norm":
+        return tokens.float().norm(dim=-1)
+    if scorer == "attention":
+        if queries is None or keys is None:
+            raise ValueError(
+                "scorer='attention' needs the encoder's last-layer queries and keys "
+                "(prune_plan(..., queries=q, keys=k)); a backbone adapter supplies them. "
+                "Use scorer='norm' when attention is not reachable"
+            )
+        factor = keys.shape[2] // max(tokens.shape[1], 1)
+        frame_scores = attention_received(queries, keys, lengths * max(factor, 1))
+        return pool_frames_to_tokens(frame_scores, tokens.shape[1])
+    raise ValueError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")

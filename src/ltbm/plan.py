@@ -1,0 +1,174 @@
+"""The Plan: which source token feeds which output slot, computed once, applied to anything.
+
+Every method (merging, pooling, pruning, sampling) produces the same object, so there is one
+way to turn a plan into compressed features, sizes, spans or an un-merged sequence. A plan
+is cheap to apply many times: to the encoder tokens, to attention scores, to positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+NOT_KEPT = -1
+"""Slot index of a source that feeds no output slot (pruned, or padding)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A source→slot assignment for a batch of clips.
+
+    Attributes:
+        slot_index: ``[B, N]`` long; the output slot each source feeds, or ``NOT_KEPT``.
+        weights: ``[B, N]`` float32; each source's weight inside its slot (0 where not kept).
+        kept: ``[B]`` long; K, the number of output slots of each clip.
+        history: optional per-round record of merges for inspection and tests: a list of
+            ``[E, 3]`` long tensors ``(clip, a_position, b_position)`` in the positions of the
+            sequence as it was at the start of that round.
+    """
+
+    slot_index: torch.Tensor
+    weights: torch.Tensor
+    kept: torch.Tensor
+    history: list[torch.Tensor] = field(default_factory=list, compare=False, repr=False)
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def batch_size(self) -> int:
+        return self.slot_index.shape[0]
+
+    @property
+    def num_sources(self) -> int:
+        return self.slot_index.shape[1]
+
+    @property
+    def num_slots(self) -> int:
+        """Width of the padded output: the largest K in the batch."""
+        return int(self.kept.max()) if self.kept.numel() else 0
+
+    @property
+    def slot_mask(self) -> torch.Tensor:
+        """``[B, K_max]`` bool; True on real output slots, False on padding."""
+        slots = torch.arange(self.num_slots, device=self.kept.device)
+        return slots[None, :] < self.kept[:, None]
+
+    # ------------------------------------------------------------- statistics
+    def _flat_index(self) -> tuple[torch.Tensor, int]:
+        """Flattened destination row per source; not-kept sources go to a dump row."""
+        width = self.num_slots
+        dump = self.batch_size * width
+        rows = torch.arange(self.batch_size, device=self.slot_index.device)[:, None] * width
+        flat = torch.where(self.slot_index >= 0, rows + self.slot_index, dump)
+        return flat.reshape(-1), dump
+
+    def _reduce(self, values: torch.Tensor, reduce: str, fill: float) -> torch.Tensor:
+        """Reduce a per-source ``[B, N]`` tensor into ``[B, K_max]`` per slot."""
+        flat, dump = self._flat_index()
+        out = torch.full((dump + 1,), fill, dtype=values.dtype, device=values.device)
+        out = out.scatter_reduce(0, flat, values.reshape(-1), reduce=reduce, include_self=True)
+        return out[:dump].reshape(self.batch_size, self.num_slots)
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        """``[B, K_max]`` long; how many source tokens each slot holds (0 on padding)."""
+        kept = (self.slot_index >= 0).long()
+        return self._reduce(kept, "sum", 0)
+
+    @property
+    def spans(self) -> torch.Tensor:
+        """``[B, K_max, 2]`` long; first and last source frame of each slot (-1 on padding)."""
+        positions = torch.arange(self.num_sources, device=self.slot_index.device)
+        positions = positions.expand_as(self.slot_index)
+        first = self._reduce(positions, "amin", self.num_sources)
+        last = self._reduce(positions, "amax", -1)
+        first = torch.where(self.slot_mask, first, -1)
+        return torch.stack([first, last], dim=-1)
+
+    @property
+    def centroids(self) -> torch.Tensor:
+        """``[B, K_max]`` float64; mean source frame of each slot: its place in time."""
+        positions = torch.arange(self.num_sources, device=self.slot_index.device)
+        positions = positions.expand_as(self.slot_index).double()
+        kept = (self.slot_index >= 0).double()
+        total = self._reduce(positions * kept, "sum", 0.0)
+        return total / self.sizes.clamp(min=1).double()
+
+    @property
+    def is_selection(self) -> bool:
+        """True when every slot holds exactly one source with weight one (pruning, sampling,
+        or no compression): then ``apply`` is an exact gather."""
+        kept = self.slot_index >= 0
+        if not bool((self.weights[kept] == 1).all()):
+            return False
+        return bool((self.sizes[self.slot_mask] == 1).all())
+
+    def selected_sources(self) -> torch.Tensor:
+        """``[B, K_max]`` long; for a selection plan, the source index of each slot (0 on
+        padding slots, which ``apply`` zeroes)."""
+        positions = torch.arange(self.num_sources, device=self.slot_index.device)
+        positions = positions.expand_as(self.slot_index)
+        return self._reduce(positions, "amax", 0)
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Compress ``x`` ``[B, N, ...]`` to ``[B, K_max, ...]``: the weighted mean of each
+        slot's sources, accumulated in float32 and returned in ``x``'s dtype. Padding slots
+        are zero. A selection plan gathers, so keep_ratio = 1 is the identity bit for bit."""
+        if x.shape[:2] != self.slot_index.shape:
+            raise ValueError(
+                f"plan was made for [B, N] = {list(self.slot_index.shape)} but x has shape "
+                f"{list(x.shape)}; apply a plan to tensors of the clips it was computed on"
+            )
+        feature_shape = x.shape[2:]
+        if self.is_selection:
+            index = self.selected_sources().to(x.device)
+            index = index.reshape(*index.shape, *([1] * len(feature_shape)))
+            out = torch.gather(x, 1, index.expand(-1, -1, *feature_shape))
+            mask = self.slot_mask.reshape(*index.shape[:2], *([1] * len(feature_shape)))
+            return torch.where(mask.to(x.device), out, torch.zeros((), dtype=x.dtype))
+        flat, dump = self._flat_index()
+        flat_x = x.reshape(-1, *feature_shape)
+        kept = (self.slot_index >= 0).reshape(-1)
+        weights = self.weights.reshape(-1).to(x.device)
+        weighted = torch.where(
+            kept.reshape(-1, *([1] * len(feature_shape))).to(x.device),
+            flat_x.float() * weights.reshape(-1, *([1] * len(feature_shape))),
+            0.0,
+        )
+        total = torch.zeros((dump + 1, *feature_shape), dtype=torch.float32, device=x.device)
+        total.index_add_(0, flat.to(x.device), weighted)
+        weight_sum = torch.zeros(dump + 1, dtype=torch.float32, device=x.device)
+        weight_sum.index_add_(0, flat.to(x.device), weights)
+        weight_sum = weight_sum.clamp(min=torch.finfo(torch.float32).tiny)
+        mean = total / weight_sum.reshape(-1, *([1] * len(feature_shape)))
+        return mean[:dump].reshape(self.batch_size, self.num_slots, *feature_shape).to(x.dtype)
+
+    def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+        """Broadcast slots ``[B, K_max, ...]`` back to sources ``[B, N, ...]``; sources that
+        feed no slot get zeros. Useful to draw what each frame became, or to undo merging."""
+        if y.shape[:2] != (self.batch_size, self.num_slots):
+            raise ValueError(
+                f"unmerge expects [B, K_max] = {[self.batch_size, self.num_slots]} leading "
+                f"dims, got {list(y.shape)}"
+            )
+        feature_shape = y.shape[2:]
+        index = self.slot_index.clamp(min=0).to(y.device)
+        index = index.reshape(*index.shape, *([1] * len(feature_shape)))
+        out = torch.gather(y, 1, index.expand(-1, -1, *feature_shape))
+        kept = (self.slot_index >= 0).reshape(*self.slot_index.shape, *([1] * len(feature_shape)))
+        return torch.where(kept.to(y.device), out, torch.zeros((), dtype=y.dtype))
+
+    def to(self, device: torch.device | str) -> Plan:
+        return Plan(
+            self.slot_index.to(device),
+            self.weights.to(device),
+            self.kept.to(device),
+            [h.to(device) for h in self.history],
+        )
+
+
+def plan_from_slots(slot_index: torch.Tensor, kept: torch.Tensor, history=None) -> Plan:
+    """A plan in which every kept source has weight one (merging, pooling, selection)."""
+    weights = (slot_index >= 0).float()
+    return Plan(slot_index, weights, kept, list(history or []))
