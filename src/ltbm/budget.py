@@ -22,7 +22,8 @@ def check_keep_ratio(keep_ratio: float) -> float:
         raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}") from None
     if not (0.0 < ratio <= 1.0) or math.isnan(ratio):
         raise ValueError(
-            f"keep_ratio must be in (0, 1] (the fraction of audio tokens kept), got {keep_ratio!r}; "
+            f"keep_ratio must be in (0, 1] (the fraction of audio tokens kept), "
+            f"got {keep_ratio!r}; "
             "use 1 for no compression and e.g. 0.25 to keep a quarter"
         )
     return ratio

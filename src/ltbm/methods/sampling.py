@@ -32,7 +32,7 @@ def random_plan(
     kept = budgets(lengths, keep_ratio)
     width = int(kept.max()) if kept.numel() else 0
     chosen = torch.zeros((len(lengths), width), dtype=torch.long)
-    for clip, (length, k) in enumerate(zip(lengths.tolist(), kept.tolist())):
+    for clip, (length, k) in enumerate(zip(lengths.tolist(), kept.tolist(), strict=True)):
         generator = torch.Generator().manual_seed(int(seed))
         chosen[clip, :k] = torch.randperm(length, generator=generator)[:k].sort().values
     return selection_plan(chosen.to(tokens.device), kept, tokens.shape[1])
