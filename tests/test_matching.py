@@ -1,0 +1,134 @@
+"""LTBM versus Global Merge: same kernel, only the window differs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ltbm
+from ltbm.methods import matching
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    width=st.integers(2, 60),
+    extra_window=st.integers(0, 5),
+    keep_ratio=st.sampled_from([0.1, 0.25, 0.5, 0.8]),
+    seed=st.integers(0, 10_000),
+)
+def test_window_covering_the_sequence_is_global(width, extra_window, keep_ratio, seed):
+    tokens = torch.randn(2, width, 8, generator=torch.Generator().manual_seed(seed))
+    lengths = torch.tensor([width, max(1, width // 2)])
+    local = ltbm.compress(tokens, lengths, "ltbm", keep_ratio, window=width + extra_window)
+    global_ = ltbm.compress(tokens, lengths, "global", keep_ratio)
+    assert torch.equal(local.plan.slot_index, global_.plan.slot_index)
+    assert torch.equal(local.tokens, global_.tokens)
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(2, 50), window=st.integers(1, 8), seed=st.integers(0, 10_000))
+def test_banded_scores_agree_with_dense_scores(width, window, seed):
+    """The band computes the same best partners as the dense matrix restricted to the band."""
+    generator = torch.Generator().manual_seed(seed)
+    metric = torch.nn.functional.normalize(torch.randn(1, width, 6, generator=generator), dim=-1)
+    a, b = metric[:, 0::2], metric[:, 1::2]
+    num_a = torch.tensor([a.shape[1]])
+    num_b = torch.tensor([b.shape[1]])
+    score, partner = matching.banded_best_partners(a, b, num_a, num_b, window)
+    dense = a[0] @ b[0].T
+    a_pos = 2 * torch.arange(a.shape[1])[:, None]
+    b_pos = 2 * torch.arange(b.shape[1])[None, :] + 1
+    dense = dense.masked_fill((a_pos - b_pos).abs() > window, float("-inf"))
+    if b.shape[1]:
+        expected_score, _ = dense.max(-1)
+        assert torch.allclose(score[0], expected_score, atol=1e-6)
+        chosen = dense.gather(1, partner[0][:, None])[:, 0]
+        assert torch.allclose(chosen, expected_score, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(3, 80),
+    window=st.integers(1, 6),
+    keep_ratio=st.sampled_from([0.05, 0.2, 0.4, 0.7]),
+    seed=st.integers(0, 10_000),
+)
+def test_ltbm_merges_only_within_the_window_in_every_round(width, window, keep_ratio, seed):
+    tokens = torch.randn(1, width, 6, generator=torch.Generator().manual_seed(seed))
+    plan = ltbm.compress(tokens, None, "ltbm", keep_ratio, window=window).plan
+    for edges in plan.history:
+        distance = (edges[:, 1] - edges[:, 2]).abs()
+        assert bool((distance <= window).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(4, 80), window=st.integers(1, 6), seed=st.integers(0, 10_000))
+def test_one_round_slots_gather_around_a_destination(width, window, seed):
+    """With K ≥ N/2 a single round suffices: every slot is a B frame plus A frames that lie
+    at most ``window`` from it."""
+    tokens = torch.randn(1, width, 6, generator=torch.Generator().manual_seed(seed))
+    plan = ltbm.compress(tokens, None, "ltbm", 0.55, window=window).plan
+    assert len(plan.history) <= 1
+    for slot in range(int(plan.kept[0])):
+        frames = torch.nonzero(plan.slot_index[0] == slot)[:, 0]
+        if len(frames) == 1:
+            continue
+        destinations = frames[frames % 2 == 1]
+        assert len(destinations) == 1, "a merged slot has exactly one B frame"
+        assert bool(((frames - destinations[0]).abs() <= window).all())
+
+
+def repeated_segments(segment: int = 5, dim: int = 16, seed: int = 0) -> torch.Tensor:
+    """Segments X Y Z X: the last segment is an exact copy of the first, an odd distance
+    away, so every even frame of the first X has a perfect match in the other X's B set."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, dim, generator=generator) * 3
+    parts = [centres[i] + 0.6 * torch.randn(segment, dim, generator=generator) for i in range(3)]
+    parts.append(parts[0].clone())
+    return torch.cat(parts)[None]
+
+
+def segment_of(frame: torch.Tensor, segment: int = 5) -> torch.Tensor:
+    return torch.div(frame, segment, rounding_mode="floor")
+
+
+def test_locality_is_visible_on_repeated_segments():
+    tokens = repeated_segments()
+    local = ltbm.compress(tokens, None, "ltbm", 0.5, window=2).plan
+    global_ = ltbm.compress(tokens, None, "global", 0.5).plan
+    local_spans = segment_of(local.spans[0])
+    global_spans = segment_of(global_.spans[0])
+    # LTBM never joins frames that lie segments apart ...
+    assert bool(((local_spans[:, 1] - local_spans[:, 0]) <= 1).all())
+    # ... while Global Merge joins the first X with its copy three segments later.
+    assert bool(((global_spans[:, 1] - global_spans[:, 0]) == 3).any())
+
+
+def test_merged_token_is_mean_of_its_frames():
+    tokens = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]])
+    result = ltbm.compress(tokens, None, "ltbm", 0.5, window=1)
+    assert result.plan.spans[0].tolist() == [[0, 1], [2, 3]]
+    assert torch.allclose(result.tokens[0], torch.tensor([[1.0, 0.05], [0.05, 1.0]]))
+
+
+def test_band_never_builds_the_square_matrix(monkeypatch):
+    """LTBM with a window must not call the dense scorer, whatever the length."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dense scores computed for a windowed merge")
+
+    monkeypatch.setattr(matching, "dense_best_partners", forbidden)
+    tokens = torch.randn(2, 3000, 4)
+    result = ltbm.compress(tokens, torch.tensor([3000, 2001]), "ltbm", 0.25, window=3)
+    assert result.lengths.tolist() == [750, 501]
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 4, 7])
+def test_band_offsets_match_the_window(window):
+    for offset in matching.band_offsets(window):
+        assert abs(2 * offset + 1) <= window
+    outside = [min(matching.band_offsets(window)) - 1, max(matching.band_offsets(window)) + 1]
+    for offset in outside:
+        assert abs(2 * offset + 1) > window

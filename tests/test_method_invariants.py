@@ -1,0 +1,158 @@
+"""The invariants of DESIGN §2, checked for every registered method over random batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ltbm
+from ltbm.methods.registry import METHODS
+
+MERGING = {"ltbm", "global", "pool"}
+SELECTING = {"prune", "uniform", "random"}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make_method(name: str, keep_ratio: float, window: int = 2) -> ltbm.Method:
+    params = {"ltbm": {"window": window}, "prune": {"scorer": "norm"}}.get(name, {})
+    return ltbm.get_method(name, keep_ratio=keep_ratio, **params)
+
+
+@st.composite
+def batches(draw):
+    """A batch of clips of different valid lengths, padded with junk."""
+    batch = draw(st.integers(1, 4))
+    width = draw(st.integers(1, 40))
+    dim = draw(st.integers(1, 12))
+    lengths = draw(st.lists(st.integers(0, width), min_size=batch, max_size=batch))
+    seed = draw(st.integers(0, 2**31 - 1))
+    dtype = draw(st.sampled_from(DTYPES))
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, width, dim, generator=generator).to(dtype)
+    # Repeated tokens create exact ties, which the methods must break deterministically.
+    if draw(st.booleans()) and width > 3:
+        tokens[:, 1::3] = tokens[:, 0:1]
+    return tokens, torch.tensor(lengths)
+
+
+ratios = st.sampled_from([0.01, 0.1, 0.15, 0.25, 0.33, 0.5, 0.75, 0.9, 1.0])
+
+
+def size_weighted_reference(tokens, lengths, plan) -> torch.Tensor:
+    """apply() computed the slow way: for each slot, the mean of its sources in float64."""
+    out = torch.zeros(plan.batch_size, plan.num_slots, tokens.shape[-1], dtype=torch.float64)
+    for clip in range(plan.batch_size):
+        for slot in range(int(plan.kept[clip])):
+            sources = torch.nonzero(plan.slot_index[clip] == slot)[:, 0]
+            weights = plan.weights[clip, sources].double()
+            values = tokens[clip, sources].double()
+            out[clip, slot] = (values * weights[:, None]).sum(0) / weights.sum()
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@settings(max_examples=60, deadline=None)
+@given(data=batches(), keep_ratio=ratios, window=st.integers(1, 6))
+def test_invariants(name, data, keep_ratio, window):
+    tokens, lengths = data
+    result = make_method(name, keep_ratio, window)(tokens, lengths)
+    plan = result.plan
+    expected_k = [ltbm.kept_tokens(int(n), keep_ratio) for n in lengths]
+
+    # Exactly K slots per clip, in the output and in the plan.
+    assert result.lengths.tolist() == expected_k
+    assert result.tokens.shape == (len(lengths), max(expected_k), tokens.shape[-1])
+    assert result.tokens.dtype == tokens.dtype
+    sizes = plan.sizes
+    for clip, k in enumerate(expected_k):
+        assert bool((sizes[clip, :k] >= 1).all()), "every real slot holds a source"
+        assert bool((sizes[clip, k:] == 0).all()), "padding slots hold nothing"
+
+    # Sizes sum to the valid length (merging, pooling) or to K (selection).
+    total = sizes.sum(1).tolist()
+    assert total == (lengths.tolist() if name in MERGING else expected_k)
+
+    # Padding sources are never used; output past K is zero.
+    width = tokens.shape[1]
+    padding = torch.arange(width)[None, :] >= lengths[:, None]
+    assert bool((plan.slot_index[padding] == -1).all())
+    assert bool((result.tokens[~plan.slot_mask] == 0).all())
+
+    # apply() is the size-weighted mean of each slot's sources.
+    reference = size_weighted_reference(tokens, lengths, plan)
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[tokens.dtype]
+    scale = (reference.abs().max().item() if reference.numel() else 0.0) + 1.0
+    assert torch.allclose(result.tokens.double(), reference, atol=tolerance * scale, rtol=0)
+
+    # Slots keep temporal order (by mean source frame), and selections by source frame.
+    centroids = plan.centroids
+    for clip, k in enumerate(expected_k):
+        order = centroids[clip, :k]
+        assert bool((order[1:] >= order[:-1]).all())
+
+    # Deterministic: the same input gives the same plan.
+    again = make_method(name, keep_ratio, window)(tokens, lengths).plan
+    assert torch.equal(again.slot_index, plan.slot_index)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_keep_ratio_one_is_identity_bit_for_bit(name, dtype):
+    tokens = torch.randn(3, 17, 8).to(dtype)
+    tokens[0, 3] = -0.0  # the sign of zero survives too
+    lengths = torch.tensor([17, 9, 1])
+    result = make_method(name, 1.0)(tokens, lengths)
+    assert result.lengths.tolist() == [17, 9, 1]
+    valid = torch.arange(17)[None, :] < lengths[:, None]
+    assert torch.equal(
+        result.tokens[valid].view(torch.int16 if dtype != torch.float32 else torch.int32),
+        tokens[valid].view(torch.int16 if dtype != torch.float32 else torch.int32),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_padding_content_is_ignored(name):
+    """Changing what lies past a clip's length, even to NaN, changes nothing."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 30, 6, generator=generator)
+    lengths = torch.tensor([30, 18])
+    first = make_method(name, 0.3)(tokens, lengths)
+    tokens[1, 18:] = float("nan")
+    second = make_method(name, 0.3)(tokens, lengths)
+    assert torch.equal(first.plan.slot_index, second.plan.slot_index)
+    assert torch.equal(first.tokens, second.tokens)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_clip_result_does_not_depend_on_batch(name):
+    """A clip compressed alone or beside others (with padding) gives the same tokens."""
+    generator = torch.Generator().manual_seed(1)
+    long_clip = torch.randn(1, 40, 5, generator=generator)
+    short_clip = torch.randn(1, 23, 5, generator=generator)
+    batch = torch.cat([long_clip, torch.cat([short_clip, torch.zeros(1, 17, 5)], 1)])
+    together = make_method(name, 0.25)(batch, torch.tensor([40, 23]))
+    alone = make_method(name, 0.25)(short_clip)
+    k = int(alone.lengths[0])
+    assert torch.allclose(together.tokens[1, :k], alone.tokens[0], atol=1e-6)
+
+
+def test_unmerge_broadcasts_slots_back_to_sources():
+    tokens = torch.randn(2, 20, 4)
+    lengths = torch.tensor([20, 11])
+    result = ltbm.compress(tokens, lengths, "ltbm", 0.3, window=2)
+    back = result.plan.unmerge(result.tokens)
+    assert back.shape == tokens.shape
+    for clip in range(2):
+        for source in range(20):
+            slot = int(result.plan.slot_index[clip, source])
+            expected = result.tokens[clip, slot] if slot >= 0 else torch.zeros(4)
+            assert torch.equal(back[clip, source], expected)
+
+
+def test_spans_cover_each_slot_sources():
+    tokens = torch.randn(1, 50, 4)
+    plan = ltbm.compress(tokens, None, "pool", 0.1).plan
+    assert plan.spans[0].tolist() == [[0, 9], [10, 19], [20, 29], [30, 39], [40, 49]]
+    assert plan.sizes[0].tolist() == [10] * 5
