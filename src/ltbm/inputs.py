@@ -42,14 +42,27 @@ def check_tokens(tokens: torch.Tensor, lengths: torch.Tensor | None) -> torch.Te
                 f"lengths must lie in [0, {width}] (the tokens tensor has {width} positions), "
                 f"got {lengths.tolist()}"
             )
-    valid = valid_mask(lengths, width)
-    if not bool(torch.isfinite(tokens[valid]).all()):
-        bad = sorted({int(b) for b in torch.nonzero(~torch.isfinite(tokens).all(-1) & valid)[:, 0]})
+    bad = non_finite_clips(tokens, lengths)
+    if bad:
         raise ValueError(
             f"tokens hold NaN or Inf in the valid positions of clips {bad}; check the encoder "
             "output (float16 overflow is a common cause: run the encoder in bfloat16 or float32)"
         )
     return lengths
+
+
+def non_finite_clips(tokens: torch.Tensor, lengths: torch.Tensor) -> list[int]:
+    """Clips whose valid tokens hold NaN or ±Inf. The extremes of a slice are NaN or infinite
+    exactly when some element is, and computing them reads the data once without a copy."""
+    bad = []
+    for clip, length in enumerate(lengths.tolist()):
+        if length == 0:
+            continue
+        valid = tokens[clip, :length]
+        extremes = torch.stack([valid.amax(), valid.amin()])
+        if not bool(torch.isfinite(extremes).all()):
+            bad.append(clip)
+    return bad
 
 
 def valid_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:

@@ -128,18 +128,17 @@ class Plan:
             mask = self.slot_mask.reshape(*index.shape[:2], *([1] * len(feature_shape)))
             return torch.where(mask.to(x.device), out, torch.zeros((), dtype=x.dtype))
         flat, dump = self._flat_index()
-        flat_x = x.reshape(-1, *feature_shape)
-        kept = (self.slot_index >= 0).reshape(-1)
+        flat = flat.to(x.device)
         weights = self.weights.reshape(-1).to(x.device)
-        weighted = torch.where(
-            kept.reshape(-1, *([1] * len(feature_shape))).to(x.device),
-            flat_x.float() * weights.reshape(-1, *([1] * len(feature_shape))),
-            0.0,
-        )
+        broadcast = weights.reshape(-1, *([1] * len(feature_shape)))
+        values = x.reshape(-1, *feature_shape).float()
+        # Not-kept sources (padding may hold anything, even NaN) land in the dump row only.
+        if not bool((weights[self.slot_index.reshape(-1) >= 0] == 1).all()):
+            values = values * broadcast
         total = torch.zeros((dump + 1, *feature_shape), dtype=torch.float32, device=x.device)
-        total.index_add_(0, flat.to(x.device), weighted)
+        total.index_add_(0, flat, values)
         weight_sum = torch.zeros(dump + 1, dtype=torch.float32, device=x.device)
-        weight_sum.index_add_(0, flat.to(x.device), weights)
+        weight_sum.index_add_(0, flat, weights)
         weight_sum = weight_sum.clamp(min=torch.finfo(torch.float32).tiny)
         mean = total / weight_sum.reshape(-1, *([1] * len(feature_shape)))
         return mean[:dump].reshape(self.batch_size, self.num_slots, *feature_shape).to(x.dtype)

@@ -15,7 +15,6 @@ matrix computed in row blocks, so memory stays bounded while time is quadratic.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ltbm.inputs import budgets, check_tokens, check_window, valid_mask
 from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
@@ -34,13 +33,20 @@ def band_offsets(window: int) -> range:
 
 
 def banded_best_partners(
-    a: torch.Tensor, b: torch.Tensor, num_a: torch.Tensor, num_b: torch.Tensor, window: int
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_norm: torch.Tensor,
+    b_norm: torch.Tensor,
+    num_a: torch.Tensor,
+    num_b: torch.Tensor,
+    window: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best B partner of every A token within the band, without forming the A×B matrix.
 
-    ``a [B, na, D]`` and ``b [B, nb, D]`` are unit vectors; ``num_a``/``num_b`` count the
-    valid rows per clip. Returns the best score (``-inf`` where there is no valid partner)
-    and the B index. Ties go to the earliest B token.
+    ``a [B, na, D]`` and ``b [B, nb, D]`` are features with their norms ``[B, na]``,
+    ``[B, nb]``; ``num_a``/``num_b`` count the valid rows per clip. Scores are cosine
+    similarities. Returns the best score (``-inf`` where there is no valid partner) and the
+    B index. Ties go to the earliest B token.
     """
     batch, na, _ = a.shape
     nb = b.shape[1]
@@ -48,41 +54,68 @@ def banded_best_partners(
     scores, partners = [], []
     for offset in band_offsets(window):
         b_index = a_index + offset
-        inside = (b_index >= 0) & (b_index < nb)
         lo, hi = max(0, -offset), min(na, nb - offset)
         score = torch.full((batch, na), float("-inf"), device=a.device)
         if hi > lo:
-            score[:, lo:hi] = torch.linalg.vecdot(a[:, lo:hi], b[:, lo + offset : hi + offset])
-        valid = inside[None, :] & (b_index[None, :] < num_b[:, None])
+            dots = _row_dots(a[:, lo:hi], b[:, lo + offset : hi + offset])
+            score[:, lo:hi] = dots / (a_norm[:, lo:hi] * b_norm[:, lo + offset : hi + offset])
+        valid = (b_index[None, :] >= 0) & (b_index[None, :] < num_b[:, None])
         scores.append(score.masked_fill(~valid, float("-inf")))
         partners.append(b_index.clamp(0, max(nb - 1, 0)).expand(batch, na))
-    scores_t = torch.stack(scores, dim=-1)
-    best = scores_t.argmax(dim=-1, keepdim=True)
-    best_score = scores_t.gather(-1, best).squeeze(-1)
+    stacked = torch.stack(scores, dim=-1)
+    best = stacked.argmax(dim=-1, keepdim=True)
+    best_score = stacked.gather(-1, best).squeeze(-1)
     best_b = torch.stack(partners, dim=-1).gather(-1, best).squeeze(-1)
     a_valid = a_index[None, :] < num_a[:, None]
     return best_score.masked_fill(~a_valid, float("-inf")), best_b
 
 
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products ``[B, m]`` of two ``[B, m, D]`` strided views. One einsum per
+    clip: a 2-D einsum reads strided rows in place, a batched one copies them first."""
+    return torch.stack([torch.einsum("nd,nd->n", a[i], b[i]) for i in range(a.shape[0])])
+
+
 def dense_best_partners(
-    a: torch.Tensor, b: torch.Tensor, num_a: torch.Tensor, num_b: torch.Tensor
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_norm: torch.Tensor,
+    b_norm: torch.Tensor,
+    num_a: torch.Tensor,
+    num_b: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best B partner of every A token among all B tokens (Global Merge), in row blocks."""
     batch, na, _ = a.shape
     nb = b.shape[1]
+    b_columns = b.transpose(1, 2).contiguous()
     b_valid = torch.arange(nb, device=a.device)[None, None, :] < num_b[:, None, None]
     rows = max(1, DENSE_BLOCK_ELEMENTS // max(batch * nb, 1))
     best_score = torch.full((batch, na), float("-inf"), device=a.device)
     best_b = torch.zeros((batch, na), dtype=torch.long, device=a.device)
-    for start in range(0, na, rows):
-        block = torch.bmm(a[:, start : start + rows], b.transpose(1, 2))
+    for start in range(0, na if nb else 0, rows):
+        block = torch.bmm(a[:, start : start + rows], b_columns)
+        block = block / (a_norm[:, start : start + rows, None] * b_norm[:, None, :])
         block = block.masked_fill(~b_valid, float("-inf"))
-        if nb:
-            index = block.argmax(dim=-1, keepdim=True)
-            best_score[:, start : start + rows] = block.gather(-1, index).squeeze(-1)
-            best_b[:, start : start + rows] = index.squeeze(-1)
+        index = block.argmax(dim=-1, keepdim=True)
+        best_score[:, start : start + rows] = block.gather(-1, index).squeeze(-1)
+        best_b[:, start : start + rows] = index.squeeze(-1)
     a_valid = torch.arange(na, device=a.device)[None, :] < num_a[:, None]
     return best_score.masked_fill(~a_valid, float("-inf")), best_b
+
+
+def best_partners(
+    sums: torch.Tensor, length: torch.Tensor, window: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best B partner (score, B index) of every A token of the current sequences."""
+    # Dividing dot products by norms avoids writing a normalised copy of every token; the
+    # floor makes an all-zero token score 0 instead of NaN.
+    norms = torch.linalg.vector_norm(sums, dim=-1).clamp(min=1e-12)
+    a, b = sums[:, 0::2], sums[:, 1::2]
+    a_norm, b_norm = norms[:, 0::2], norms[:, 1::2]
+    num_a, num_b = (length + 1) // 2, length // 2
+    if window is None or window >= sums.shape[1]:
+        return dense_best_partners(a, b, a_norm, b_norm, num_a, num_b)
+    return banded_best_partners(a, b, a_norm, b_norm, num_a, num_b, window)
 
 
 def _merge_round(
@@ -98,18 +131,9 @@ def _merge_round(
     Returns the new (sums, sizes, frame_sums, length), the map from current positions to
     new positions ``[B, n]`` and the merged edges ``[E, 3]`` (clip, a_pos, b_pos).
     """
-    batch, width, _ = sums.shape
-    num_a = (length + 1) // 2
-    num_b = length // 2
-    merges = torch.minimum(length - kept, num_a).clamp(min=0)
-
-    metric = F.normalize(sums, dim=-1)
-    a, b = metric[:, 0::2], metric[:, 1::2]
-    if window is None or window >= width:
-        best_score, best_b = dense_best_partners(a, b, num_a, num_b)
-    else:
-        best_score, best_b = banded_best_partners(a, b, num_a, num_b, window)
-    del metric, a, b
+    batch, width, dim = sums.shape
+    merges = torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
+    best_score, best_b = best_partners(sums, length, window)
 
     # The r best edges of each clip; a stable sort breaks ties by position.
     order = torch.sort(best_score, dim=1, descending=True, stable=True).indices
@@ -128,25 +152,30 @@ def _merge_round(
     merged_sizes = torch.zeros_like(sizes).scatter_add_(1, target, sizes)
     merged_frames = torch.zeros_like(frame_sums).scatter_add_(1, target, frame_sums)
     survives = (positions < length[:, None]) & (target == positions)
-    centroid = merged_frames / merged_sizes.clamp(min=1)
-    key = torch.where(survives, centroid, torch.inf)
+    key = torch.where(survives, merged_frames / merged_sizes.clamp(min=1), torch.inf)
     order = torch.sort(key, dim=1, stable=True).indices
     new_position = torch.empty_like(order).scatter_(1, order, positions.contiguous())
     to_new = new_position.gather(1, target)
 
     new_length = length - merges
     new_width = int(new_length.max()) if batch else 0
-    real = positions < length[:, None]
-    dest = torch.where(real, to_new, new_width)  # padding goes to a dump column
-    feature_dest = dest[:, :, None].expand(-1, -1, sums.shape[-1])
-    new_sums = sums.new_zeros(batch, new_width + 1, sums.shape[-1])
-    new_sums.scatter_add_(1, feature_dest, sums)
-    new_sizes = sizes.new_zeros(batch, new_width + 1).scatter_add_(1, dest, sizes)
-    new_frames = frame_sums.new_zeros(batch, new_width + 1).scatter_add_(1, dest, frame_sums)
+    keep = order[:, :new_width]
+    # Survivors are gathered in their new order (rows past a clip's length are ignored
+    # later), then each merged A row is added onto its B row: no zero-filled copy, and
+    # only the r merged rows are scattered.
+    clip_rows = torch.arange(batch, device=sums.device)[:, None]
+    flat_sums = sums.reshape(batch * width, dim)
+    new_sums = flat_sums.index_select(0, (clip_rows * width + keep).reshape(-1))
+    merged_clip, merged_a = edges[:, 0], edges[:, 1]
+    new_sums.index_add_(
+        0,
+        merged_clip * new_width + to_new[merged_clip, merged_a],
+        flat_sums.index_select(0, merged_clip * width + merged_a),
+    )
     return (
-        new_sums[:, :new_width],
-        new_sizes[:, :new_width],
-        new_frames[:, :new_width],
+        new_sums.reshape(batch, new_width, dim),
+        merged_sizes.gather(1, keep),
+        merged_frames.gather(1, keep),
         new_length,
         to_new,
         edges,
@@ -171,7 +200,9 @@ def bipartite_merge_plan(
     batch, width, _ = tokens.shape
     valid = valid_mask(lengths, width)
 
-    sums = tokens.float().masked_fill(~valid[:, :, None], 0.0)
+    sums = tokens.float().contiguous()
+    if bool((lengths < width).any()):  # padding may hold anything: zero it once
+        sums = sums.masked_fill(~valid[:, :, None], 0.0)
     sizes = valid.long()
     frames = torch.arange(width, device=tokens.device, dtype=torch.float64)
     frame_sums = torch.where(valid, frames, 0.0)
