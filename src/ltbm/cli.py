@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +31,184 @@ def methods() -> None:
         params = ", ".join(["keep_ratio", *method_parameters(name)])
         table.add_row(name, params, (cls.__doc__ or "").strip().splitlines()[0])
     console.print(table)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+BackboneOption = typer.Option("whisper-ct2", help="whisper-ct2, hf, qwen2-audio, audioflamingo3")
+ModelOption = typer.Option(None, help="checkpoint id or local folder of the backbone")
+TaskOption = typer.Option("speech", help="speech, clotho, audiocaps or mmau")
+RootOption = typer.Option(None, help="dataset folder in its usual layout")
+CsvOption = typer.Option(None, help="Clotho/AudioCaps captions CSV")
+JsonOption = typer.Option(None, "--json", help="MMAU questions JSON")
+AudioDirOption = typer.Option(None, help="folder holding the dataset's audio")
+OutOption = typer.Option(Path("runs"), help="where runs are written")
+
+
+def _session(
+    backbone,
+    model,
+    device,
+    dtype,
+    task,
+    root,
+    csv,
+    json_path,
+    audio_dir,
+    out,
+    batch_size,
+    max_new_tokens,
+    prompt,
+    limit,
+):
+    from ltbm.backbones.registry import load_backbone
+    from ltbm.run.evaluate import RunSettings
+    from ltbm.tasks import get_task
+
+    task_object = get_task(task, root=root, csv=csv, json=json_path, audio_dir=audio_dir)
+    coverage = task_object.coverage()
+    console.print(f"[bold]{task}[/]: {coverage.found} of {coverage.listed} items have audio")
+    model_object = load_backbone(backbone, model, device, dtype)
+    settings = RunSettings(
+        backbone=model_object.name,
+        task=task,
+        out_root=out,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        prompt=prompt,
+        limit=limit,
+    )
+    return model_object, task_object, settings
+
+
+@app.command("eval")
+def eval_command(
+    backbone: str = BackboneOption,
+    model: str = ModelOption,
+    task: str = TaskOption,
+    root: Path = RootOption,
+    csv: Path = CsvOption,
+    json_path: Path = JsonOption,
+    audio_dir: Path = AudioDirOption,
+    method: str = typer.Option("ltbm", help="a registered method, or none"),
+    keep_ratio: float = typer.Option(0.25, help="fraction of audio tokens kept"),
+    window: int = typer.Option(None, help="ltbm's window (default 2)"),
+    scorer: str = typer.Option(None, help="prune's scorer: attention or norm"),
+    seed: int = typer.Option(None, help="random's seed"),
+    batch_size: int = typer.Option(4),
+    max_new_tokens: int = typer.Option(128),
+    prompt: str = typer.Option(None, help="override the prompt template"),
+    limit: int = typer.Option(None, help="evaluate only the first N items"),
+    device: str = typer.Option(None, help="device_map for Hugging Face backbones"),
+    dtype: str = typer.Option(None, help="torch dtype for Hugging Face backbones"),
+    out: Path = OutOption,
+) -> None:
+    """Evaluate one backbone × task × method × keep ratio; resumable, shardable."""
+    import json
+
+    from ltbm.run.evaluate import Cell, evaluate
+
+    if method == "ltbm" and window is None:
+        window = 2
+    if method == "prune" and scorer is None:
+        scorer = "norm" if backbone == "whisper-ct2" else "attention"
+    cell = Cell(method, 1.0 if method == "none" else keep_ratio, window, scorer, seed)
+    cell.build()  # refuse bad parameters before any model loads
+    model_object, task_object, settings = _session(
+        backbone,
+        model,
+        device,
+        dtype,
+        task,
+        root,
+        csv,
+        json_path,
+        audio_dir,
+        out,
+        batch_size,
+        max_new_tokens,
+        prompt,
+        limit,
+    )
+    run_dir = evaluate(model_object, task_object, cell, settings)
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        console.print_json(json.dumps(json.loads(metrics_path.read_text())["metrics"]))
+    console.print(f"results in {run_dir}")
+
+
+@app.command()
+def sweep(
+    backbone: str = BackboneOption,
+    model: str = ModelOption,
+    task: str = TaskOption,
+    root: Path = RootOption,
+    csv: Path = CsvOption,
+    json_path: Path = JsonOption,
+    audio_dir: Path = AudioDirOption,
+    methods: str = typer.Option("none,pool,prune,global,ltbm", help="comma-separated"),
+    keep_ratios: str = typer.Option("0.5,0.25,0.15", help="comma-separated"),
+    windows: str = typer.Option("1,2,4", help="ltbm windows, comma-separated"),
+    scorer: str = typer.Option(None, help="prune's scorer (default: attention, norm on CT2)"),
+    config: Path = typer.Option(None, help="TOML/JSON with methods, keep_ratios, windows"),
+    batch_size: int = typer.Option(4),
+    max_new_tokens: int = typer.Option(128),
+    prompt: str = typer.Option(None),
+    limit: int = typer.Option(None),
+    device: str = typer.Option(None),
+    dtype: str = typer.Option(None),
+    out: Path = OutOption,
+) -> None:
+    """Run the paper's grid (methods × keep ratios × windows), reusing finished cells,
+    then write the report."""
+    from ltbm.report import write_report
+    from ltbm.run.sweep import Grid, load_grid
+    from ltbm.run.sweep import sweep as run_sweep
+
+    scorer = scorer or ("norm" if backbone == "whisper-ct2" else "attention")
+    grid = Grid(tuple(methods.split(",")), _floats(keep_ratios), _ints(windows), scorer)
+    if config is not None:
+        grid, _ = load_grid(config)
+    for cell in grid.cells():
+        cell.build()
+    model_object, task_object, settings = _session(
+        backbone,
+        model,
+        device,
+        dtype,
+        task,
+        root,
+        csv,
+        json_path,
+        audio_dir,
+        out,
+        batch_size,
+        max_new_tokens,
+        prompt,
+        limit,
+    )
+    run_sweep(model_object, task_object, grid, settings)
+    paths = write_report(out / task / model_object.name)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command()
+def report(
+    runs_dir: Path = typer.Argument(..., help="folder of runs (or one task's subfolder)"),
+    out: Path = typer.Option(None, help="where to write (default: RUNS_DIR)"),
+) -> None:
+    """Tables (markdown, CSV, JSON) and plots from finished runs."""
+    from ltbm.report import write_report
+
+    for kind, path in write_report(runs_dir, out).items():
+        console.print(f"{kind}: {path}")
 
 
 if __name__ == "__main__":

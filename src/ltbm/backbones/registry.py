@@ -1,0 +1,38 @@
+"""Backbones by name, for the command line and the evaluation harness."""
+
+from __future__ import annotations
+
+from ltbm.backbones.base import Backbone
+
+BACKBONES = {
+    "whisper-ct2": "Whisper tiny.en through CTranslate2 (embedded default, CPU, no download)",
+    "hf": "a Hugging Face ALM checkpoint or folder (--model); type read from its config",
+    "qwen2-audio": "Qwen2-Audio (--model, default Qwen/Qwen2-Audio-7B-Instruct)",
+    "audioflamingo3": "Audio Flamingo 3 (--model, default nvidia/audio-flamingo-3-hf)",
+}
+DEFAULT_MODELS = {
+    "qwen2-audio": "Qwen/Qwen2-Audio-7B-Instruct",
+    "audioflamingo3": "nvidia/audio-flamingo-3-hf",
+}
+
+
+def load_backbone(
+    name: str,
+    model: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Backbone:
+    """Build the named backbone. ``model`` is a checkpoint id or a local folder (a CT2 model
+    folder for whisper-ct2); ``device``/``dtype`` apply to Hugging Face backbones."""
+    if name == "whisper-ct2":
+        from ltbm.backbones.whisper_ct2 import WhisperCT2
+
+        return WhisperCT2(model_path=model)
+    if name in ("hf", *DEFAULT_MODELS):
+        from ltbm.backbones.loading import load
+
+        model = model or DEFAULT_MODELS.get(name)
+        if model is None:
+            raise ValueError("--backbone hf needs --model (a checkpoint id or a local folder)")
+        return load(model, method=None, device_map=device, torch_dtype=dtype)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

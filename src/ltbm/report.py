@@ -1,0 +1,229 @@
+"""Tables and plots from a folder of runs, shaped like the paper's: rows method × keep ratio,
+columns the task's metrics and what compression buys (tokens kept, prefill, memory)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+PRIMARY_METRIC = {"caption": "CIDEr-D", "mcq": "accuracy", "asr": "wer"}
+LOWER_IS_BETTER = {"wer"}
+EFFICIENCY_FIELDS = ("prefill_ms", "ttft_ms", "peak_memory_mib", "kv_cache_mib")
+
+
+def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished run (``metrics.json``) under ``runs_dir``."""
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"no runs folder at {runs_dir}; run `ltbm eval` or `ltbm sweep`")
+    rows = []
+    for path in sorted(runs_dir.rglob("metrics.json")):
+        metrics = json.loads(path.read_text())
+        cell = metrics["cell"]
+        row = {
+            "task": metrics["task"],
+            "kind": metrics["task_kind"],
+            "backbone": metrics["backbone"],
+            "method": cell["method"],
+            "keep_ratio": cell["keep_ratio"],
+            "window": cell.get("window"),
+            "scorer": cell.get("scorer"),
+            "items": metrics["scored"],
+            "kept_tokens": metrics.get("mean_kept_tokens"),
+            "audio_tokens": metrics.get("mean_audio_tokens"),
+        }
+        row.update(_numeric(metrics.get("metrics", {})))
+        rows.append(row)
+    if not rows:
+        raise FileNotFoundError(f"no metrics.json under {runs_dir}: no run has finished yet")
+    _join_efficiency(rows, runs_dir)
+    return sorted(rows, key=_row_order)
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "items"}
+
+
+def _row_order(row: dict[str, Any]):
+    order = ["none", "uniform", "random", "pool", "prune", "global", "ltbm"]
+    rank = order.index(row["method"]) if row["method"] in order else len(order)
+    return (row["task"], row["backbone"], -row["keep_ratio"], rank, row["window"] or 0)
+
+
+def _join_efficiency(rows: list[dict[str, Any]], runs_dir: Path) -> None:
+    """Add prefill time and memory from ``ltbm bench`` results found in the runs folder,
+    matched on backbone, method and keep ratio (batch 1 figures preferred)."""
+    measured: dict[tuple, dict[str, Any]] = {}
+    for path in sorted(runs_dir.rglob("bench*.json")):
+        bench = json.loads(path.read_text())
+        for cell in bench.get("cells", []):
+            if cell.get("error"):
+                continue
+            key = (bench.get("backbone"), cell.get("method"), cell.get("keep_ratio"))
+            best = measured.get(key)
+            if best is None or cell.get("batch_size", 1) < best.get("batch_size", 1):
+                measured[key] = cell
+    for row in rows:
+        method = "none" if row["method"] == "none" else row["method"]
+        cell = measured.get((row["backbone"], method, row["keep_ratio"]))
+        if cell:
+            row.update({f: cell.get(f) for f in EFFICIENCY_FIELDS if f in cell})
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    fixed = [
+        "task",
+        "backbone",
+        "method",
+        "keep_ratio",
+        "window",
+        "scorer",
+        "items",
+        "audio_tokens",
+        "kept_tokens",
+    ]
+    extra = sorted({k for r in rows for k in r} - set(fixed) - {"kind"} - set(EFFICIENCY_FIELDS))
+    efficiency = [f for f in EFFICIENCY_FIELDS if any(f in r for r in rows)]
+    return fixed + extra + efficiency
+
+
+def write_report(runs_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.csv`` and plots; returns their paths."""
+    rows = collect_runs(runs_dir)
+    out_dir = out_dir or runs_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = columns(rows)
+    paths = {
+        "csv": out_dir / "report.csv",
+        "markdown": out_dir / "report.md",
+        "json": out_dir / "report.json",
+    }
+    paths["json"].write_text(json.dumps(rows, indent=2))
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["markdown"].write_text(markdown_table(rows, header))
+    paths.update(plot_runs(rows, out_dir))
+    return paths
+
+
+def markdown_table(rows: list[dict[str, Any]], header: list[str]) -> str:
+    blocks = []
+    for (task, backbone), group in _groups(rows, ("task", "backbone")).items():
+        used = [h for h in header if any(r.get(h) is not None for r in group)]
+        used = [h for h in used if h not in ("task", "backbone")]
+        lines = [
+            f"### {task} — {backbone}",
+            "",
+            "| " + " | ".join(used) + " |",
+            "|" + "---|" * len(used),
+        ]
+        for row in group:
+            lines.append("| " + " | ".join(_cell(row.get(h)) for h in used) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _groups(rows, keys) -> dict[tuple, list[dict[str, Any]]]:
+    grouped: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        grouped[tuple(row[k] for k in keys)].append(row)
+    return grouped
+
+
+def _series_label(row: dict[str, Any]) -> str:
+    if row["method"] == "ltbm" and row["window"] is not None:
+        return f"ltbm (w={row['window']})"
+    if row["method"] == "prune" and row["scorer"]:
+        return f"prune ({row['scorer']})"
+    return row["method"]
+
+
+def plot_runs(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """Per task and backbone: the primary metric against keep ratio, one line per method
+    (the uncompressed run as a dashed level), and LTBM beside Global at each ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = {}
+    for (task, backbone), group in _groups(rows, ("task", "backbone")).items():
+        metric = PRIMARY_METRIC.get(group[0]["kind"])
+        if metric is None or not any(metric in r for r in group):
+            continue
+        figure, (lines_axis, pair_axis) = plt.subplots(1, 2, figsize=(11, 4))
+        _plot_lines(lines_axis, group, metric)
+        _plot_pairs(pair_axis, group, metric)
+        figure.suptitle(f"{task} — {backbone}")
+        figure.tight_layout()
+        path = out_dir / f"{task}_{backbone}_{metric}.png".replace("/", "_")
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        paths[f"plot:{task}:{backbone}"] = path
+    return paths
+
+
+def _plot_lines(axis, group, metric) -> None:
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in group:
+        if metric in row:
+            series[_series_label(row)].append((row["keep_ratio"], row[metric]))
+    for label, points in sorted(series.items()):
+        points.sort()
+        if label == "none":
+            axis.axhline(points[0][1], linestyle="--", color="grey", label="uncompressed")
+            continue
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    axis.set_xlabel("keep ratio")
+    axis.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    axis.invert_xaxis()
+    axis.legend(fontsize=8)
+    axis.set_title(f"{metric} vs keep ratio")
+
+
+def _plot_pairs(axis, group, metric) -> None:
+    """LTBM (best window per ratio) next to Global Merge at each keep ratio."""
+    pick = min if metric in LOWER_IS_BETTER else max
+    ratios = sorted({r["keep_ratio"] for r in group if r["method"] in ("ltbm", "global")})
+    local = [
+        pick(
+            [
+                r[metric]
+                for r in group
+                if r["method"] == "ltbm" and r["keep_ratio"] == q and metric in r
+            ],
+            default=float("nan"),
+        )
+        for q in ratios
+    ]
+    global_ = [
+        next(
+            (
+                r[metric]
+                for r in group
+                if r["method"] == "global" and r["keep_ratio"] == q and metric in r
+            ),
+            float("nan"),
+        )
+        for q in ratios
+    ]
+    positions = range(len(ratios))
+    axis.bar([p - 0.2 for p in positions], local, width=0.4, label="ltbm (best window)")
+    axis.bar([p + 0.2 for p in positions], global_, width=0.4, label="global")
+    axis.set_xticks(list(positions), [f"{q:g}" for q in ratios])
+    axis.set_xlabel("keep ratio")
+    axis.set_ylabel(metric)
+    axis.legend(fontsize=8)
+    axis.set_title("locality: ltbm vs global")
