@@ -1,0 +1,63 @@
+"""Per-item records survive kills: torn lines are dropped, shards are merged, ids once."""
+
+from __future__ import annotations
+
+import json
+
+from ltbm.run.evaluate import Cell, Shard
+from ltbm.run.records import RecordWriter, read_records, shard_file, write_json_atomic
+from ltbm.tasks.base import Item
+
+
+def test_torn_last_line_is_ignored_and_cut_before_appending(tmp_path):
+    path = shard_file(tmp_path, 0, 1)
+    with RecordWriter(path) as writer:
+        writer.write({"id": "a", "prediction": "x"})
+        writer.write({"id": "b", "prediction": "y"})
+    with path.open("a") as handle:
+        handle.write('{"id": "c", "predic')  # killed mid-write
+    assert list(read_records(tmp_path)) == ["a", "b"]
+    with RecordWriter(path) as writer:
+        writer.write({"id": "c", "prediction": "z"})
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["a", "b", "c"]
+
+
+def test_shards_merge_and_first_record_of_an_id_wins(tmp_path):
+    with RecordWriter(shard_file(tmp_path, 0, 2)) as writer:
+        writer.write({"id": "a", "prediction": "first"})
+    with RecordWriter(shard_file(tmp_path, 1, 2)) as writer:
+        writer.write({"id": "b", "prediction": "other"})
+    with RecordWriter(shard_file(tmp_path, 0, 1)) as writer:
+        writer.write({"id": "a", "prediction": "duplicate from a later single run"})
+    records = read_records(tmp_path)
+    assert sorted(records) == ["a", "b"]
+    assert records["a"]["prediction"] == "first"
+
+
+def test_shards_split_items_without_overlap():
+    items = [Item(id=str(i), audio=None) for i in range(7)]
+    parts = [Shard(rank, 3).take(items) for rank in range(3)]
+    ids = [item.id for part in parts for item in part]
+    assert sorted(ids, key=int) == [str(i) for i in range(7)]
+    assert len(set(ids)) == 7
+
+
+def test_shard_reads_launcher_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert Shard.from_environment() == Shard(1, 2)
+
+
+def test_atomic_json_leaves_no_temporary(tmp_path):
+    write_json_atomic(tmp_path / "metrics.json", {"x": 1})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_cell_names_and_baseline():
+    assert Cell("ltbm", 0.25, window=3).name == "ltbm-r0.25-w3"
+    assert Cell("prune", 0.5, scorer="norm").name == "prune-r0.5-norm"
+    assert Cell("none", 1.0).name == "none"
+    assert Cell("none", 1.0).build() is None
+    assert Cell("global", 0.15).build().params() == {"method": "global", "keep_ratio": 0.15}
