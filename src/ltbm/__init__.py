@@ -22,6 +22,21 @@ from ltbm.plan import Plan
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "load": "ltbm.backbones.loading",
+    "pipeline": "ltbm.backbones.loading",
+    "compressed": "ltbm.backbones.dropin",
+}
+"""Hugging Face entry points, imported on first use so `import ltbm` needs no transformers."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ltbm' has no attribute {name!r}")
+
 __all__ = [
     "LTBM",
     "METHODS",
@@ -34,7 +49,10 @@ __all__ = [
     "Random",
     "Uniform",
     "compress",
+    "compressed",
     "get_method",
     "kept_tokens",
+    "load",
+    "pipeline",
     "register",
 ]

@@ -24,7 +24,8 @@ def shard_file(run_dir: Path, rank: int, world_size: int) -> Path:
 
 def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Every complete record of a run, from all its shard files, keyed by item id. If an
-    id appears twice (a run resumed with a different shard count), the first one wins."""
+    id appears twice (a run resumed with a different shard count), it counts once: the
+    record from the first file in name order."""
     records: dict[str, dict[str, Any]] = {}
     for path in sorted(run_dir.glob(ITEMS_PATTERN)):
         for record in _read_lines(path):
