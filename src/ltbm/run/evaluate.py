@@ -205,7 +205,7 @@ def finalize(
     records = read_records(run_dir)
     ordered = [records[item.id] for item in items if item.id in records]
     succeeded = [r for r in ordered if "error" not in r]
-    scores = score_records(task, items, succeeded)
+    scores = score_records(task, items, succeeded, run_dir)
     payload = {
         "task": settings.task,
         "task_kind": task.kind,
