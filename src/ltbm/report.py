@@ -43,7 +43,15 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "items"}
+    """Top-level numbers, plus per-group accuracies (MMAU's per task and per difficulty)
+    as ``accuracy[sound]`` and so on."""
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "items"}
+    for groups in metrics.values():
+        if isinstance(groups, dict):
+            for group, value in groups.items():
+                if isinstance(value, dict) and "accuracy" in value:
+                    flat[f"accuracy[{group}]"] = value["accuracy"]
+    return flat
 
 
 def _row_order(row: dict[str, Any]):

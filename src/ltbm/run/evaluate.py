@@ -228,7 +228,9 @@ def finalize(
         "mean_audio_tokens": _mean(r["audio_tokens"] for r in succeeded),
         "mean_kept_tokens": _mean(r["kept_tokens"] for r in succeeded),
         "mean_seconds_per_item": _mean(r["seconds"] for r in succeeded),
-        **scores,
+        "metrics": scores["metrics"],
+        "computed": scores["computed"],
+        "skipped": scores["skipped"],
         "backbone_details": backbone.describe(),
         "versions": versions(),
     }
