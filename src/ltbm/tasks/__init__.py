@@ -89,7 +89,20 @@ def _load_optional(name: str) -> None:
     if cls is None:
         raise DatasetError(f"{module_name} defines no {class_name} and registered no {name!r}")
     from_config = getattr(cls, "from_config", None)
-    TASKS[name] = from_config if callable(from_config) else (lambda config: cls(**config))
+    TASKS[name] = from_config if callable(from_config) else _keyword_factory(name, cls)
+
+
+def _keyword_factory(name: str, cls: Callable[..., Task]) -> TaskFactory:
+    """A factory passing the config as keyword arguments, with a DatasetError (not a bare
+    TypeError) for a key the class does not take."""
+
+    def build(config: Mapping[str, Any]) -> Task:
+        try:
+            return cls(**config)
+        except TypeError as error:
+            raise DatasetError(f"task {name!r} cannot take {sorted(config)}: {error}") from None
+
+    return build
 
 
 __all__ = [
