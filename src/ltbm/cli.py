@@ -33,6 +33,36 @@ def methods() -> None:
     console.print(table)
 
 
+@app.command()
+def demo(
+    audio: Path | None = typer.Argument(
+        None, help="Your own audio file (≤ 30 s, any rate); default: the built-in speech set."
+    ),
+    out: Path = typer.Option(Path("ltbm-demo"), "--out", help="Folder for the picture."),
+    clips: int = typer.Option(3, "--clips", min=1, help="Built-in clips to transcribe."),
+    reference: str | None = typer.Option(
+        None, "--reference", help="What AUDIO says, to score its word error rate."
+    ),
+    keep: list[float] = typer.Option(
+        [0.5, 0.25], "--keep", help="Keep ratios to compare (repeat the option)."
+    ),
+) -> None:
+    """Transcribe speech with Whisper tiny.en on this CPU, compressed by each method."""
+    from ltbm.audio import AudioError
+    from ltbm.demo import builtin_clips, check_demo_audio, demo_table, file_clip, run_demo
+
+    try:
+        chosen = builtin_clips(clips) if audio is None else [file_clip(audio, reference)]
+        check_demo_audio(chosen, console)
+        result = run_demo(chosen, out, keep_ratios=keep, console=console)
+    except (AudioError, ValueError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    console.print(demo_table(result, console.width))
+    seconds = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
+    console.print(f"picture: {result.figure}\ntime: {seconds}")
+
+
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
@@ -208,6 +238,49 @@ def report(
     from ltbm.report import write_report
 
     for kind, path in write_report(runs_dir, out).items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command()
+def bench(
+    backbone: str = typer.Option("qwen2-audio", help="qwen2-audio or audioflamingo3"),
+    model: str = typer.Option(None, help="checkpoint id or folder (omit with --random-weights)"),
+    random_weights: bool = typer.Option(False, help="build the architecture, no download"),
+    size: str = typer.Option("full", help="with --random-weights: full or tiny"),
+    methods: str = typer.Option("ltbm,global,pool,prune", help="comma-separated"),
+    keep_ratios: str = typer.Option("1,0.5,0.25", help="comma-separated"),
+    batch_sizes: str = typer.Option("1,16", help="comma-separated"),
+    seconds: str = typer.Option("30", help="audio length(s) in seconds, comma-separated"),
+    window: int = typer.Option(2, help="ltbm's window"),
+    scorer: str = typer.Option("norm", help="prune's scorer"),
+    repeats: int = typer.Option(5, help="timed runs per cell (median reported)"),
+    warmup: int = typer.Option(1),
+    decode_tokens: int = typer.Option(16, help="tokens generated to time decoding"),
+    device: str = typer.Option(None, help="cuda, cpu ... (default: cuda if available)"),
+    dtype: str = typer.Option(None, help="bfloat16, float16, float32 (default: bf16 on GPU)"),
+    out: Path = typer.Option(Path("runs/bench.json"), help="JSON output (plot beside it)"),
+) -> None:
+    """Efficiency: encoder, compression and prefill time, TTFT, decode speed, peak memory
+    and KV bytes per method × keep ratio × batch × audio length, with the ideal line."""
+    from ltbm.run.bench import BenchGrid, bench_to_files
+
+    grid = BenchGrid(
+        tuple(methods.split(",")),
+        _floats(keep_ratios),
+        _ints(batch_sizes),
+        _floats(seconds),
+        window,
+        scorer,
+        warmup,
+        repeats,
+        decode_tokens,
+    )
+    for cell in grid.cells():
+        cell.build()
+    paths = bench_to_files(
+        backbone, model, random_weights, size, device, dtype, grid, out, log=console.print
+    )
+    for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 
 

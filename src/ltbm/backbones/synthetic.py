@@ -1,0 +1,225 @@
+"""Randomly initialised Qwen2-Audio and Audio Flamingo 3, built from the real transformers
+classes with no download: for the efficiency benchmark (compute does not depend on the
+weights) and for offline tests.
+
+``full`` builds the published architectures (Qwen2-Audio-7B: Whisper-large-v3-style encoder
+and a 32-layer, 4096-wide Qwen LLM with 32 KV heads; Audio Flamingo 3: the same encoder and a
+Qwen2.5-7B LLM with 4 KV heads). ``tiny`` keeps every shape rule (128 mel bins, 3000 frames,
+750 tokens per 30 s window) with a few small layers, so the same code runs on a laptop CPU.
+The tokenizer is a small word-level one holding every special token the processors need;
+token ids stay below the architecture's vocabulary, so embedding and output layers keep
+their real sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+    "<sound>",
+]
+WORDS = (
+    "[UNK] system user assistant You are a helpful assistant. Audio 1: 2: Generate the caption "
+    "in English: Describe sound in one sentence. Transcribe input speech dog bark music rain"
+).split()
+
+# Audio Flamingo 3's processor template: the sound placeholder first in a user turn.
+AF3_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "{% for m in messages if m['content'] is not none %}"
+    "<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% set audio = namespace(found=False) %}{% set text_buf = namespace(v='') %}"
+    "{% for c in m['content'] %}"
+    "{% if c.get('type') == 'audio' or 'audio' in c %}{% set audio.found = True %}"
+    "{% elif c.get('type') == 'text' or 'text' in c %}"
+    "{% set text_buf.v = text_buf.v + c['text'] %}{% endif %}"
+    "{% endfor %}"
+    "{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}"
+    "{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Published architecture sizes (the checkpoints' config.json files).
+FULL_ENCODER = {"layers": 32, "heads": 20, "ffn": 5120, "width": 1280}
+TINY_ENCODER = {"layers": 2, "heads": 2, "ffn": 64, "width": 32}
+FULL_TEXT = {
+    "qwen2_audio": {
+        "vocab_size": 156032,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+    },
+    "audioflamingo3": {
+        "vocab_size": 151936,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+    },
+}
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+}
+MODEL_TYPES = tuple(FULL_TEXT)
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer: special tokens split out, words by whitespace."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + WORDS)}
+    for index in range(64):
+        vocab[f"w{index}"] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        unk_token="[UNK]",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+
+
+def text_config(model_type: str, size: str, tokenizer) -> dict[str, Any]:
+    sizes = FULL_TEXT[model_type] if size == "full" else {**TINY_TEXT, "vocab_size": len(tokenizer)}
+    return {
+        "model_type": "qwen2",
+        **sizes,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.pad_token_id,
+    }
+
+
+def model_config(model_type: str, size: str, tokenizer):
+    """The transformers config of a synthetic model (``size``: "full" or "tiny")."""
+    if model_type not in FULL_TEXT or size not in ("full", "tiny"):
+        raise ValueError(
+            f"synthetic models exist for {', '.join(MODEL_TYPES)} in sizes full and tiny; got "
+            f"{model_type!r}, {size!r}"
+        )
+    encoder = FULL_ENCODER if size == "full" else TINY_ENCODER
+    text = text_config(model_type, size, tokenizer)
+    if model_type == "qwen2_audio":
+        from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig
+
+        audio = Qwen2AudioEncoderConfig(
+            num_mel_bins=128,
+            encoder_layers=encoder["layers"],
+            encoder_attention_heads=encoder["heads"],
+            encoder_ffn_dim=encoder["ffn"],
+            d_model=encoder["width"],
+            max_source_positions=1500,
+        )
+        return Qwen2AudioConfig(
+            audio_config=audio.to_dict(),
+            text_config=text,
+            audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+        )
+    from transformers import AudioFlamingo3Config, AudioFlamingo3EncoderConfig
+
+    audio = AudioFlamingo3EncoderConfig(
+        num_mel_bins=128,
+        num_hidden_layers=encoder["layers"],
+        num_attention_heads=encoder["heads"],
+        intermediate_size=encoder["ffn"],
+        hidden_size=encoder["width"],
+        max_source_positions=1500,
+    )
+    return AudioFlamingo3Config(
+        audio_config=audio.to_dict(),
+        text_config=text,
+        audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"),
+    )
+
+
+def processor_for(model_type: str, tokenizer):
+    from transformers import (
+        AudioFlamingo3Processor,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    features = WhisperFeatureExtractor(
+        feature_size=128, sampling_rate=16000, return_attention_mask=True
+    )
+    if model_type == "qwen2_audio":
+        return Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer)
+    return AudioFlamingo3Processor(
+        feature_extractor=features, tokenizer=tokenizer, chat_template=AF3_CHAT_TEMPLATE
+    )
+
+
+def build_model(
+    model_type: str,
+    size: str = "tiny",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+):
+    """(model, processor) with random weights, initialised directly on ``device``."""
+    from transformers import (
+        AudioFlamingo3ForConditionalGeneration,
+        Qwen2AudioForConditionalGeneration,
+    )
+
+    tokenizer = tiny_tokenizer()
+    config = model_config(model_type, size, tokenizer)
+    model_class = (
+        Qwen2AudioForConditionalGeneration
+        if model_type == "qwen2_audio"
+        else AudioFlamingo3ForConditionalGeneration
+    )
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = model_class(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.do_sample = False
+    return model, processor_for(model_type, tokenizer)
+
+
+def save_model(model_type: str, path: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Write a synthetic checkpoint (model + processor) that ``ltbm.load`` reads back."""
+    model, processor = build_model(model_type, size, seed=seed)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -1,0 +1,432 @@
+"""What compression buys, measured: encoder, compression and prefill time, time to first
+token, decode speed, peak memory and KV-cache bytes, per method × keep ratio × batch size ×
+audio length, with the ideal line (the LLM prefilled with K random embeddings) in the same
+run. Warm-up runs, then the median of timed runs, with device synchronisation on GPU.
+
+Out-of-memory in one cell is recorded for that cell and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltbm.backbones.hf_common import HFPipeline, compress_tokens, needs_attention
+from ltbm.budget import kept_tokens
+from ltbm.run.evaluate import Cell
+
+
+@dataclass
+class BenchGrid:
+    methods: tuple[str, ...] = ("ltbm", "global", "pool", "prune")
+    keep_ratios: tuple[float, ...] = (1.0, 0.5, 0.25)
+    batch_sizes: tuple[int, ...] = (1, 16)
+    seconds: tuple[float, ...] = (30.0,)
+    window: int = 2
+    scorer: str = "norm"
+    warmup: int = 1
+    repeats: int = 5
+    decode_tokens: int = 16
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[Cell]:
+        """keep ratio 1 is measured once, as the uncompressed baseline."""
+        cells = [Cell("none", 1.0)] if 1.0 in self.keep_ratios else []
+        for ratio in (r for r in self.keep_ratios if r < 1.0):
+            for method in self.methods:
+                window = self.window if method == "ltbm" else None
+                scorer = self.scorer if method == "prune" else None
+                cells.append(Cell(method, ratio, window=window, scorer=scorer))
+        return cells
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function: Callable[[], Any], device: torch.device, warmup: int, repeats: int):
+    """Median seconds of ``function`` after ``warmup`` calls, and its last result."""
+    result = None
+    for _ in range(warmup):
+        result = function()
+    synchronize(device)
+    times = []
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        result = function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def kv_cache_bytes(cache: Any) -> int:
+    """Bytes held by a transformers cache (Cache with ``layers`` or legacy tuples)."""
+    tensors = []
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            tensors += [getattr(layer, "keys", None), getattr(layer, "values", None)]
+    else:
+        for entry in cache:
+            tensors += list(entry[:2])
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def clips(batch_size: int, seconds: float, seed: int = 0) -> list[np.ndarray]:
+    """Synthetic 16 kHz clips (noise with a slow tone): timing does not depend on content."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    return [
+        (0.2 * np.sin(2 * np.pi * (220 + 40 * i) * t) + 0.05 * rng.standard_normal(t.shape)).astype(
+            np.float32
+        )
+        for i in range(batch_size)
+    ]
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak device memory since the last reset (GPU), or the process's peak resident
+    memory (CPU, an upper bound over the whole run)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def prefill(model, embeds: torch.Tensor, mask: torch.Tensor):
+    """One forward pass that fills the KV cache, with logits for the last position only
+    (what ``generate`` computes for its first token)."""
+    with torch.no_grad():
+        try:
+            return model(
+                inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1
+            )
+        except TypeError:
+            return model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+
+
+def measure_cell(pipeline: HFPipeline, cell: Cell, audios, prompt: str, grid: BenchGrid) -> dict:
+    """Every figure of one cell. Raises torch.OutOfMemoryError upward to be recorded."""
+    model = pipeline.model
+    device = next(model.parameters()).device
+    method = cell.build()
+    warmup, repeats = grid.warmup, grid.repeats
+
+    prepare_s, batch = timed(
+        lambda: pipeline.prepare(audios, prompt, method), device, warmup, repeats
+    )
+    inputs = pipeline.processor(
+        text=[pipeline._render(0, prompt)] * len(audios),
+        audio=audios,
+        return_tensors="pt",
+        text_kwargs={"padding": True},
+        audio_kwargs={"sampling_rate": 16000},
+    )
+    adapter = pipeline.adapter
+    features = inputs[adapter.features_key].to(device, next(model.parameters()).dtype)
+    frame_mask = inputs[adapter.mask_key].to(device)
+    windows = pipeline.windows(audios)
+    attention = needs_attention(method)
+
+    def encode():
+        with torch.no_grad():
+            return adapter.encode(features, frame_mask, windows, attention)
+
+    encoder_s, encoded = timed(encode, device, warmup, repeats)
+    compression_s, _ = timed(lambda: compress_tokens(method, encoded), device, warmup, repeats)
+
+    reset_peak(device)
+    prefill_s, output = timed(
+        lambda: prefill(model, batch.inputs_embeds, batch.attention_mask), device, warmup, repeats
+    )
+    peak = peak_memory_mib(device)
+    kv_bytes = kv_cache_bytes(_cache_of(output))
+    del output
+
+    ideal = torch.randn_like(batch.inputs_embeds)
+    ideal_s, ideal_output = timed(
+        lambda: prefill(model, ideal, batch.attention_mask), device, warmup, repeats
+    )
+    del ideal_output
+
+    # Decoding speed: generating M tokens minus generating one, both from the same input.
+    first_s, _ = timed(lambda: _generate(model, batch, 1), device, 0, repeats)
+    many_s, _ = timed(lambda: _generate(model, batch, grid.decode_tokens), device, 0, repeats)
+    decode_s = many_s - first_s
+    tokens = int(batch.attention_mask.sum())
+    batch_size = len(audios)
+    return {
+        "method": cell.method,
+        "keep_ratio": cell.keep_ratio,
+        "window": cell.window,
+        "scorer": cell.scorer,
+        "batch_size": batch_size,
+        "audio_seconds": len(audios[0]) / 16000,
+        "audio_tokens": sum(batch.audio_tokens),
+        "kept_tokens": sum(batch.kept_tokens),
+        "kept_tokens_expected": sum(kept_tokens(n, cell.keep_ratio) for n in batch.audio_tokens),
+        "sequence_tokens": tokens,
+        "prepare_ms": prepare_s * 1e3,
+        "encoder_ms": encoder_s * 1e3,
+        "compression_ms": compression_s * 1e3,
+        "prefill_ms": prefill_s * 1e3,
+        "ideal_prefill_ms": ideal_s * 1e3,
+        "pipeline_over_ideal": (compression_s + prefill_s) / ideal_s,
+        "ttft_ms": (prepare_s + first_s) * 1e3,
+        "decode_tokens_per_s": (
+            batch_size * (grid.decode_tokens - 1) / decode_s if decode_s > 0 else None
+        ),
+        "peak_memory_mib": peak,
+        "kv_cache_bytes": kv_bytes,
+        "kv_cache_mib": kv_bytes / 2**20,
+        "kv_bytes_per_token": kv_bytes / tokens,
+    }
+
+
+def _cache_of(output) -> Any:
+    """The KV cache of a forward output (``cache`` in newer transformers, else
+    ``past_key_values``)."""
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values
+
+
+def _generate(model, batch, new_tokens: int):
+    with torch.no_grad():
+        return model.generate(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+        )
+
+
+def run_bench(pipeline: HFPipeline, grid: BenchGrid, prompt: str, log=print) -> list[dict]:
+    """All cells; an out-of-memory cell is recorded as such and the sweep goes on."""
+    results = []
+    for seconds in grid.seconds:
+        for batch_size in grid.batch_sizes:
+            audios = clips(batch_size, seconds)
+            for cell in grid.cells():
+                try:
+                    row = measure_cell(pipeline, cell, audios, prompt, grid)
+                except torch.OutOfMemoryError as error:
+                    row = {
+                        "method": cell.method,
+                        "keep_ratio": cell.keep_ratio,
+                        "batch_size": batch_size,
+                        "audio_seconds": seconds,
+                        "error": "out of memory",
+                        "detail": str(error).splitlines()[0],
+                    }
+                    reset_peak(next(pipeline.model.parameters()).device)
+                results.append(row)
+                log(_summary(row))
+    _add_savings(results)
+    return results
+
+
+def _add_savings(rows: list[dict]) -> None:
+    """Compression time as a share of the prefill time it saves, against keep ratio 1 at
+    the same batch size and audio length."""
+    baseline = {
+        (r["batch_size"], r["audio_seconds"]): r
+        for r in rows
+        if r["method"] == "none" and "error" not in r
+    }
+    for row in rows:
+        base = baseline.get((row["batch_size"], row["audio_seconds"]))
+        if base is None or "error" in row or row["method"] == "none":
+            continue
+        saved = base["prefill_ms"] - row["prefill_ms"]
+        row["prefill_saved_ms"] = saved
+        row["compression_share_of_saving"] = row["compression_ms"] / saved if saved > 0 else None
+        row["prefill_vs_uncompressed"] = row["prefill_ms"] / base["prefill_ms"]
+        row["kv_vs_uncompressed"] = row["kv_cache_bytes"] / base["kv_cache_bytes"]
+
+
+def _summary(row: dict) -> str:
+    if "error" in row:
+        return f"B={row['batch_size']} {row['method']} r={row['keep_ratio']}: {row['error']}"
+    return (
+        f"B={row['batch_size']:3d} {row['audio_seconds']:5.0f}s {row['method']:7s} "
+        f"r={row['keep_ratio']:<5g} K={row['kept_tokens']:6d} "
+        f"prefill {row['prefill_ms']:8.1f} ms ideal {row['ideal_prefill_ms']:8.1f} ms "
+        f"compress {row['compression_ms']:7.2f} ms KV {row['kv_cache_mib']:8.1f} MiB"
+    )
+
+
+def plot_bench(rows: list[dict], path) -> None:
+    """Prefill time and KV memory against keep ratio, one line per method and batch size,
+    with the ideal K-token prefill dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    good = [r for r in rows if "error" not in r]
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for batch, seconds in sorted({(r["batch_size"], r["audio_seconds"]) for r in good}):
+        group = [r for r in good if (r["batch_size"], r["audio_seconds"]) == (batch, seconds)]
+        base = [r for r in group if r["method"] == "none"]
+        for method in sorted({r["method"] for r in group} - {"none"}):
+            points = sorted(
+                base + [r for r in group if r["method"] == method], key=lambda r: r["keep_ratio"]
+            )
+            label = f"{method} B={batch} {seconds:g}s"
+            ratios = [r["keep_ratio"] for r in points]
+            time_axis.plot(ratios, [r["prefill_ms"] for r in points], marker="o", label=label)
+            memory_axis.plot(ratios, [r["kv_cache_mib"] for r in points], marker="o", label=label)
+        ideal = sorted(group, key=lambda r: r["keep_ratio"])
+        time_axis.plot(
+            [r["keep_ratio"] for r in ideal],
+            [r["ideal_prefill_ms"] for r in ideal],
+            linestyle="--",
+            color="grey",
+            label=f"ideal B={batch} {seconds:g}s",
+        )
+    time_axis.set(xlabel="keep ratio", ylabel="LLM prefill (ms)", title="prefill time")
+    memory_axis.set(xlabel="keep ratio", ylabel="KV cache (MiB)", title="KV-cache memory")
+    time_axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+BACKBONE_TYPES = {"qwen2-audio": "qwen2_audio", "audioflamingo3": "audioflamingo3"}
+PROMPTS = {
+    "qwen2-audio": "Generate the caption in English:",
+    "audioflamingo3": "Describe the audio in one sentence.",
+}
+
+
+def load_pipeline(
+    backbone: str,
+    model: str | None,
+    random_weights: bool,
+    size: str,
+    device: str | None,
+    dtype: str | None,
+) -> HFPipeline:
+    """The pipeline to measure: a real checkpoint, or the architecture with random weights."""
+    from ltbm.backbones.loading import load, pipeline_class
+    from ltbm.backbones.synthetic import build_model
+
+    if backbone not in BACKBONE_TYPES:
+        raise ValueError(f"bench supports {', '.join(BACKBONE_TYPES)}; got {backbone!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    default_dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    torch_dtype = getattr(torch, dtype or default_dtype)
+    if random_weights:
+        model_type = BACKBONE_TYPES[backbone]
+        network, processor = build_model(model_type, size, device=device, dtype=torch_dtype)
+        return pipeline_class(model_type)(network, processor)
+    if model is None:
+        raise ValueError("pass --model (a checkpoint id or folder) or --random-weights")
+    return load(model, method=None, device_map=device, torch_dtype=torch_dtype)
+
+
+def bench_to_files(
+    backbone, model, random_weights, size, device, dtype, grid: BenchGrid, out, log=print
+) -> dict[str, Any]:
+    """Run the grid and write JSON, a markdown table and a plot beside each other."""
+    import json
+    from pathlib import Path
+
+    from ltbm.run.evaluate import versions
+
+    pipeline = load_pipeline(backbone, model, random_weights, size, device, dtype)
+    rows = run_bench(pipeline, grid, PROMPTS[backbone], log=log)
+    where = next(pipeline.model.parameters()).device
+    payload = {
+        "backbone": backbone,
+        "model": model or f"random weights ({size})",
+        "device": str(where),
+        "device_name": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
+        "dtype": str(next(pipeline.model.parameters()).dtype).removeprefix("torch."),
+        "attn_implementation": getattr(pipeline.model.config, "_attn_implementation", None),
+        "grid": {k: v for k, v in grid.__dict__.items() if k != "extra"},
+        "versions": versions(),
+        "cells": rows,
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    table = out.with_suffix(".md")
+    table.write_text(bench_table(payload))
+    plot = out.with_suffix(".png")
+    plot_bench(rows, plot)
+    return {"json": out, "markdown": table, "plot": plot}
+
+
+def bench_table(payload: dict) -> str:
+    header = [
+        "batch",
+        "audio s",
+        "method",
+        "keep",
+        "audio tokens→LLM",
+        "encoder ms",
+        "compress ms",
+        "prefill ms",
+        "ideal ms",
+        "TTFT ms",
+        "decode tok/s",
+        "peak MiB",
+        "KV MiB",
+    ]
+    lines = [
+        f"{payload['backbone']} · {payload['model']} · {payload['device_name']} · "
+        f"{payload['dtype']}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in payload["cells"]:
+        if "error" in r:
+            lines.append(
+                f"| {r['batch_size']} | {r['audio_seconds']:g} | {r['method']} | "
+                f"{r['keep_ratio']:g} | {r['error']} |" + " |" * 8
+            )
+            continue
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["batch_size"]),
+                    f"{r['audio_seconds']:g}",
+                    r["method"],
+                    f"{r['keep_ratio']:g}",
+                    f"{r['audio_tokens']}→{r['kept_tokens']}",
+                    f"{r['encoder_ms']:.1f}",
+                    f"{r['compression_ms']:.2f}",
+                    f"{r['prefill_ms']:.1f}",
+                    f"{r['ideal_prefill_ms']:.1f}",
+                    f"{r['ttft_ms']:.1f}",
+                    _number(r["decode_tokens_per_s"], ".1f"),
+                    f"{r['peak_memory_mib']:.0f}",
+                    f"{r['kv_cache_mib']:.1f}",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
