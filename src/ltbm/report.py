@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-PRIMARY_METRIC = {"caption": "CIDEr-D", "mcq": "accuracy", "asr": "wer"}
+PRIMARY_METRIC = {"caption": "cider_d", "mcq": "accuracy", "asr": "wer"}
 LOWER_IS_BETTER = {"wer"}
 EFFICIENCY_FIELDS = ("prefill_ms", "ttft_ms", "peak_memory_mib", "kv_cache_mib")
 
