@@ -37,6 +37,7 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ltbm' has no attribute {name!r}")
 
+
 __all__ = [
     "LTBM",
     "METHODS",

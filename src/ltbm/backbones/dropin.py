@@ -1,0 +1,174 @@
+"""Drop-in compression for a model and processor you already hold.
+
+::
+
+    with ltbm.compressed(model, processor, ltbm.get_method("ltbm", keep_ratio=0.25)):
+        inputs = processor(text=prompt, audio=audio, return_tensors="pt")
+        ids = model.generate(**inputs, max_new_tokens=64)
+
+Inside the block two things change, both on these instances only and both undone exactly
+on exit:
+
+* the processor's public ``replace_audio_token`` (the method every transformers 5
+  processor calls to expand one audio placeholder into N copies) returns K copies,
+  K = ``kept_tokens(N, keep_ratio)``;
+* a forward pre-hook (``register_forward_pre_hook(..., with_kwargs=True)``, public torch
+  API) on the model sees ``input_ids`` and the audio features before ``forward`` runs,
+  computes the compressed audio embeddings with the same code as the ltbm pipeline, and
+  passes ``inputs_embeds`` instead, so the model's own merging code is skipped.
+
+Why a pre-hook rather than replacing ``get_audio_features``: Qwen2-Audio has no such
+method (its forward runs the encoder inline and counts tokens with a private helper), and
+Audio Flamingo 3's receives the windows of all clips flattened, without the information
+of which windows make which clip. The pre-hook sees ``input_ids``, whose placeholder runs
+give each clip's K; from those AF3's windows are grouped (see ``group_windows``).
+
+Text and audio must be processed inside the block (the placeholder counts are fixed by
+the processor); inputs processed outside it are refused with a message.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from ltbm.backbones.hf_common import (
+    AudioAdapter,
+    clip_runs,
+    merge_audio_embeddings,
+)
+from ltbm.budget import kept_tokens
+from ltbm.methods import Method
+
+_ACTIVE: set[int] = set()
+"""ids of the models and processors currently under ``compressed``: nesting is refused."""
+
+
+class Compression:
+    """The state of one ``compressed(...)`` block; :meth:`attach` / :meth:`detach` can also
+    be called directly when a ``with`` block does not fit the code."""
+
+    def __init__(self, model: nn.Module, processor: Any, method: Method | None) -> None:
+        from ltbm.backbones.loading import pipeline_class
+
+        if method is not None and not isinstance(method, Method):
+            raise TypeError(
+                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
+                "one with ltbm.get_method(name, keep_ratio=...)"
+            )
+        self.model = model
+        self.processor = processor
+        self.method = method
+        pipeline = pipeline_class(getattr(model.config, "model_type", None))
+        self.adapter: AudioAdapter = pipeline.adapter_class(model)
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._saved_replace: tuple[bool, Any] | None = None
+        self._parameters = _positional_names(model.forward)
+
+    # ------------------------------------------------------------------ attach
+    def attach(self) -> Compression:
+        keys = {id(self.model), id(self.processor)}
+        if keys & _ACTIVE:
+            raise RuntimeError("this model or processor is already inside ltbm.compressed(...)")
+        if self.method is not None:
+            self._wrap_processor()
+            self._handle = self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        _ACTIVE.update(keys)
+        return self
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self._saved_replace is not None:
+            had_own, previous = self._saved_replace
+            if had_own:
+                self.processor.replace_audio_token = previous
+            else:
+                del self.processor.replace_audio_token
+            self._saved_replace = None
+        _ACTIVE.difference_update({id(self.model), id(self.processor)})
+
+    def __enter__(self) -> Compression:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # --------------------------------------------------------------- processor
+    def _wrap_processor(self) -> None:
+        processor, method = self.processor, self.method
+        token = processor.audio_token
+        original = processor.replace_audio_token
+
+        def replace_audio_token(audio_inputs: dict, audio_idx: int, **kwargs: Any) -> str:
+            text = original(audio_inputs, audio_idx, **kwargs)
+            count = text.count(token)
+            if token * count not in text:
+                raise RuntimeError(
+                    f"the processor's expansion of {token!r} is not one run of placeholders; "
+                    "ltbm cannot resize it"
+                )
+            return text.replace(token * count, token * kept_tokens(count, method.keep_ratio), 1)
+
+        self._saved_replace = ("replace_audio_token" in vars(processor), original)
+        processor.replace_audio_token = replace_audio_token
+
+    # ------------------------------------------------------------------- model
+    def _pre_hook(
+        self, module: nn.Module, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[tuple, dict[str, Any]] | None:
+        inputs = dict(zip(self._parameters, args, strict=False))
+        inputs.update(kwargs)
+        adapter = self.adapter
+        features = inputs.get(adapter.features_key)
+        input_ids = inputs.get("input_ids")
+        if features is None or input_ids is None or inputs.get("inputs_embeds") is not None:
+            return None
+        if input_ids.shape[-1] <= 1:
+            return None  # a decoding step: the audio is already in the cache
+        frame_mask = inputs.get(adapter.mask_key)
+        if frame_mask is None:
+            raise ValueError(f"compressed audio needs {adapter.mask_key!r} from the processor")
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        placeholders = clip_runs(input_ids, attention_mask, adapter.audio_token_id)
+        windows = adapter.clip_windows(adapter.window_tokens(frame_mask), placeholders, self.method)
+        audio, lengths, kept = adapter.audio_embeddings(self.method, features, frame_mask, windows)
+        if kept != placeholders:
+            raise ValueError(
+                f"the prompts hold {placeholders} audio placeholders per clip, but compressing "
+                f"{lengths} encoder tokens gives {kept}: process text and audio with the "
+                "processor inside ltbm.compressed(...), so that it emits K placeholders"
+            )
+        embeds = merge_audio_embeddings(
+            self.model.get_input_embeddings(), input_ids, adapter.audio_token_id, audio
+        )
+        inputs.update(
+            {
+                "input_ids": None,
+                "inputs_embeds": embeds,
+                adapter.features_key: None,
+                adapter.mask_key: None,
+            }
+        )
+        return (), inputs
+
+
+def compressed(model: nn.Module, processor: Any, method: Method | None) -> Compression:
+    """Context manager: inside it, ``model.generate(**processor(text=..., audio=...))`` (or a
+    plain forward) receives the audio compressed by ``method``. ``method=None`` changes
+    nothing. On exit the model and processor behave exactly as before."""
+    return Compression(model, processor, method)
+
+
+def _positional_names(function: Any) -> list[str]:
+    return [
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]

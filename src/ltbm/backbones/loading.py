@@ -1,0 +1,127 @@
+"""One-line loading: ``ltbm.load("Qwen/Qwen2-Audio-7B-Instruct", method="ltbm", keep_ratio=0.25)``.
+
+The config's ``model_type`` picks the pipeline, so a hub id, a local copy or a fine-tuned
+checkpoint of a supported family all load the same way. transformers is imported here,
+never by ``import ltbm``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+from ltbm.backbones.hf_common import HFPipeline
+from ltbm.methods import METHODS, Method, get_method
+from ltbm.methods.registry import method_parameters
+
+DEFAULT_WINDOW = 3
+"""LTBM's window when loading: a merge partner lies at most three positions away in the
+current sequence (120 ms in the first round, at 25 tokens per second)."""
+
+BACKBONES: dict[str, tuple[str, str]] = {
+    "qwen2_audio": (
+        "ltbm.backbones.qwen2_audio:Qwen2AudioPipeline",
+        "Qwen2AudioForConditionalGeneration",
+    ),
+    "audioflamingo3": (
+        "ltbm.backbones.audioflamingo3:AudioFlamingo3Pipeline",
+        "AudioFlamingo3ForConditionalGeneration",
+    ),
+}
+"""config.model_type → (pipeline class, transformers model class)."""
+
+
+def supported_model_types() -> list[str]:
+    return list(BACKBONES)
+
+
+def pipeline_class(model_type: str | None) -> type[HFPipeline]:
+    """The pipeline for a ``config.model_type``, or a ValueError listing the supported ones."""
+    if model_type not in BACKBONES:
+        raise ValueError(
+            f"ltbm does not support model_type {model_type!r}; supported: "
+            f"{', '.join(BACKBONES)} (Qwen2-Audio and Audio Flamingo 3 checkpoints)"
+        )
+    module_name, class_name = BACKBONES[model_type][0].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def resolve_method(
+    method: str | Method | None,
+    keep_ratio: float = 0.25,
+    window: int | None = DEFAULT_WINDOW,
+    **params: Any,
+) -> Method | None:
+    """A Method from a name and parameters; ``None`` or ``"none"`` mean no compression.
+
+    ``window`` goes only to methods that take one (ltbm): its default is dropped silently
+    for the others, while a window set explicitly for them is refused."""
+    if method is None or method == "none":
+        if params:
+            raise ValueError(f"method=None takes no parameters, got {sorted(params)}")
+        return None
+    if isinstance(method, Method):
+        if params:
+            raise ValueError("pass parameters to the Method object itself, not to load()")
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a name, a Method or None, got {type(method).__name__}")
+    if method in METHODS and "window" in method_parameters(method):
+        params["window"] = window
+    elif window is not None and window != DEFAULT_WINDOW:
+        raise ValueError(
+            f"method {method!r} takes no window (only ltbm does); drop window={window!r}"
+        )
+    return get_method(method, keep_ratio=keep_ratio, **params)
+
+
+def load(
+    model_id_or_path: str,
+    method: str | Method | None = "ltbm",
+    keep_ratio: float = 0.25,
+    window: int | None = DEFAULT_WINDOW,
+    device_map: str | dict[str, Any] | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    **method_params: Any,
+) -> HFPipeline:
+    """Load a supported audio-language model and its processor with a method bound.
+
+    ``model_id_or_path`` is a hub id or a local directory; ``device_map`` and ``torch_dtype``
+    ("bfloat16", torch.float16, "auto", ...) go to ``from_pretrained`` (as ``dtype``), as do
+    ``model_kwargs`` (e.g. ``{"attn_implementation": "sdpa"}``). ``method_params`` are the
+    method's own (``scorer="attention"`` for prune, ``seed`` for random). The method is
+    built first, so a bad parameter fails before gigabytes of weights are read.
+    """
+    import transformers
+
+    bound = resolve_method(method, keep_ratio, window, **method_params)
+    config = transformers.AutoConfig.from_pretrained(model_id_or_path)
+    model_type = getattr(config, "model_type", None)
+    cls = pipeline_class(model_type)
+    model_class = getattr(transformers, BACKBONES[model_type][1])
+    kwargs = dict(model_kwargs or {})
+    if torch_dtype is not None:
+        kwargs["dtype"] = _dtype(torch_dtype)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = model_class.from_pretrained(model_id_or_path, **kwargs)
+    processor = transformers.AutoProcessor.from_pretrained(model_id_or_path)
+    return cls(model, processor, bound)
+
+
+def pipeline(model: torch.nn.Module, processor: Any, method: Method | None = None) -> HFPipeline:
+    """A pipeline around a model and processor the caller already holds."""
+    return pipeline_class(getattr(model.config, "model_type", None))(model, processor, method)
+
+
+def _dtype(value: str | torch.dtype) -> str | torch.dtype:
+    if isinstance(value, torch.dtype) or value == "auto":
+        return value
+    resolved = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown torch_dtype {value!r}; use e.g. 'bfloat16', 'float16', 'auto'")
+    return resolved

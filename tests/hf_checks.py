@@ -1,0 +1,140 @@
+"""Checks shared by the Qwen2-Audio and Audio Flamingo 3 tests."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+import ltbm
+
+METHOD_CASES = [
+    ("ltbm", {"window": 3}),
+    ("global", {}),
+    ("pool", {}),
+    ("prune", {"scorer": "attention"}),
+    ("prune", {"scorer": "norm"}),
+    ("uniform", {}),
+    ("random", {"seed": 3}),
+]
+"""Every registered method, prune with both scorers."""
+
+
+def method_id(case: tuple[str, dict]) -> str:
+    name, params = case
+    return "-".join([name, *map(str, params.values())])
+
+
+def placeholder_counts(input_ids: torch.Tensor, token_id: int) -> list[int]:
+    return (input_ids == token_id).sum(dim=1).tolist()
+
+
+def cache_length(output) -> int:
+    """Tokens held in the KV cache after generate (the field is `cache` from transformers
+    5.2x on, `past_key_values` before)."""
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = output.past_key_values
+    return int(cache.get_seq_length())
+
+
+@contextmanager
+def record_llm_inputs(model):
+    """Record the inputs_embeds width and attention mask of every language-model call."""
+    calls: list[tuple[int, torch.Tensor]] = []
+    inner = model.model if hasattr(model, "model") else model
+
+    def hook(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        calls.append((embeds.shape[1], kwargs.get("attention_mask")))
+
+    handle = inner.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def text_tokens(pipe, clips, prompts) -> torch.Tensor:
+    """Tokens of each prompt besides the audio, from the uncompressed batch."""
+    batch = pipe.prepare(clips, prompts, method=None)
+    return batch.attention_mask.sum(1) - torch.tensor(batch.audio_tokens)
+
+
+def assert_llm_gets_k(pipe, clips, prompts, method, text: torch.Tensor, monkeypatch) -> None:
+    """Through ``pipe.generate``: the LLM's prefill holds exactly K audio tokens per clip (K
+    from the budget rule, for each clip's own N), the prompt width is text + K, and the KV
+    cache after generating holds that prompt plus the new tokens."""
+    batches = []
+    prepare = pipe.prepare
+
+    def spy(*args, **kwargs):
+        batches.append(prepare(*args, **kwargs))
+        return batches[-1]
+
+    monkeypatch.setattr(pipe, "prepare", spy)
+    with record_llm_inputs(pipe.model) as calls:
+        results = pipe.generate(clips, prompts, method=method, max_new_tokens=2, min_new_tokens=2)
+    [batch] = batches
+    expected = [ltbm.kept_tokens(n, method.keep_ratio) for n in batch.audio_tokens]
+    assert [r.kept_tokens for r in results] == batch.kept_tokens == expected
+    assert [r.audio_tokens for r in results] == batch.audio_tokens
+    token_id = pipe.model.config.audio_token_id
+    assert placeholder_counts(batch.input_ids, token_id) == expected
+    assert batch.attention_mask.sum(1).tolist() == (text + torch.tensor(expected)).tolist()
+    width = int((text + torch.tensor(expected)).max())
+    assert calls[0][0] == batch.inputs_embeds.shape[1] == width
+
+    new = 3
+    output = pipe.model.generate(
+        input_ids=batch.input_ids,
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        return_dict_in_generate=True,
+    )
+    assert cache_length(output) == width + new - 1
+
+
+def processor_inputs(processor, texts, clips):
+    """What a transformers user hands the model: left-padded text, 30 s mel windows."""
+    return processor(
+        text=texts,
+        audio=clips,
+        return_tensors="pt",
+        text_kwargs={"padding": True, "padding_side": "left"},
+        audio_kwargs={"sampling_rate": 16000},
+    )
+
+
+def assert_parity_with_transformers(pipe, clips, prompts, texts, method) -> None:
+    """keep_ratio = 1 (or no method): same input ids, same logits and the same greedy tokens
+    as the unmodified model on the processor's own inputs."""
+    inputs = processor_inputs(pipe.processor, texts, clips)
+    batch = pipe.prepare(clips, prompts, method=method)
+    assert torch.equal(batch.input_ids, inputs["input_ids"])
+    assert torch.equal(batch.attention_mask, inputs["attention_mask"])
+    with torch.no_grad():
+        reference = pipe.model(**inputs).logits
+        ours = pipe.model(
+            inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask
+        ).logits
+    valid = inputs["attention_mask"].bool()
+    assert torch.equal(reference[valid], ours[valid])
+
+    new = 6
+    expected = pipe.model.generate(**inputs, max_new_tokens=new, do_sample=False)
+    expected = expected[:, inputs["input_ids"].shape[1] :]
+    tokens = pipe.model.generate(
+        input_ids=batch.input_ids,
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=new,
+        do_sample=False,
+    )
+    assert torch.equal(tokens[:, batch.input_ids.shape[1] :], expected)
+    results = pipe.generate(clips, prompts, method=method, max_new_tokens=new)
+    decoded = pipe.processor.tokenizer.batch_decode(expected, skip_special_tokens=True)
+    assert [r.text for r in results] == [d.strip() for d in decoded]
