@@ -214,6 +214,8 @@ def build_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.do_sample = False
+    # The released checkpoints set a repetition penalty; parity must hold with it too.
+    model.generation_config.repetition_penalty = 1.3
     return model, processor_for(model_type, tokenizer)
 
 
