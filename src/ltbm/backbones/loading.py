@@ -14,11 +14,7 @@ import torch
 
 from ltbm.backbones.hf_common import HFPipeline
 from ltbm.methods import METHODS, Method, get_method
-from ltbm.methods.registry import method_parameters
-
-DEFAULT_WINDOW = 3
-"""LTBM's window when loading: a merge partner lies at most three positions away in the
-current sequence (120 ms in the first round, at 25 tokens per second)."""
+from ltbm.methods.registry import DEFAULT_WINDOW, method_parameters
 
 BACKBONES: dict[str, tuple[str, str]] = {
     "qwen2_audio": (

@@ -11,7 +11,8 @@ from ltbm.methods.selection import selection_plan, top_scoring
 from ltbm.plan import Plan
 
 SCORERS = ("attention", "norm")
-QUERY_BLOCK = 1024
+BLOCK_ELEMENTS = 1 << 24
+"""Attention probabilities held at once (64 MiB of float32), whatever batch and heads."""
 
 
 @torch.no_grad()
@@ -30,12 +31,14 @@ def attention_received(
     key_valid = valid_mask(frame_lengths, frames)
     received = torch.zeros(batch, frames, dtype=torch.float32, device=keys.device)
     scale = 1.0 / math.sqrt(head_dim)
-    for start in range(0, frames, QUERY_BLOCK):
-        q = queries[:, :, start : start + QUERY_BLOCK].float()
-        logits = torch.matmul(q, keys.float().transpose(-1, -2)) * scale
+    keys_t = keys.float().transpose(-1, -2)
+    block = max(1, BLOCK_ELEMENTS // max(batch * heads * frames, 1))
+    for start in range(0, frames, block):
+        q = queries[:, :, start : start + block].float()
+        logits = torch.matmul(q, keys_t) * scale
         logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
         probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-        query_valid = key_valid[:, start : start + QUERY_BLOCK]
+        query_valid = key_valid[:, start : start + block]
         probs = probs * query_valid[:, None, :, None]
         received += probs.sum(dim=(1, 2))
     return received / (heads * frame_lengths.clamp(min=1)[:, None])

@@ -59,13 +59,18 @@ class Method:
         return f"{type(self).__name__}({args})"
 
 
+DEFAULT_WINDOW = 2
+"""LTBM's window when none is given: merges stay within two positions of the current
+sequence (80 ms at 25 Hz in the first round), the setting of the reference figures."""
+
+
 class LTBM(Method):
     """Local Temporal Bipartite Merging: merge the most similar neighbours within ``window``
     positions of the current sequence, round after round, until K tokens remain."""
 
     name = "ltbm"
 
-    def __init__(self, keep_ratio: float = 0.25, window: int = 2) -> None:
+    def __init__(self, keep_ratio: float = 0.25, window: int = DEFAULT_WINDOW) -> None:
         super().__init__(keep_ratio)
         if window is None:
             raise ValueError("ltbm needs an integer window; use method='global' for no window")

@@ -208,6 +208,9 @@ def _cache_of(output) -> Any:
 def _generate(model, batch, new_tokens: int):
     with torch.no_grad():
         return model.generate(
+            # input_ids beside the embeddings, as the pipeline does, so a checkpoint's
+            # repetition penalty sees the prompt.
+            input_ids=batch.input_ids.to(batch.inputs_embeds.device),
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             max_new_tokens=new_tokens,

@@ -34,6 +34,9 @@ def score_records(
         from ltbm.metrics.mcq import score_mcq
 
         # Every selected item counts: one that failed or gave no answer is wrong, never guessed.
-        return {"metrics": score_mcq(predictions, items).as_dict(), "computed": ["accuracy"],
-                "skipped": {}}
+        return {
+            "metrics": score_mcq(predictions, items).as_dict(),
+            "computed": ["accuracy"],
+            "skipped": {},
+        }
     raise ValueError(f"no scoring for task kind {task.kind!r}")
