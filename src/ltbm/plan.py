@@ -140,8 +140,8 @@ class Plan:
         weight_sum = torch.zeros(dump + 1, dtype=torch.float32, device=x.device)
         weight_sum.index_add_(0, flat, weights)
         weight_sum = weight_sum.clamp(min=torch.finfo(torch.float32).tiny)
-        mean = total / weight_sum.reshape(-1, *([1] * len(feature_shape)))
-        return mean[:dump].reshape(self.batch_size, self.num_slots, *feature_shape).to(x.dtype)
+        total.div_(weight_sum.reshape(-1, *([1] * len(feature_shape))))
+        return total[:dump].reshape(self.batch_size, self.num_slots, *feature_shape).to(x.dtype)
 
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:
         """Broadcast slots ``[B, K_max, ...]`` back to sources ``[B, N, ...]``; sources that

@@ -129,7 +129,8 @@ def _merge_round(
     """One round of bipartite merging on the current sequences.
 
     Returns the new (sums, sizes, frame_sums, length), the map from current positions to
-    new positions ``[B, n]`` and the merged edges ``[E, 3]`` (clip, a_pos, b_pos).
+    new positions ``[B, n]`` and the merged edges ``[E, 3]`` (clip, a_pos, b_pos). After the
+    last round the features are not needed and come back as None.
     """
     batch, width, dim = sums.shape
     merges = torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
@@ -160,20 +161,19 @@ def _merge_round(
     new_length = length - merges
     new_width = int(new_length.max()) if batch else 0
     keep = order[:, :new_width]
-    # Survivors are gathered in their new order (rows past a clip's length are ignored
-    # later), then each merged A row is added onto its B row: no zero-filled copy, and
-    # only the r merged rows are scattered.
-    clip_rows = torch.arange(batch, device=sums.device)[:, None]
-    flat_sums = sums.reshape(batch * width, dim)
-    new_sums = flat_sums.index_select(0, (clip_rows * width + keep).reshape(-1))
-    merged_clip, merged_a = edges[:, 0], edges[:, 1]
-    new_sums.index_add_(
-        0,
-        merged_clip * new_width + to_new[merged_clip, merged_a],
-        flat_sums.index_select(0, merged_clip * width + merged_a),
-    )
+    if not bool((new_length > kept).any()):
+        # Last round: the plan needs only the assignment, not the merged features.
+        return None, None, None, new_length, to_new, edges
+    # Per clip, survivors are gathered in their new order (rows past a clip's length are
+    # ignored later), then every merged A row is added onto its B row; unmerged A rows go
+    # to a spare last row. Both read the current rows in place: no temporary copies.
+    new_sums = sums.new_empty(batch, new_width + 1, dim)
+    for clip in range(batch):
+        torch.index_select(sums[clip], 0, keep[clip], out=new_sums[clip, :new_width])
+        a_target = torch.where(merge_a[clip], to_new[clip, 0::2], new_width)
+        new_sums[clip].index_add_(0, a_target, sums[clip, 0::2])
     return (
-        new_sums.reshape(batch, new_width, dim),
+        new_sums[:, :new_width],
         merged_sizes.gather(1, keep),
         merged_frames.gather(1, keep),
         new_length,

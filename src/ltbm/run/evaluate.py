@@ -70,7 +70,8 @@ class RunSettings:
     task: str
     out_root: Path
     batch_size: int = 4
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = None
+    """None: the backbone's own default (224 for Whisper, 128 for the HF pipelines)."""
     prompt: str | None = None
     limit: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -164,7 +165,10 @@ def _run_batch(
     prompts = [render_prompt(template, item) for item in ready]
     start = time.perf_counter()
     try:
-        generations = backbone.generate(audios, prompts, method, settings.max_new_tokens)
+        limits = (
+            {} if settings.max_new_tokens is None else {"max_new_tokens": settings.max_new_tokens}
+        )
+        generations = backbone.generate(audios, prompts, method, **limits)
     except Exception as error:  # noqa: BLE001
         if len(ready) == 1:
             return [*records, _failure(ready[0], error)]
