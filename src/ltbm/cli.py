@@ -81,40 +81,18 @@ AudioDirOption = typer.Option(None, help="folder holding the dataset's audio")
 OutOption = typer.Option(Path("runs"), help="where runs are written")
 
 
-def _session(
-    backbone,
-    model,
-    device,
-    dtype,
-    task,
-    root,
-    csv,
-    json_path,
-    audio_dir,
-    out,
-    batch_size,
-    max_new_tokens,
-    prompt,
-    limit,
-):
+def _session(backbone: str, model, device, dtype, task: str, paths: dict, out: Path, **settings):
+    """Load the task and the backbone and bind the run settings."""
     from ltbm.backbones.registry import load_backbone
     from ltbm.run.evaluate import RunSettings
     from ltbm.tasks import get_task
 
-    task_object = get_task(task, root=root, csv=csv, json=json_path, audio_dir=audio_dir)
+    task_object = get_task(task, **paths)
     coverage = task_object.coverage()
     console.print(f"[bold]{task}[/]: {coverage.found} of {coverage.listed} items have audio")
     model_object = load_backbone(backbone, model, device, dtype)
-    settings = RunSettings(
-        backbone=model_object.name,
-        task=task,
-        out_root=out,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        prompt=prompt,
-        limit=limit,
-    )
-    return model_object, task_object, settings
+    run_settings = RunSettings(backbone=model_object.name, task=task, out_root=out, **settings)
+    return model_object, task_object, run_settings
 
 
 @app.command("eval")
@@ -156,15 +134,12 @@ def eval_command(
         device,
         dtype,
         task,
-        root,
-        csv,
-        json_path,
-        audio_dir,
+        {"root": root, "csv": csv, "json": json_path, "audio_dir": audio_dir},
         out,
-        batch_size,
-        max_new_tokens,
-        prompt,
-        limit,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        prompt=prompt,
+        limit=limit,
     )
     run_dir = evaluate(model_object, task_object, cell, settings)
     metrics_path = run_dir / "metrics.json"
@@ -213,15 +188,12 @@ def sweep(
         device,
         dtype,
         task,
-        root,
-        csv,
-        json_path,
-        audio_dir,
+        {"root": root, "csv": csv, "json": json_path, "audio_dir": audio_dir},
         out,
-        batch_size,
-        max_new_tokens,
-        prompt,
-        limit,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        prompt=prompt,
+        limit=limit,
     )
     run_sweep(model_object, task_object, grid, settings)
     paths = write_report(out / task / model_object.name)

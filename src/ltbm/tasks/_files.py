@@ -50,6 +50,42 @@ def first_existing(candidates: Iterable[Path], *, want_dir: bool) -> Path | None
     return None
 
 
+def locate_listing(
+    given: PathLike | None,
+    root: PathLike | None,
+    name: str,
+    subfolders: Sequence[str],
+    what: str,
+    fix: str,
+) -> Path:
+    """The dataset's listing file: ``given`` itself, or ``name`` in ``root`` or one of its
+    usual ``subfolders``; a DatasetError lists every place looked at."""
+    if given is not None:
+        return require_file(as_path(given), what, fix)
+    if root is None:
+        raise DatasetError(f"{what.split()[0]} needs root=... or csv=... . {fix}")
+    base = as_path(root)
+    candidates = [base / name] + [base / folder / name for folder in subfolders]
+    found = first_existing(candidates, want_dir=False)
+    if found is None:
+        raise DatasetError(
+            f"{name} not found in {base} (looked at {', '.join(str(c) for c in candidates)}). {fix}"
+        )
+    return found
+
+
+def locate_audio_dir(
+    given: PathLike | None, root: PathLike | None, listing: Path, subfolders: Sequence[str]
+) -> Path:
+    """The audio folder: ``given``, else the first usual subfolder of ``root`` (or of the
+    listing's folder) that exists, else the first of them (reported as missing later)."""
+    if given is not None:
+        return as_path(given)
+    base = as_path(root) if root is not None else listing.parent
+    candidates = [base / folder for folder in subfolders]
+    return first_existing(candidates, want_dir=True) or candidates[0]
+
+
 def read_csv_rows(path: Path, required: Sequence[str], what: str) -> list[dict[str, str]]:
     """Rows of a CSV as dicts, after checking that the header holds ``required`` columns.
 

@@ -32,14 +32,15 @@ from ltbm.tasks._files import (
     AudioIndex,
     ListedTask,
     PathLike,
-    as_path,
-    first_existing,
+    locate_audio_dir,
+    locate_listing,
     read_csv_rows,
     reject_unknown_keys,
-    require_file,
 )
 from ltbm.tasks.base import DatasetError, Item, TaskKind
 
+CSV_FOLDERS = ["dataset", "csv_files_v1"]
+AUDIO_FOLDERS = ["test", "audio/test", "audio_32000Hz/test", "audio", "."]
 CSV_NAME = "test.csv"
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 CONFIG_KEYS = ("root", "csv", "audio_dir")
@@ -75,8 +76,8 @@ class AudioCapsTask(ListedTask):
         *,
         root: PathLike | None = None,
     ) -> None:
-        self.csv_path = _locate_csv(csv, root)
-        self._audio_dir = _locate_audio_dir(audio_dir, root, self.csv_path)
+        self.csv_path = locate_listing(csv, root, CSV_NAME, CSV_FOLDERS, "AudioCaps CSV", _FIX)
+        self._audio_dir = locate_audio_dir(audio_dir, root, self.csv_path, AUDIO_FOLDERS)
         clips = _group_clips(read_csv_rows(self.csv_path, COLUMNS, "AudioCaps CSV"), self.csv_path)
         index = AudioIndex(self._audio_dir)
         self._listed, self._found = [], []
@@ -152,32 +153,3 @@ def _group_clips(rows: list[dict[str, str]], csv: Path) -> list[_Clip]:
         if not clip.captions:
             raise DatasetError(f"{csv}: clip {clip.youtube_id} has only empty captions")
     return list(clips.values())
-
-
-def _locate_csv(csv: PathLike | None, root: PathLike | None) -> Path:
-    if csv is not None:
-        return require_file(as_path(csv), "AudioCaps CSV", _FIX)
-    if root is None:
-        raise DatasetError(f"AudioCaps needs root=... or csv=... . {_FIX}")
-    base = as_path(root)
-    candidates = [base / CSV_NAME, base / "dataset" / CSV_NAME, base / "csv_files_v1" / CSV_NAME]
-    found = first_existing(candidates, want_dir=False)
-    if found is None:
-        raise DatasetError(
-            f"{CSV_NAME} not found in {base} (looked at "
-            f"{', '.join(str(c) for c in candidates)}). {_FIX}"
-        )
-    return found
-
-
-def _locate_audio_dir(audio_dir: PathLike | None, root: PathLike | None, csv: Path) -> Path:
-    if audio_dir is not None:
-        return as_path(audio_dir)
-    base = as_path(root) if root is not None else csv.parent
-    candidates = [
-        base / "test",
-        base / "audio" / "test",
-        base / "audio_32000Hz" / "test",
-        base / "audio",
-    ]
-    return first_existing(candidates, want_dir=True) or base

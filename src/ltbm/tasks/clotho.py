@@ -23,14 +23,15 @@ from ltbm.tasks._files import (
     AudioIndex,
     ListedTask,
     PathLike,
-    as_path,
-    first_existing,
+    locate_audio_dir,
+    locate_listing,
     read_csv_rows,
     reject_unknown_keys,
-    require_file,
 )
 from ltbm.tasks.base import DatasetError, Item, TaskKind
 
+CSV_FOLDERS = ["clotho_csv_files"]
+AUDIO_FOLDERS = ["evaluation", "clotho_audio_files/evaluation", "audio/evaluation", "audio"]
 CSV_NAME = "clotho_captions_evaluation.csv"
 CAPTION_COLUMNS = tuple(f"caption_{i}" for i in range(1, 6))
 COLUMNS = ("file_name", *CAPTION_COLUMNS)
@@ -55,8 +56,10 @@ class ClothoTask(ListedTask):
         *,
         root: PathLike | None = None,
     ) -> None:
-        self.csv_path = _locate_csv(csv, root)
-        self._audio_dir = _locate_audio_dir(audio_dir, root, self.csv_path)
+        self.csv_path = locate_listing(
+            csv, root, CSV_NAME, CSV_FOLDERS, "Clotho captions CSV", _FIX
+        )
+        self._audio_dir = locate_audio_dir(audio_dir, root, self.csv_path, AUDIO_FOLDERS)
         rows = read_csv_rows(self.csv_path, COLUMNS, "Clotho captions CSV")
         index = AudioIndex(self._audio_dir)
         self._listed, self._found = [], []
@@ -79,35 +82,6 @@ class ClothoTask(ListedTask):
         return cls(
             csv=config.get("csv"), audio_dir=config.get("audio_dir"), root=config.get("root")
         )
-
-
-def _locate_csv(csv: PathLike | None, root: PathLike | None) -> Path:
-    if csv is not None:
-        return require_file(as_path(csv), "Clotho captions CSV", _FIX)
-    if root is None:
-        raise DatasetError(f"Clotho needs root=... or csv=... . {_FIX}")
-    base = as_path(root)
-    candidates = [base / CSV_NAME, base / "clotho_csv_files" / CSV_NAME]
-    found = first_existing(candidates, want_dir=False)
-    if found is None:
-        raise DatasetError(
-            f"{CSV_NAME} not found in {base} (looked at "
-            f"{', '.join(str(c) for c in candidates)}). {_FIX}"
-        )
-    return found
-
-
-def _locate_audio_dir(audio_dir: PathLike | None, root: PathLike | None, csv: Path) -> Path:
-    if audio_dir is not None:
-        return as_path(audio_dir)
-    base = as_path(root) if root is not None else csv.parent
-    candidates = [
-        base / "evaluation",
-        base / "clotho_audio_files" / "evaluation",
-        base / "audio" / "evaluation",
-        base / "audio",
-    ]
-    return first_existing(candidates, want_dir=True) or candidates[0]
 
 
 def _row_item(
