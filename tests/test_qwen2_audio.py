@@ -314,3 +314,13 @@ def test_unknown_model_type_is_refused(tmp_path):
 def test_import_ltbm_does_not_import_transformers():
     code = "import sys, ltbm; assert 'transformers' not in sys.modules; ltbm.load"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_arrays_at_other_rates_are_resampled(pipe):
+    """A (samples, rate) pair at 44.1 kHz gives the same tokens as the same sound at 16 kHz."""
+    clip = tone(2.0)
+    import soxr
+
+    at_44k = soxr.resample(clip, 16000, 44100).astype(np.float32)
+    batch = pipe.prepare([(at_44k, 44100), clip], "Describe the sound.", None)
+    assert batch.audio_tokens[0] == batch.audio_tokens[1] == 50

@@ -29,8 +29,9 @@ from ltbm.backbones.base import Generation
 from ltbm.budget import kept_tokens
 from ltbm.methods import Method
 
-AudioSource = str | Path | np.ndarray | torch.Tensor
-"""A clip: a file path (any rate, read and resampled) or mono samples at 16 kHz."""
+AudioSource = str | Path | np.ndarray | torch.Tensor | tuple[np.ndarray, int]
+"""A clip: a file path (any rate, read and resampled), mono samples at 16 kHz, or a
+``(samples, sample_rate)`` pair at any rate (resampled)."""
 
 ChatMessages = list[dict[str, Any]]
 Prompt = str | ChatMessages | None
@@ -527,13 +528,16 @@ class HFPipeline:
 
     def _load(self, index: int, clip: AudioSource) -> np.ndarray:
         """16 kHz mono float32 samples, refused when empty or longer than the model takes."""
+        rate = SAMPLE_RATE
+        if _is_rated_clip(clip):
+            clip, rate = clip
         if isinstance(clip, torch.Tensor):
             clip = clip.detach().cpu().float().numpy()
         try:
             samples = (
                 load_audio(clip)
                 if isinstance(clip, (str, Path))
-                else load_audio(clip, sample_rate=SAMPLE_RATE)
+                else load_audio(clip, sample_rate=int(rate))
             )
         except AudioError as error:
             raise AudioError(f"clip {index}: {error}") from None
@@ -651,8 +655,18 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def _is_rated_clip(clip: Any) -> bool:
+    """A ``(samples, sample_rate)`` pair."""
+    return (
+        isinstance(clip, tuple)
+        and len(clip) == 2
+        and isinstance(clip[0], (np.ndarray, torch.Tensor))
+        and isinstance(clip[1], (int, np.integer))
+    )
+
+
 def _is_single_clip(audios: Any) -> bool:
-    if isinstance(audios, (str, Path)):
+    if isinstance(audios, (str, Path)) or _is_rated_clip(audios):
         return True
     if isinstance(audios, (np.ndarray, torch.Tensor)):
         return audios.ndim == 1
