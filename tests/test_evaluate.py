@@ -258,7 +258,27 @@ def test_sweep_reuses_finished_cells_and_reports(tiny_model, mmau, tmp_path):
         "pool-r0.5",
     ]
     stamp = (cells / "pool-r0.5" / "metrics.json").stat().st_mtime_ns
-    invoke(args)
+    # The same grid and dataset path from a config file: every cell is reused.
+    config = tmp_path / "grid.toml"
+    config.write_text(
+        'methods = ["none", "pool", "global", "ltbm"]\nkeep_ratios = [0.5, 0.25]\n'
+        f'windows = [2]\nscorer = "norm"\nroot = "{mmau}"\n'
+    )
+    invoke(
+        [
+            "sweep",
+            "--backbone",
+            "hf",
+            "--model",
+            str(tiny_model),
+            "--task",
+            "mmau",
+            "--out",
+            str(tmp_path),
+            "--config",
+            str(config),
+        ]
+    )
     assert (cells / "pool-r0.5" / "metrics.json").stat().st_mtime_ns == stamp
     report = (cells / "report.md").read_text()
     assert "| method | keep_ratio" in report and "ltbm" in report

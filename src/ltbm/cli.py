@@ -161,7 +161,9 @@ def sweep(
     keep_ratios: str = typer.Option("0.5,0.25,0.15", help="comma-separated"),
     windows: str = typer.Option("1,2,4", help="ltbm windows, comma-separated"),
     scorer: str = typer.Option(None, help="prune's scorer (default: attention, norm on CT2)"),
-    config: Path = typer.Option(None, help="TOML/JSON with methods, keep_ratios, windows"),
+    config: Path = typer.Option(
+        None, help="TOML/JSON with methods, keep_ratios, windows, scorer and dataset paths"
+    ),
     batch_size: int = typer.Option(4),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
     prompt: str = typer.Option(None),
@@ -179,7 +181,16 @@ def sweep(
     scorer = scorer or ("norm" if backbone == "whisper-ct2" else "attention")
     grid = Grid(tuple(methods.split(",")), _floats(keep_ratios), _ints(windows), scorer)
     if config is not None:
-        grid, _ = load_grid(config)
+        grid, paths = load_grid(config)
+        unknown = sorted(set(paths) - {"root", "csv", "json", "audio_dir"})
+        if unknown:
+            raise typer.BadParameter(
+                f"unknown keys {unknown} in {config}; it takes methods, keep_ratios, windows, "
+                "scorer and the dataset paths root, csv, json, audio_dir"
+            )
+        root, csv = root or paths.get("root"), csv or paths.get("csv")
+        json_path = json_path or paths.get("json")
+        audio_dir = audio_dir or paths.get("audio_dir")
     for cell in grid.cells():
         cell.build()
     model_object, task_object, settings = _session(
