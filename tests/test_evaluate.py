@@ -285,3 +285,40 @@ def test_sweep_reuses_finished_cells_and_reports(tiny_model, mmau, tmp_path):
     rows = json.loads((cells / "report.json").read_text())
     assert len(rows) == 7
     assert (cells / "mmau_qwen2-audio_accuracy.png").exists()
+
+
+def test_whisper_embedded_default_through_the_cli(tmp_path):
+    """The proxy benchmark's path: built-in speech set, real Whisper tiny.en, WER."""
+    from ltbm.metrics.wer import word_error_rate
+
+    for method in ("none", "ltbm"):
+        invoke(
+            [
+                "eval",
+                "--backbone",
+                "whisper-ct2",
+                "--task",
+                "speech",
+                "--method",
+                method,
+                "--keep-ratio",
+                "0.5",
+                "--limit",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    cells = tmp_path / "speech" / "whisper-ct2"
+    for cell in ("none", "ltbm-r0.5-w2"):
+        metrics = metrics_of(cells / cell)
+        records = records_of(cells / cell)
+        assert metrics["items"] == 3 and metrics["scored"] == 3
+        assert metrics["prompt_template"] == ""
+        recomputed = word_error_rate(
+            [r["references"][0] for r in records], [r["prediction"] for r in records]
+        )
+        assert metrics["metrics"]["wer"] == pytest.approx(recomputed.wer)
+        assert metrics["metrics"]["wer"] < 0.5, "tiny.en transcribes the built-in set"
+    compressed = records_of(cells / "ltbm-r0.5-w2")
+    assert all(r["kept_tokens"] == -(-r["audio_tokens"] // 2) for r in compressed)
