@@ -28,13 +28,8 @@ PROMPTS = ["Describe the sound in one sentence.", "Transcribe the input speech."
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy machine thread contention makes
-    them several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(single_thread):
+    """Every test here runs single-threaded (see conftest)."""
 
 
 @pytest.fixture(scope="module")

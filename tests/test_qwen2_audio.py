@@ -33,13 +33,8 @@ PROMPTS = ["Generate the caption in English:", "Describe the sound in one senten
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy machine thread contention makes
-    them several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(single_thread):
+    """Every test here runs single-threaded (see conftest)."""
 
 
 @pytest.fixture(scope="module")
