@@ -128,3 +128,43 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(monkeypatch):
 def test_kv_bytes_of_legacy_tuples():
     layer = (torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4))
     assert bench.kv_cache_bytes([layer, layer]) == 4 * 40 * 4
+
+
+def test_a_rerun_keeps_cells_already_measured(tmp_path):
+    """A killed bench loses nothing: the JSON is rewritten after every cell, and running the
+    same bench again measures only the cells it lacks."""
+    out = tmp_path / "bench.json"
+    base = [
+        "bench",
+        "--backbone",
+        "qwen2-audio",
+        "--random-weights",
+        "--size",
+        "tiny",
+        "--methods",
+        "pool",
+        "--batch-sizes",
+        "1",
+        "--seconds",
+        "3",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--decode-tokens",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    runner = CliRunner()
+    assert runner.invoke(app, [*base, "--keep-ratios", "1,0.25"]).exit_code == 0
+    first = {(c["method"], c["keep_ratio"]): c for c in json.loads(out.read_text())["cells"]}
+    assert runner.invoke(app, [*base, "--keep-ratios", "1,0.5,0.25"]).exit_code == 0
+    second = {(c["method"], c["keep_ratio"]): c for c in json.loads(out.read_text())["cells"]}
+    assert set(second) == {("none", 1.0), ("pool", 0.5), ("pool", 0.25)}
+    for key in first:
+        assert second[key]["prefill_ms"] == first[key]["prefill_ms"]
+        assert second[key]["run"] == first[key]["run"]
+    assert "prefill_vs_uncompressed" in second[("pool", 0.5)]

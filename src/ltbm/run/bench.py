@@ -219,29 +219,67 @@ def _generate(model, batch, new_tokens: int):
         )
 
 
-def run_bench(pipeline: HFPipeline, grid: BenchGrid, prompt: str, log=print) -> list[dict]:
-    """All cells; an out-of-memory cell is recorded as such and the sweep goes on."""
+def cell_key(row: dict) -> tuple:
+    """What identifies a measured cell, to reuse it when a killed bench is run again."""
+    return tuple(
+        row.get(k)
+        for k in ("method", "keep_ratio", "window", "scorer", "batch_size", "audio_seconds")
+    )
+
+
+def run_bench(
+    pipeline: HFPipeline,
+    grid: BenchGrid,
+    prompt: str,
+    log=print,
+    done: list[dict] | None = None,
+    on_row=None,
+) -> list[dict]:
+    """All cells; an out-of-memory cell is recorded as such and the sweep goes on. Cells in
+    ``done`` (from an earlier, interrupted run of the same bench) are kept, not remeasured;
+    each row says which run measured it. ``on_row(rows)`` is called after every cell."""
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
+    reusable = {cell_key(r): r for r in done or [] if "error" not in r}
     results = []
     for seconds in grid.seconds:
         for batch_size in grid.batch_sizes:
-            audios = clips(batch_size, seconds)
+            audios = None
             for cell in grid.cells():
-                try:
-                    row = measure_cell(pipeline, cell, audios, prompt, grid)
-                except torch.OutOfMemoryError as error:
-                    row = {
-                        "method": cell.method,
-                        "keep_ratio": cell.keep_ratio,
-                        "batch_size": batch_size,
-                        "audio_seconds": seconds,
-                        "error": "out of memory",
-                        "detail": str(error).splitlines()[0],
-                    }
-                    reset_peak(next(pipeline.model.parameters()).device)
+                key = (
+                    cell.method,
+                    cell.keep_ratio,
+                    cell.window,
+                    cell.scorer,
+                    batch_size,
+                    float(seconds),
+                )
+                row = reusable.get(key)
+                if row is None:
+                    audios = audios if audios is not None else clips(batch_size, seconds)
+                    row = {**_measure_or_oom(pipeline, cell, audios, prompt, grid), "run": run_id}
                 results.append(row)
                 log(_summary(row))
+                if on_row is not None:
+                    on_row(results)
     _add_savings(results)
     return results
+
+
+def _measure_or_oom(pipeline, cell: Cell, audios, prompt: str, grid: BenchGrid) -> dict:
+    try:
+        return measure_cell(pipeline, cell, audios, prompt, grid)
+    except torch.OutOfMemoryError as error:
+        reset_peak(next(pipeline.model.parameters()).device)
+        return {
+            "method": cell.method,
+            "keep_ratio": cell.keep_ratio,
+            "window": cell.window,
+            "scorer": cell.scorer,
+            "batch_size": len(audios),
+            "audio_seconds": len(audios[0]) / 16000,
+            "error": "out of memory",
+            "detail": str(error).splitlines()[0],
+        }
 
 
 def _add_savings(rows: list[dict]) -> None:
@@ -347,14 +385,17 @@ def load_pipeline(
 def bench_to_files(
     backbone, model, random_weights, size, device, dtype, grid: BenchGrid, out, log=print
 ) -> dict[str, Any]:
-    """Run the grid and write JSON, a markdown table and a plot beside each other."""
+    """Run the grid and write JSON, a markdown table and a plot beside each other. The JSON
+    is rewritten after every cell; run again after a kill, the same bench (same backbone,
+    model, device and dtype) keeps the cells already measured."""
     import json
     from pathlib import Path
 
     from ltbm.run.evaluate import versions
+    from ltbm.run.records import write_json_atomic
 
+    out = Path(out)
     pipeline = load_pipeline(backbone, model, random_weights, size, device, dtype)
-    rows = run_bench(pipeline, grid, PROMPTS[backbone], log=log)
     where = next(pipeline.model.parameters()).device
     payload = {
         "backbone": backbone,
@@ -365,11 +406,17 @@ def bench_to_files(
         "attn_implementation": getattr(pipeline.model.config, "_attn_implementation", None),
         "grid": {k: v for k, v in grid.__dict__.items() if k != "extra"},
         "versions": versions(),
-        "cells": rows,
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
+    same = ("backbone", "model", "device_name", "dtype")
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    done = previous.get("cells", []) if all(previous.get(k) == payload[k] for k in same) else []
+
+    def save(rows: list[dict]) -> None:
+        write_json_atomic(out, {**payload, "cells": rows})
+
+    rows = run_bench(pipeline, grid, PROMPTS[backbone], log=log, done=done, on_row=save)
+    save(rows)
+    payload["cells"] = rows
     table = out.with_suffix(".md")
     table.write_text(bench_table(payload))
     plot = out.with_suffix(".png")
