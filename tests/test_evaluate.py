@@ -322,3 +322,50 @@ def test_whisper_embedded_default_through_the_cli(tmp_path):
         assert metrics["metrics"]["wer"] < 0.5, "tiny.en transcribes the built-in set"
     compressed = records_of(cells / "ltbm-r0.5-w2")
     assert all(r["kept_tokens"] == -(-r["audio_tokens"] // 2) for r in compressed)
+
+
+def test_a_method_the_backbone_cannot_feed_is_refused_before_any_item(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--backbone",
+            "whisper-ct2",
+            "--task",
+            "speech",
+            "--method",
+            "prune",
+            "--scorer",
+            "attention",
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "scorer='norm'" in str(result.exception)
+    assert not list(tmp_path.rglob("items*.jsonl"))
+
+
+def test_the_command_line_ends_bad_input_with_a_message_not_a_traceback(tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ltbm.cli",
+            "eval",
+            "--task",
+            "clotho",
+            "--root",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 2
+    assert "clotho_captions_evaluation.csv not found" in completed.stdout
+    assert "Traceback" not in completed.stdout + completed.stderr

@@ -267,5 +267,17 @@ def bench(
         console.print(f"{kind}: {path}")
 
 
+def run_cli() -> None:
+    """The ``ltbm`` entry point: input problems (bad options, missing files, unreadable
+    datasets, Java missing) end with their message and exit code 2, not a traceback."""
+    from ltbm.metrics.captions import CaptionMetricsError
+
+    try:
+        app()
+    except (ValueError, FileNotFoundError, CaptionMetricsError) as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    run_cli()

@@ -274,6 +274,11 @@ class WhisperCT2:
         while len(self._cache) > self.cache_clips:
             self._cache.popitem(last=False)
 
+    def check_method(self, method: Method | None) -> None:
+        """Refuse a method this backbone cannot feed (attention pruning), before any work."""
+        if method is not None:
+            _check_method(method)
+
     def compress(self, encoded: list[EncodedClip], method: Method | None) -> Compressed | None:
         """Compress the valid frames of every clip in one batched call (padding past each
         clip's N is never mixed in); None when ``method`` is None."""

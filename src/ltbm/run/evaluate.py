@@ -113,6 +113,9 @@ def evaluate(
     shard = shard or Shard.from_environment()
     run_dir = settings.run_dir(cell)
     method = cell.build()
+    check = getattr(backbone, "check_method", None)
+    if check is not None:  # refuse up front rather than record every item as failed
+        check(method)
     items = task.items()
     if settings.limit is not None:
         items = items[: settings.limit]
