@@ -424,13 +424,8 @@ class HFPipeline:
     ) -> PreparedBatch:
         """Everything up to the LLM: the inputs_embeds with K audio tokens per clip."""
         method = self._resolve_method(method)
-        clips, prompt_list = self._pair(audios, prompts)
-        samples = [self._load(index, clip) for index, clip in enumerate(clips)]
-        texts = [self._render(index, prompt) for index, prompt in enumerate(prompt_list)]
-        inputs = self._process(texts, samples)
-        windows = self.windows(samples)
+        inputs, samples, windows = self.encoder_inputs(audios, prompts)
         features, frame_mask = inputs[self.adapter.features_key], inputs[self.adapter.mask_key]
-        self._check_not_too_short(samples, windows, frame_mask)
         audio, lengths, kept = self.adapter.audio_embeddings(method, features, frame_mask, windows)
         self._check_processor_agrees(inputs, lengths)
         token_id = self.adapter.audio_token_id
@@ -447,6 +442,22 @@ class HFPipeline:
         return PreparedBatch(
             embeds, attention_mask.to(embeds.device), input_ids, lengths, kept, extra
         )
+
+    def encoder_inputs(
+        self,
+        audios: AudioSource | Sequence[AudioSource],
+        prompts: Prompt | Sequence[Prompt] = None,
+    ) -> tuple[Any, list[np.ndarray], list[int]]:
+        """The processor's outputs (one placeholder run of N per clip, mel windows), the
+        loaded 16 kHz samples and the windows per clip: everything the encoder step takes.
+        ``prepare`` starts here; the efficiency benchmark times the encoder from here."""
+        clips, prompt_list = self._pair(audios, prompts)
+        samples = [self._load(index, clip) for index, clip in enumerate(clips)]
+        texts = [self._render(index, prompt) for index, prompt in enumerate(prompt_list)]
+        inputs = self._process(texts, samples)
+        windows = self.windows(samples)
+        self._check_not_too_short(samples, windows, inputs[self.adapter.mask_key])
+        return inputs, samples, windows
 
     def describe(self) -> dict[str, Any]:
         """Model, dtype, device, attention kernel, versions and method: written into results."""

@@ -130,17 +130,11 @@ def measure_cell(pipeline: HFPipeline, cell: Cell, audios, prompt: str, grid: Be
     prepare_s, batch = timed(
         lambda: pipeline.prepare(audios, prompt, method), device, warmup, repeats
     )
-    inputs = pipeline.processor(
-        text=[pipeline._render(0, prompt)] * len(audios),
-        audio=audios,
-        return_tensors="pt",
-        text_kwargs={"padding": True},
-        audio_kwargs={"sampling_rate": 16000},
-    )
+    inputs, _, windows = pipeline.encoder_inputs(audios, prompt)
     adapter = pipeline.adapter
+    # On the device beforehand, so the encoder's time holds no host-to-device copy.
     features = inputs[adapter.features_key].to(device, next(model.parameters()).dtype)
     frame_mask = inputs[adapter.mask_key].to(device)
-    windows = pipeline.windows(audios)
     attention = needs_attention(method)
 
     def encode():
