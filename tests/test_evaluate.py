@@ -280,8 +280,53 @@ def test_sweep_reuses_finished_cells_and_reports(tiny_model, mmau, tmp_path):
         ]
     )
     assert (cells / "pool-r0.5" / "metrics.json").stat().st_mtime_ns == stamp
+    # Efficiency figures from `ltbm bench` in the same folder join the table by cell.
+    bench = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--backbone",
+            "qwen2-audio",
+            "--random-weights",
+            "--size",
+            "tiny",
+            "--methods",
+            "pool,ltbm",
+            "--keep-ratios",
+            "1,0.5",
+            "--batch-sizes",
+            "1",
+            "--seconds",
+            "3",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--decode-tokens",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(cells / "bench.json"),
+        ],
+    )
+    assert bench.exit_code == 0, bench.output
+    invoke(["report", str(cells)])
+    measured = {
+        (c["method"], c["keep_ratio"]): c["prefill_ms"]
+        for c in json.loads((cells / "bench.json").read_text())["cells"]
+    }
+    joined = {
+        (r["method"], r["keep_ratio"], r["window"]): r.get("prefill_ms")
+        for r in json.loads((cells / "report.json").read_text())
+    }
+    assert joined[("none", 1.0, None)] == measured[("none", 1.0)]
+    assert joined[("pool", 0.5, None)] == measured[("pool", 0.5)]
+    assert joined[("ltbm", 0.5, 2)] == measured[("ltbm", 0.5)]
+    assert joined[("global", 0.5, None)] is None and joined[("pool", 0.25, None)] is None
     report = (cells / "report.md").read_text()
     assert "| method | keep_ratio" in report and "ltbm" in report
+    assert "prefill_ms" in report.splitlines()[2]
     rows = json.loads((cells / "report.json").read_text())
     assert len(rows) == 7
     assert (cells / "mmau_qwen2-audio_accuracy.png").exists()

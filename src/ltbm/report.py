@@ -62,20 +62,19 @@ def _row_order(row: dict[str, Any]):
 
 def _join_efficiency(rows: list[dict[str, Any]], runs_dir: Path) -> None:
     """Add prefill time and memory from ``ltbm bench`` results found in the runs folder,
-    matched on backbone, method and keep ratio (batch 1 figures preferred)."""
+    matched on backbone, method, keep ratio and window (batch 1 figures preferred)."""
     measured: dict[tuple, dict[str, Any]] = {}
     for path in sorted(runs_dir.rglob("bench*.json")):
         bench = json.loads(path.read_text())
         for cell in bench.get("cells", []):
             if cell.get("error"):
                 continue
-            key = (bench.get("backbone"), cell.get("method"), cell.get("keep_ratio"))
+            key = (bench.get("backbone"), cell["method"], cell["keep_ratio"], cell.get("window"))
             best = measured.get(key)
             if best is None or cell.get("batch_size", 1) < best.get("batch_size", 1):
                 measured[key] = cell
     for row in rows:
-        method = "none" if row["method"] == "none" else row["method"]
-        cell = measured.get((row["backbone"], method, row["keep_ratio"]))
+        cell = measured.get((row["backbone"], row["method"], row["keep_ratio"], row["window"]))
         if cell:
             row.update({f: cell.get(f) for f in EFFICIENCY_FIELDS if f in cell})
 
