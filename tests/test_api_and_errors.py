@@ -160,3 +160,18 @@ def test_plan_applies_to_any_trailing_shape():
     plan = ltbm.compress(tokens, torch.tensor([12, 7]), keep_ratio=0.5).plan
     positions = torch.arange(12, dtype=torch.float32).expand(2, 12)
     assert torch.allclose(plan.apply(positions), plan.centroids.float())
+
+
+def test_registered_method_is_usable_by_name(monkeypatch):
+    monkeypatch.setattr(ltbm.methods.registry, "METHODS", dict(ltbm.METHODS))
+
+    @ltbm.register
+    class FirstK(ltbm.Uniform):
+        """Keeps the first K tokens (a test method)."""
+
+        name = "first"
+
+    assert "first" in ltbm.methods.registry.METHODS
+    assert isinstance(ltbm.get_method("first", keep_ratio=0.5), FirstK)
+    with pytest.raises(TypeError, match="class attribute `name`"):
+        ltbm.register(type("Nameless", (), {}))

@@ -61,3 +61,13 @@ def test_cell_names_and_baseline():
     assert Cell("none", 1.0).name == "none"
     assert Cell("none", 1.0).build() is None
     assert Cell("global", 0.15).build().params() == {"method": "global", "keep_ratio": 0.15}
+
+
+def test_sweep_config_sets_the_random_seed(tmp_path):
+    from ltbm.run.sweep import load_grid
+
+    config = tmp_path / "grid.toml"
+    config.write_text('methods = ["random"]\nkeep_ratios = [0.5]\nseed = 7\n')
+    grid, rest = load_grid(config)
+    assert [cell.name for cell in grid.cells()] == ["random-r0.5-s7"]
+    assert rest == {}

@@ -158,14 +158,6 @@ class Plan:
         kept = (self.slot_index >= 0).reshape(*self.slot_index.shape, *([1] * len(feature_shape)))
         return torch.where(kept.to(y.device), out, torch.zeros((), dtype=y.dtype))
 
-    def to(self, device: torch.device | str) -> Plan:
-        return Plan(
-            self.slot_index.to(device),
-            self.weights.to(device),
-            self.kept.to(device),
-            [h.to(device) for h in self.history],
-        )
-
 
 def plan_from_slots(slot_index: torch.Tensor, kept: torch.Tensor, history=None) -> Plan:
     """A plan in which every kept source has weight one (merging, pooling, selection)."""

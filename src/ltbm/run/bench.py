@@ -13,7 +13,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,6 @@ class BenchGrid:
     warmup: int = 1
     repeats: int = 5
     decode_tokens: int = 16
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         """keep ratio 1 is measured once, as the uncompressed baseline."""
@@ -398,7 +397,7 @@ def bench_to_files(
         "device_name": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
         "dtype": str(next(pipeline.model.parameters()).dtype).removeprefix("torch."),
         "attn_implementation": getattr(pipeline.model.config, "_attn_implementation", None),
-        "grid": {k: v for k, v in grid.__dict__.items() if k != "extra"},
+        "grid": dict(grid.__dict__),
         "versions": versions(),
     }
     same = ("backbone", "model", "device_name", "dtype")

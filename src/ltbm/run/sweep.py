@@ -9,7 +9,7 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ class Grid:
     keep_ratios: tuple[float, ...] = PAPER_KEEP_RATIOS
     windows: tuple[int, ...] = PAPER_WINDOWS
     scorer: str = "norm"
-    extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    """random's seed."""
 
     def cells(self) -> list[Cell]:
         cells = []
@@ -44,20 +45,21 @@ class Grid:
                 elif method == "prune":
                     cells.append(Cell("prune", ratio, scorer=self.scorer))
                 elif method == "random":
-                    cells.append(Cell("random", ratio, seed=int(self.extra.get("seed", 0))))
+                    cells.append(Cell("random", ratio, seed=self.seed))
                 else:
                     cells.append(Cell(method, ratio))
         return cells
 
 
 def load_grid(path: Path) -> tuple[Grid, dict[str, Any]]:
-    """Read a sweep config (TOML or JSON). Keys: methods, keep_ratios, windows, scorer, and
+    """Read a sweep config (TOML or JSON). Keys: methods, keep_ratios, windows, scorer, seed,
+    and
     anything else (backbone, model, task, paths, batch_size ...) returned as the rest."""
     if not path.exists():
         raise FileNotFoundError(f"sweep config not found: {path}")
     text = path.read_text()
     config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    grid_keys = {"methods", "keep_ratios", "windows", "scorer"}
+    grid_keys = {"methods", "keep_ratios", "windows", "scorer", "seed"}
     grid = Grid(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in grid_keys}
     )
