@@ -8,6 +8,7 @@ is cheap to apply many times: to the encoder tokens, to attention scores, to pos
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -18,6 +19,10 @@ NOT_KEPT = -1
 @dataclass(frozen=True)
 class Plan:
     """A source→slot assignment for a batch of clips.
+
+    A plan is immutable: its derived statistics (``num_slots``, ``sizes``, ``slot_mask``,
+    ``is_selection``) are computed once and cached, so applying it again costs only the
+    gather or the weighted sum.
 
     Attributes:
         slot_index: ``[B, N]`` long; the output slot each source feeds, or ``NOT_KEPT``.
@@ -42,12 +47,12 @@ class Plan:
     def num_sources(self) -> int:
         return self.slot_index.shape[1]
 
-    @property
+    @cached_property
     def num_slots(self) -> int:
         """Width of the padded output: the largest K in the batch."""
         return int(self.kept.max()) if self.kept.numel() else 0
 
-    @property
+    @cached_property
     def slot_mask(self) -> torch.Tensor:
         """``[B, K_max]`` bool; True on real output slots, False on padding."""
         slots = torch.arange(self.num_slots, device=self.kept.device)
@@ -69,7 +74,7 @@ class Plan:
         out = out.scatter_reduce(0, flat, values.reshape(-1), reduce=reduce, include_self=True)
         return out[:dump].reshape(self.batch_size, self.num_slots)
 
-    @property
+    @cached_property
     def sizes(self) -> torch.Tensor:
         """``[B, K_max]`` long; how many source tokens each slot holds (0 on padding)."""
         kept = (self.slot_index >= 0).long()
@@ -94,14 +99,16 @@ class Plan:
         total = self._reduce(positions * kept, "sum", 0.0)
         return total / self.sizes.clamp(min=1).double()
 
-    @property
+    @cached_property
+    def unit_weights(self) -> bool:
+        """Every kept source weighs one (true of every built-in method)."""
+        return bool((self.weights[self.slot_index >= 0] == 1).all())
+
+    @cached_property
     def is_selection(self) -> bool:
         """True when every slot holds exactly one source with weight one (pruning, sampling,
         or no compression): then ``apply`` is an exact gather."""
-        kept = self.slot_index >= 0
-        if not bool((self.weights[kept] == 1).all()):
-            return False
-        return bool((self.sizes[self.slot_mask] == 1).all())
+        return self.unit_weights and bool((self.sizes[self.slot_mask] == 1).all())
 
     def selected_sources(self) -> torch.Tensor:
         """``[B, K_max]`` long; for a selection plan, the source index of each slot (0 on
@@ -133,7 +140,7 @@ class Plan:
         broadcast = weights.reshape(-1, *([1] * len(feature_shape)))
         values = x.reshape(-1, *feature_shape).float()
         # Not-kept sources (padding may hold anything, even NaN) land in the dump row only.
-        if not bool((weights[self.slot_index.reshape(-1) >= 0] == 1).all()):
+        if not self.unit_weights:
             values = values * broadcast
         total = torch.zeros((dump + 1, *feature_shape), dtype=torch.float32, device=x.device)
         total.index_add_(0, flat, values)
