@@ -81,6 +81,11 @@ AudioDirOption = typer.Option(None, help="folder holding the dataset's audio")
 OutOption = typer.Option(Path("runs"), help="where runs are written")
 
 
+def _default_scorer(backbone: str) -> str:
+    """prune's scorer: encoder attention, except on CTranslate2, which does not expose it."""
+    return "norm" if backbone == "whisper-ct2" else "attention"
+
+
 def _session(backbone: str, model, device, dtype, task: str, paths: dict, out: Path, **settings):
     """Load the task and the backbone and bind the run settings."""
     from ltbm.backbones.registry import load_backbone
@@ -120,12 +125,13 @@ def eval_command(
     """Evaluate one backbone × task × method × keep ratio; resumable, shardable."""
     import json
 
+    from ltbm.methods.registry import DEFAULT_WINDOW
     from ltbm.run.evaluate import Cell, evaluate
 
     if method == "ltbm" and window is None:
-        window = 2
+        window = DEFAULT_WINDOW  # named in the run's folder, like every other parameter
     if method == "prune" and scorer is None:
-        scorer = "norm" if backbone == "whisper-ct2" else "attention"
+        scorer = _default_scorer(backbone)
     cell = Cell(method, 1.0 if method == "none" else keep_ratio, window, scorer, seed)
     cell.build()  # refuse bad parameters before any model loads
     model_object, task_object, settings = _session(
@@ -178,7 +184,7 @@ def sweep(
     from ltbm.run.sweep import Grid, load_grid
     from ltbm.run.sweep import sweep as run_sweep
 
-    scorer = scorer or ("norm" if backbone == "whisper-ct2" else "attention")
+    scorer = scorer or _default_scorer(backbone)
     grid = Grid(tuple(methods.split(",")), _floats(keep_ratios), _ints(windows), scorer)
     if config is not None:
         grid, paths = load_grid(config)
@@ -186,7 +192,7 @@ def sweep(
         if unknown:
             raise typer.BadParameter(
                 f"unknown keys {unknown} in {config}; it takes methods, keep_ratios, windows, "
-                "scorer and the dataset paths root, csv, json, audio_dir"
+                "scorer, seed and the dataset paths root, csv, json, audio_dir"
             )
         root, csv = root or paths.get("root"), csv or paths.get("csv")
         json_path = json_path or paths.get("json")
