@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import tiny_bench_args
 from typer.testing import CliRunner
 
 from ltbm.cli import app
@@ -39,35 +40,8 @@ def run_cli(
     tmp_path, backbone: str, seconds: str = "4", batches: str = "1,2", ratios: str = "1,0.25"
 ) -> dict:
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            "--backbone",
-            backbone,
-            "--random-weights",
-            "--size",
-            "tiny",
-            "--methods",
-            "ltbm,prune",
-            "--keep-ratios",
-            ratios,
-            "--batch-sizes",
-            batches,
-            "--seconds",
-            seconds,
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--decode-tokens",
-            "3",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ],
-    )
+    args = tiny_bench_args(out, backbone, "ltbm,prune", ratios, batches, seconds)
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert out.with_suffix(".png").exists() and out.with_suffix(".md").exists()
     return json.loads(out.read_text())
@@ -134,34 +108,16 @@ def test_a_rerun_keeps_cells_already_measured(tmp_path):
     """A killed bench loses nothing: the JSON is rewritten after every cell, and running the
     same bench again measures only the cells it lacks."""
     out = tmp_path / "bench.json"
-    base = [
-        "bench",
-        "--backbone",
-        "qwen2-audio",
-        "--random-weights",
-        "--size",
-        "tiny",
-        "--methods",
-        "pool",
-        "--batch-sizes",
-        "1",
-        "--seconds",
-        "3",
-        "--repeats",
-        "1",
-        "--warmup",
-        "0",
-        "--decode-tokens",
-        "2",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-    ]
     runner = CliRunner()
-    assert runner.invoke(app, [*base, "--keep-ratios", "1,0.25"]).exit_code == 0
+    assert (
+        runner.invoke(app, tiny_bench_args(out, methods="pool", keep_ratios="1,0.25")).exit_code
+        == 0
+    )
     first = {(c["method"], c["keep_ratio"]): c for c in json.loads(out.read_text())["cells"]}
-    assert runner.invoke(app, [*base, "--keep-ratios", "1,0.5,0.25"]).exit_code == 0
+    assert (
+        runner.invoke(app, tiny_bench_args(out, methods="pool", keep_ratios="1,0.5,0.25")).exit_code
+        == 0
+    )
     second = {(c["method"], c["keep_ratio"]): c for c in json.loads(out.read_text())["cells"]}
     assert set(second) == {("none", 1.0), ("pool", 0.5), ("pool", 0.25)}
     for key in first:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from tiny_models import tiny_bench_args
 from typer.testing import CliRunner
 
 from ltbm.backbones.synthetic import save_model
@@ -281,35 +282,8 @@ def test_sweep_reuses_finished_cells_and_reports(tiny_model, mmau, tmp_path):
     )
     assert (cells / "pool-r0.5" / "metrics.json").stat().st_mtime_ns == stamp
     # Efficiency figures from `ltbm bench` in the same folder join the table by cell.
-    bench = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            "--backbone",
-            "qwen2-audio",
-            "--random-weights",
-            "--size",
-            "tiny",
-            "--methods",
-            "pool,ltbm",
-            "--keep-ratios",
-            "1,0.5",
-            "--batch-sizes",
-            "1",
-            "--seconds",
-            "3",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--decode-tokens",
-            "2",
-            "--device",
-            "cpu",
-            "--out",
-            str(cells / "bench.json"),
-        ],
-    )
+    args = tiny_bench_args(cells / "bench.json", methods="pool,ltbm", keep_ratios="1,0.5")
+    bench = CliRunner().invoke(app, args)
     assert bench.exit_code == 0, bench.output
     invoke(["report", str(cells)])
     measured = {

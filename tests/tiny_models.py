@@ -32,3 +32,20 @@ def tone(seconds: float, frequency: float = 440.0, seed: int = 0) -> np.ndarray:
     t = np.arange(int(seconds * 16000)) / 16000
     signal = 0.3 * np.sin(2 * np.pi * frequency * t * (1 + 0.5 * t / max(seconds, 1e-3)))
     return (signal + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def tiny_bench_args(
+    out: Path,
+    backbone: str = "qwen2-audio",
+    methods: str = "ltbm,prune",
+    keep_ratios: str = "1,0.25",
+    batch_sizes: str = "1",
+    seconds: str = "3",
+) -> list[str]:
+    """`ltbm bench` arguments for a quick CPU run on a tiny random architecture."""
+    return [
+        "bench", "--backbone", backbone, "--random-weights", "--size", "tiny",
+        "--methods", methods, "--keep-ratios", keep_ratios, "--batch-sizes", batch_sizes,
+        "--seconds", seconds, "--repeats", "1", "--warmup", "0", "--decode-tokens", "2",
+        "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
