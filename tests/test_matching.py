@@ -41,7 +41,7 @@ def test_banded_scores_agree_with_dense_scores(width, window, seed):
     dense = torch.nn.functional.cosine_similarity(a[0, :, None], b[0, None, :], dim=-1)
     a_pos = 2 * torch.arange(a.shape[1])[:, None]
     b_pos = 2 * torch.arange(b.shape[1])[None, :] + 1
-    dense = dense.masked_fill((a_pos - b_pos).abs() > window, float("-inf"))
+    dense = dense.masked_fill((a_pos - b_pos).abs() > 2 * window - 1, float("-inf"))
     if b.shape[1]:
         expected_score, _ = dense.max(-1)
         assert torch.allclose(score[0], expected_score, atol=1e-6)
@@ -61,14 +61,14 @@ def test_ltbm_merges_only_within_the_window_in_every_round(width, window, keep_r
     plan = ltbm.compress(tokens, None, "ltbm", keep_ratio, window=window).plan
     for edges in plan.history:
         distance = (edges[:, 1] - edges[:, 2]).abs()
-        assert bool((distance <= window).all())
+        assert bool((distance <= 2 * window - 1).all())
 
 
 @settings(max_examples=40, deadline=None)
 @given(width=st.integers(4, 80), window=st.integers(1, 6), seed=st.integers(0, 10_000))
 def test_one_round_slots_gather_around_a_destination(width, window, seed):
     """With K ≥ N/2 a single round suffices: every slot is a B frame plus A frames that lie
-    at most ``window`` from it."""
+    at most 2 * window - 1 positions from it."""
     tokens = torch.randn(1, width, 6, generator=torch.Generator().manual_seed(seed))
     plan = ltbm.compress(tokens, None, "ltbm", 0.55, window=window).plan
     assert len(plan.history) <= 1
@@ -78,7 +78,7 @@ def test_one_round_slots_gather_around_a_destination(width, window, seed):
             continue
         destinations = frames[frames % 2 == 1]
         assert len(destinations) == 1, "a merged slot has exactly one B frame"
-        assert bool(((frames - destinations[0]).abs() <= window).all())
+        assert bool(((frames - destinations[0]).abs() <= 2 * window - 1).all())
 
 
 def repeated_segments(segment: int = 5, dim: int = 16, seed: int = 0) -> torch.Tensor:
@@ -128,8 +128,21 @@ def test_band_never_builds_the_square_matrix(monkeypatch):
 
 @pytest.mark.parametrize("window", [1, 2, 3, 4, 7])
 def test_band_offsets_match_the_window(window):
-    for offset in matching.band_offsets(window):
-        assert abs(2 * offset + 1) <= window
-    outside = [min(matching.band_offsets(window)) - 1, max(matching.band_offsets(window)) + 1]
+    """Window w reaches the w nearest B tokens on each side: 2w offsets, none beyond 2w - 1."""
+    offsets = list(matching.band_offsets(window))
+    assert len(offsets) == 2 * window
+    for offset in offsets:
+        assert abs(2 * offset + 1) <= 2 * window - 1
+    outside = [min(offsets) - 1, max(offsets) + 1]
     for offset in outside:
-        assert abs(2 * offset + 1) > window
+        assert abs(2 * offset + 1) > 2 * window - 1
+
+
+def test_every_window_is_a_distinct_setting():
+    """Windows 1, 2, 3, 4 give four different plans on random input (an earlier definition by
+    position distance made 2k - 1 and 2k identical)."""
+    tokens = torch.randn(2, 400, 16, generator=torch.Generator().manual_seed(3))
+    plans = [ltbm.compress(tokens, None, "ltbm", 0.1, window=w).plan for w in (1, 2, 3, 4)]
+    for i in range(len(plans)):
+        for j in range(i + 1, len(plans)):
+            assert not torch.equal(plans[i].slot_index, plans[j].slot_index), (i + 1, j + 1)

@@ -2,7 +2,7 @@
 
 Each round splits the current sequence by position into A (even) and B (odd). Every A token
 finds its most similar B token (cosine similarity of the merged features), either among the
-B tokens at most ``window`` positions away (LTBM) or among all of them (Global Merge). The
+``window`` nearest B tokens on either side, at most 2·window − 1 positions away (LTBM) or among all of them (Global Merge). The
 ``r = min(n - K, |A|)`` best edges merge A into B (a size-weighted mean, so a slot is the plain
 mean of its source frames), survivors are put back in temporal order (by their mean source
 frame), and rounds repeat until exactly K tokens remain.
@@ -24,12 +24,19 @@ DENSE_BLOCK_ELEMENTS = 1 << 24
 
 
 def band_offsets(window: int) -> range:
-    """Offsets j - i from A index i to the B indices j within ``window`` positions.
+    """Offsets j - i from A index i to the ``window`` nearest B indices j on either side.
 
-    A token i sits at position 2i and B token j at 2j + 1, so the distance is |2(j - i) + 1|;
-    it is at most ``window`` exactly for the offsets returned here.
+    A token i sits at position 2i and B token j at 2j + 1, so the distance |2(j - i) + 1| is
+    always odd: window w allows positions ±1, ±3, …, ±(2w − 1), that is offsets -w … w - 1.
+    Counting B neighbours rather than positions makes every integer w a distinct setting
+    (a bound on the position distance made 2k and 2k − 1 the same band).
     """
-    return range(-((window + 1) // 2), (window - 1) // 2 + 1)
+    return range(-window, window)
+
+
+def max_distance(window: int) -> int:
+    """The farthest position (in the current sequence) an A token may merge with: 2w − 1."""
+    return 2 * window - 1
 
 
 def banded_best_partners(
@@ -191,8 +198,8 @@ def bipartite_merge_plan(
 ) -> Plan:
     """Plan for merging each clip down to ``kept_tokens(length, keep_ratio)`` tokens.
 
-    ``window=None`` is Global Merge; an integer restricts matches to that many positions of
-    the current sequence (LTBM). A window that covers the whole sequence is the same as none.
+    ``window=None`` is Global Merge; an integer w restricts matches to the w nearest B tokens
+    on either side in the current sequence, at most 2w − 1 positions away (LTBM). A window that covers the whole sequence is the same as none.
     """
     window = check_window(window)
     lengths = check_tokens(tokens, lengths)
@@ -221,7 +228,8 @@ def bipartite_merge_plan(
 def ltbm_plan(
     tokens: torch.Tensor, lengths: torch.Tensor | None, keep_ratio: float, window: int = 2
 ) -> Plan:
-    """Local Temporal Bipartite Merging: matches only within ``window`` positions."""
+    """Local Temporal Bipartite Merging: each A token matches only its ``window`` nearest B
+    tokens on either side (positions ±1, ±3, …, ±(2·window − 1))."""
     if window is None:
         raise ValueError("ltbm needs an integer window; use method='global' for no window")
     return bipartite_merge_plan(tokens, lengths, keep_ratio, window)
