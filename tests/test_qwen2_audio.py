@@ -26,6 +26,7 @@ from ltbm.audio import AudioError
 from ltbm.backbones.base import Backbone
 from ltbm.backbones.qwen2_audio import Qwen2AudioPipeline
 from ltbm.methods.pruning import attention_received, pool_frames_to_tokens
+from ltbm.methods.registry import DEFAULT_WINDOW
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,7 +76,7 @@ def test_load_picks_the_backbone_from_the_config(model_dir):
     pipe = ltbm.load(str(model_dir), keep_ratio=0.5)
     assert isinstance(pipe, Qwen2AudioPipeline)
     assert isinstance(pipe, Backbone)
-    assert pipe.method.params() == {"method": "ltbm", "keep_ratio": 0.5, "window": 2}
+    assert pipe.method.params() == {"method": "ltbm", "keep_ratio": 0.5, "window": DEFAULT_WINDOW}
     info = pipe.describe()
     assert info["model_type"] == "qwen2_audio"
     assert info["method"]["method"] == "ltbm"

@@ -2,10 +2,10 @@
 
 Each round splits the current sequence by position into A (even) and B (odd). Every A token
 finds its most similar B token (cosine similarity of the merged features), either among the
-``window`` nearest B tokens on either side, at most 2·window − 1 positions away (LTBM) or among all of them (Global Merge). The
-``r = min(n - K, |A|)`` best edges merge A into B (a size-weighted mean, so a slot is the plain
-mean of its source frames), survivors are put back in temporal order (by their mean source
-frame), and rounds repeat until exactly K tokens remain.
+``window`` nearest B tokens on either side, at most 2·window − 1 positions away (LTBM), or
+among all of them (Global Merge). The ``r = min(n - K, |A|)`` best edges merge A into B (a
+size-weighted mean, so a slot is the plain mean of its source frames), survivors are put back
+in temporal order (by their mean source frame), and rounds repeat until exactly K tokens remain.
 
 With a window, scores outside the band are never computed: time and memory are
 O(N · window · D), linear in the audio length. Without one, scores come from a dense A×B
@@ -199,7 +199,8 @@ def bipartite_merge_plan(
     """Plan for merging each clip down to ``kept_tokens(length, keep_ratio)`` tokens.
 
     ``window=None`` is Global Merge; an integer w restricts matches to the w nearest B tokens
-    on either side in the current sequence, at most 2w − 1 positions away (LTBM). A window that covers the whole sequence is the same as none.
+    on either side in the current sequence, at most 2w − 1 positions away (LTBM). A window
+    that covers the whole sequence is the same as none.
     """
     window = check_window(window)
     lengths = check_tokens(tokens, lengths)
