@@ -4,7 +4,7 @@ Runs `ltbm sweep` with the Whisper tiny.en default over both real speech folders
 `../shared/audio` (27 recordings in `speech/`, 300 LibriSpeech utterances in `librispeech/`),
 stage by stage, most informative cells first, so a study cut short still answers the main
 question. Every stage resumes: rerun the same command after a kill and finished cells are
-reused, unfinished ones resumed. Then `ltbm report --pool-tasks` pools the two folders.
+reused, unfinished ones resumed. Each folder and frame rate has its own runs folder.
 
     python benchmarks/locality_study.py --out study-runs            # every stage
     python benchmarks/locality_study.py --out study-runs --stages 0,1  # the first two
@@ -66,7 +66,7 @@ def sweep_command(stage: Stage, folder: Path, out: Path) -> list[str]:
         "--scorer",
         "norm",
         "--out",
-        str(out / f"{stage.frame_rate}hz"),
+        str(out / f"{stage.frame_rate}hz-{folder.name}"),
     ]
 
 
