@@ -41,9 +41,7 @@ def allocate(sizes: Mapping[Key, int], n: int) -> dict[Key, int]:
         return dict(sizes)
     shares = {key: n * size // total for key, size in sizes.items()}
     left = n - sum(shares.values())
-    by_remainder = sorted(
-        sizes, key=lambda key: (-(n * sizes[key] % total), -sizes[key], str(key))
-    )
+    by_remainder = sorted(sizes, key=lambda key: (-(n * sizes[key] % total), -sizes[key], str(key)))
     for key in by_remainder[:left]:
         shares[key] += 1
     return shares

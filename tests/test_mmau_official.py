@@ -1,0 +1,225 @@
+"""ltbm's MMAU figures equal what the MMAU authors' own ``evaluation.py`` prints.
+
+Both versions of the official script (``shared/datasets/mmau/official/``, never copied into
+the project) run as subprocesses on the submission file that ltbm's own harness writes, for
+a varied mix of model outputs over the real test-mini questions: the choice's text, letters
+("(B)", "B.", "Answer: B"), labels with text, full sentences, empty outputs, outputs naming
+two choices, wrong choices, partial answers, failed items; 2-, 4-, 5- and 8-choice items.
+The headline (overall, per task, per difficulty, per sub-category) must equal theirs
+exactly, and every item's verdict must equal their ``string_match``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from shared_paths import MMAU_JSON, MMAU_OFFICIAL
+
+from ltbm.run.scoring import SUBMISSION_FILE, record_fields, score_records
+from ltbm.tasks.base import Item
+from ltbm.tasks.mmau import MMAUTask
+
+SCRIPTS = {
+    "7468292": MMAU_OFFICIAL / "evaluation_7468292.py",
+    "6097b91": MMAU_OFFICIAL / "evaluation_6097b91.py",
+}
+_absent = [str(p) for p in (MMAU_JSON, *SCRIPTS.values()) if not p.is_file()]
+needs_official = pytest.mark.skipif(
+    bool(_absent), reason=f"MMAU test-mini JSON or official scorer absent: {_absent}"
+)
+pytestmark = needs_official
+
+Style = Callable[[str, str, str, str], str]
+"""(answer, a wrong choice, the answer's letter, the wrong choice's letter) -> output."""
+STYLES: list[Style] = [
+    lambda ans, wrong, letter, wl: ans,
+    lambda ans, wrong, letter, wl: f"({letter})",
+    lambda ans, wrong, letter, wl: f"{letter}.",
+    lambda ans, wrong, letter, wl: f"Answer: {letter}",
+    lambda ans, wrong, letter, wl: letter,
+    lambda ans, wrong, letter, wl: f"({letter}) {ans}",
+    lambda ans, wrong, letter, wl: f"The answer is {ans}.",
+    lambda ans, wrong, letter, wl: f"Based on the audio, it is {ans.lower()}, I think.",
+    lambda ans, wrong, letter, wl: "",
+    lambda ans, wrong, letter, wl: "  \n ",
+    lambda ans, wrong, letter, wl: f"{ans} or {wrong}",
+    lambda ans, wrong, letter, wl: wrong,
+    lambda ans, wrong, letter, wl: f"({wl}) {wrong}",
+    lambda ans, wrong, letter, wl: f"The correct answer is {wrong}.",
+    lambda ans, wrong, letter, wl: ans.upper() + "!",
+    lambda ans, wrong, letter, wl: ans.split()[0] if ans.split() else ans,
+    lambda ans, wrong, letter, wl: "I cannot tell from the audio.",
+    lambda ans, wrong, letter, wl: f"{ans}\n\nExplanation: the recording suggests so.",
+    lambda ans, wrong, letter, wl: f"{ans} — naïve café",
+    lambda ans, wrong, letter, wl: f"Both {ans} and {wrong} are possible.",
+]
+
+
+def varied_records(items: list[Item], seed: int) -> list[dict[str, Any]]:
+    """One harness record per item with an output in a random style; about 3% of the items
+    fail (no record prediction), as a clip that cannot be read does."""
+    rng = random.Random(seed)
+    records = []
+    for item in items:
+        if rng.random() < 0.03:
+            records.append({"id": item.id, "error": "AudioError: cannot read"})
+            continue
+        choices = item.choices or []
+        answer = item.references[0]
+        index = choices.index(answer)
+        other = rng.choice([i for i in range(len(choices)) if i != index])
+        style = rng.choice(STYLES)
+        output = style(answer, choices[other], chr(65 + index), chr(65 + other))
+        records.append({"id": item.id, "prediction": output})
+    return records
+
+
+def run_official(version: str, submission: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS[version]), "--input", str(submission)],
+        capture_output=True,
+        text=True,
+        cwd=submission.parent,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def parse_7468292(output: str) -> dict[str, dict[str, tuple[str, int]]]:
+    """{section: {group: (percent as printed, samples)}} from the newest script's output."""
+    sections = {
+        "Task-wise": "by_task",
+        "Difficulty-wise": "by_difficulty",
+        "Sub-category-wise": "by_sub_category",
+    }
+    parsed: dict[str, dict[str, tuple[str, int]]] = {name: {} for name in sections.values()}
+    current = None
+    for line in output.splitlines():
+        header = next((v for k, v in sections.items() if line.startswith(k)), None)
+        if header:
+            current = header
+            continue
+        total = re.fullmatch(r"Total Accuracy: ([\d.]+)% over (\d+) samples", line)
+        if total:
+            parsed["overall"] = {"all": (total[1], int(total[2]))}
+            current = None
+            continue
+        group = re.fullmatch(r"(.+) : ([\d.]+)% over (\d+) samples", line)
+        if group and current:
+            parsed[current][group[1]] = (group[2], int(group[3]))
+    return parsed
+
+
+def parse_6097b91(output: str) -> dict[str, dict[str, tuple[float, int | None]]]:
+    """{section: {group: (percent, samples or None)}} from the older script's output, which
+    prints full-precision floats (per difficulty without the sample count)."""
+    blocks = output.split("*" * 30)
+    tasks = re.findall(r"^(\w+) : (\S+) over (\d+) samples$", blocks[1], re.MULTILINE)
+    difficulties = re.findall(r"^(\w+) : (\S+)$", blocks[2], re.MULTILINE)
+    total = re.search(r"Total acc: (\S+) over (\d+) samples", output)
+    assert total, output
+    return {
+        "by_task": {name: (float(p), int(n)) for name, p, n in tasks},
+        "by_difficulty": {name: (float(p), None) for name, p in difficulties},
+        "overall": {"all": (float(total[1]), int(total[2]))},
+    }
+
+
+def ltbm_groups(metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    groups = {name: metrics[name] for name in ("by_task", "by_difficulty", "by_sub_category")}
+    return {**groups, "overall": {"all": metrics["overall"]}}
+
+
+def percent(group: dict[str, Any]) -> float:
+    """The official scripts' arithmetic on ltbm's counts."""
+    return (group["correct"] / group["total"]) * 100 if group["total"] > 0 else 0
+
+
+def assert_equal_to_official(metrics: dict[str, Any], submission: Path) -> None:
+    ours = ltbm_groups(metrics)
+    newest = parse_7468292(run_official("7468292", submission))
+    for section, groups in newest.items():
+        shown = {k: v for k, v in groups.items() if v[1] > 0}  # it lists empty tasks too
+        assert shown == {
+            key: (f"{percent(group):.2f}", group["total"]) for key, group in ours[section].items()
+        }, section
+    older = parse_6097b91(run_official("6097b91", submission))
+    for section, groups in older.items():
+        for key, (value, samples) in groups.items():
+            group = ours[section].get(key, {"correct": 0, "total": 0})
+            assert value == percent(group), (section, key)
+            assert samples in (None, group["total"]), (section, key)
+    for section in ours:  # the fraction ltbm stores is the same ratio
+        for group in ours[section].values():
+            assert group["accuracy"] == group["correct"] / group["total"]
+
+
+def load_string_match(version: str) -> Callable[[str, str, list[str]], bool]:
+    """The official ``string_match`` itself, imported from the script (not copied)."""
+    spec = importlib.util.spec_from_file_location(f"mmau_official_{version}", SCRIPTS[version])
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.string_match
+
+
+@pytest.fixture(scope="module")
+def task() -> MMAUTask:
+    return MMAUTask(MMAU_JSON)  # audio absent: scoring needs only the questions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_headline_equals_both_official_scripts(task: MMAUTask, tmp_path: Path, seed: int):
+    items = task.all_items()
+    assert {len(item.choices or []) for item in items} == {2, 4, 5, 8}
+    records = varied_records(items, seed)
+    succeeded = [r for r in records if "error" not in r]
+    scores = score_records(task, items, succeeded, tmp_path)
+    metrics = scores["metrics"]
+    assert metrics["items"] == 1000 and metrics["missing"] == len(records) - len(succeeded) > 0
+    assert_equal_to_official(metrics, tmp_path / SUBMISSION_FILE)
+    # The mix really exercises the difference between the rules.
+    assert 0.2 < metrics["accuracy"] < metrics["lenient_accuracy"] < 0.9
+
+
+def test_every_item_verdict_equals_official_string_match(task: MMAUTask, tmp_path: Path):
+    items = task.all_items()
+    by_id = {item.id: item for item in items}
+    matchers = [load_string_match(version) for version in SCRIPTS]
+    checked = 0
+    for seed in range(10):
+        for record in varied_records(items, seed):
+            item = by_id[record["id"]]
+            output = record.get("prediction")
+            fields = record_fields(item, output)
+            for string_match in matchers:
+                official = string_match(item.references[0], output or "", item.choices)
+                assert fields["correct"] is official, (item.id, output)
+            checked += 1
+    assert checked == 10_000
+
+
+def test_submission_has_both_keys_and_is_ascii(task: MMAUTask, tmp_path: Path):
+    items = task.all_items()[:40]
+    outputs = {item.id: f"{item.references[0]} — naïve" for item in items[1:]}
+    path = task.write_submission(
+        outputs, tmp_path / "s.json", ids=[i.id for i in items], allow_missing=True
+    )
+    raw = path.read_bytes()
+    assert raw.isascii()
+    written = json.loads(raw)
+    assert [entry["id"] for entry in written] == [item.id for item in items]
+    assert written[0]["model_output"] == written[0]["model_prediction"] == ""
+    assert written[1]["model_output"] == written[1]["model_prediction"] == outputs[items[1].id]
+    original = json.loads(MMAU_JSON.read_text(encoding="utf-8"))[1]
+    assert {k: v for k, v in written[1].items() if not k.startswith("model_")} == original
