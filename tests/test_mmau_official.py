@@ -223,3 +223,87 @@ def test_submission_has_both_keys_and_is_ascii(task: MMAUTask, tmp_path: Path):
     assert written[1]["model_output"] == written[1]["model_prediction"] == outputs[items[1].id]
     original = json.loads(MMAU_JSON.read_text(encoding="utf-8"))[1]
     assert {k: v for k, v in written[1].items() if not k.startswith("model_")} == original
+
+
+def tone(path: Path, seconds: float = 1.0, frequency: float = 440.0) -> None:
+    import numpy as np
+    import soundfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * 16000)) / 16000
+    soundfile.write(str(path), (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), 16000)
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny random Qwen2-Audio, and audio for every tenth real test-mini question."""
+    from ltbm.backbones.synthetic import save_model
+
+    root = tmp_path_factory.mktemp("mmau-cli")
+    model = save_model("qwen2_audio", root / "tiny-qwen2-audio")
+    for n, item in enumerate(MMAUTask(MMAU_JSON).all_items()[::10]):
+        tone(root / "audio" / str(item.meta["audio_id"]), 1.0, 200 + 10 * n)
+    return model, root / "audio"
+
+
+def eval_cli(model: Path, audio: Path, out: Path, *extra: str):
+    from typer.testing import CliRunner
+
+    from ltbm.cli import app
+
+    args = ["eval", "--backbone", "hf", "--model", str(model), "--task", "mmau"]
+    args += ["--json", str(MMAU_JSON), "--audio-dir", str(audio), "--out", str(out)]
+    args += ["--method", "pool", "--keep-ratio", "0.5", "--max-new-tokens", "4", *extra]
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.slow
+def test_cli_subset_run_matches_both_official_scripts(cli_setup, tmp_path: Path):
+    from ltbm.tasks.subset import stratified_subset
+
+    model, audio = cli_setup
+    expected = stratified_subset(MMAUTask(MMAU_JSON, audio).items(), 12, seed=5)
+    assert {item.meta["difficulty"] for item in expected} == {"easy", "medium", "hard"}
+    broken = expected[0]
+    clip = audio / str(broken.meta["audio_id"])
+    saved = clip.read_bytes()
+    clip.write_bytes(b"not a wav file")
+    try:
+        result = eval_cli(model, audio, tmp_path, "--subset", "12", "--seed", "5")
+    finally:
+        clip.write_bytes(saved)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "--subset 12: a sample stratified by task and difficulty, seed 5" in result.output
+    run_dir = tmp_path / "mmau" / "qwen2-audio" / "pool-r0.5"
+    payload = json.loads((run_dir / "metrics.json").read_text())
+    assert (payload["settings"]["subset"], payload["settings"]["subset_seed"]) == (12, 5)
+    metrics = payload["metrics"]
+    assert (metrics["items"], metrics["missing"]) == (12, 1)
+    assert_equal_to_official(metrics, run_dir / SUBMISSION_FILE)
+    lines = (run_dir / "items.jsonl").read_text().splitlines()
+    records = {r["id"]: r for r in map(json.loads, lines)}
+    assert sorted(records) == sorted(item.id for item in expected)
+    for item in expected:
+        record = records[item.id]
+        for key in ("task", "difficulty", "category", "sub_category", "answer", "choices"):
+            assert key in record
+        assert record["sub_category"] == item.meta["sub-category"]
+        assert {"correct", "correct_lenient"} <= set(record)
+        if item.id == broken.id:
+            assert "error" in record and record["correct"] is False
+        else:
+            assert record["correct"] is record_fields(item, record["prediction"])["correct"]
+            assert "(A)" not in record["prompt"] and item.choices[0] in record["prompt"]
+    assert sum(r["correct"] for r in records.values()) == metrics["correct"]
+
+
+@pytest.mark.slow
+def test_cli_limit_says_it_takes_the_first_items(cli_setup, tmp_path: Path):
+    model, audio = cli_setup
+    result = eval_cli(model, audio, tmp_path, "--limit", "1")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "--limit 1: the first items in the dataset's order, not a sample" in result.output
+    both = eval_cli(model, audio, tmp_path, "--limit", "1", "--subset", "2")
+    assert both.exit_code == 2 and "exclude each other" in both.output
+    stray = eval_cli(model, audio, tmp_path, "--seed", "3")
+    assert stray.exit_code == 2 and "--seed seeds --subset" in stray.output
