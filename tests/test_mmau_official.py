@@ -307,3 +307,23 @@ def test_cli_limit_says_it_takes_the_first_items(cli_setup, tmp_path: Path):
     assert both.exit_code == 2 and "exclude each other" in both.output
     stray = eval_cli(model, audio, tmp_path, "--seed", "3")
     assert stray.exit_code == 2 and "--seed seeds --subset" in stray.output
+
+
+@pytest.mark.slow
+def test_sweep_subset_is_reused_only_for_the_same_sample(cli_setup, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from ltbm.cli import app
+
+    model, audio = cli_setup
+    base = ["sweep", "--backbone", "hf", "--model", str(model), "--task", "mmau"]
+    base += ["--json", str(MMAU_JSON), "--audio-dir", str(audio), "--out", str(tmp_path)]
+    base += ["--methods", "none", "--max-new-tokens", "2", "--subset", "6"]
+    metrics_path = tmp_path / "mmau" / "qwen2-audio" / "none" / "metrics.json"
+    seeds = []
+    for seed in ("1", "1", "2"):
+        result = CliRunner().invoke(app, [*base, "--seed", seed])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        settings = json.loads(metrics_path.read_text())["settings"]
+        seeds.append((settings["subset"], settings["subset_seed"]))
+    assert seeds == [(6, 1), (6, 1), (6, 2)]

@@ -192,7 +192,11 @@ def sweep(
     batch_size: int = typer.Option(4),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
     prompt: str = typer.Option(None),
-    limit: int = typer.Option(None),
+    limit: int = typer.Option(None, help="only the first N items (not a sample)"),
+    subset: int = typer.Option(
+        None, min=1, help="a sample of N items stratified by task/difficulty"
+    ),
+    seed: int = typer.Option(0, help="seed of the --subset sample"),
     device: str = typer.Option(None),
     dtype: str = typer.Option(None),
     out: Path = OutOption,
@@ -218,6 +222,8 @@ def sweep(
         audio_dir = audio_dir or paths.get("audio_dir")
     for cell in grid.cells():
         cell.build()
+    if limit is not None and subset is not None:
+        raise typer.BadParameter("--limit and --subset exclude each other: pick one")
     model_object, task_object, settings = _session(
         backbone,
         model,
@@ -230,6 +236,8 @@ def sweep(
         max_new_tokens=max_new_tokens,
         prompt=prompt,
         limit=limit,
+        subset=subset,
+        subset_seed=seed,
     )
     run_sweep(model_object, task_object, grid, settings)
     paths = write_report(out / task / model_object.name)
