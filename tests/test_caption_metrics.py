@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shared_paths import SHARED
 
 from ltbm.metrics import captions
 from ltbm.metrics.captions import (
@@ -24,8 +25,7 @@ from ltbm.metrics.captions import (
 )
 from ltbm.tasks.base import Item
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-AUDIOCAPS_CSV = SHARED / "audiocaps" / "test.csv"
+AUDIOCAPS_CSV = SHARED / "datasets" / "audiocaps" / "test.csv"
 ALL_CORE = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d"]
 
 
@@ -135,7 +135,7 @@ def test_real_audiocaps_caption_against_the_other_four(scorer: CaptionScorer) ->
     assert 0.35 < metrics["rouge_l"] < 0.65
     assert 0.5 < metrics["cider_d"] < 2.0
     assert result.items == 20 and len(result.per_item) == 20
-    assert set(result.as_dict()) == {"metrics", "computed", "skipped", "items"}
+    assert set(result.as_dict()) == {"metrics", "computed", "skipped", "items", "failed_as_empty"}
 
 
 def test_java_missing_gives_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,6 +190,27 @@ def test_fense_skipped_with_reason_or_used_when_available(monkeypatch: pytest.Mo
     monkeypatch.setattr(captions, "_run_fense", lambda cands, refs: [0.5, 0.7])
     used = score_captions({"1": "a", "2": "b"}, items, ["fense"])
     assert used.metrics["fense"] == pytest.approx(0.6) and used.computed == ["fense"]
+
+
+def test_failed_clips_count_as_empty_captions() -> None:
+    items = [
+        item("1", "a dog barks loudly", "a dog is barking"),
+        item("2", "rain falls on a roof", "heavy rain on a tin roof"),
+        item("3", "a man speaks", "a man is talking"),
+        item("4", "birds sing in the trees", "birds are chirping"),
+    ]
+    predictions = {"1": "a dog barks", "2": "rain on a roof", "3": "a man talks"}
+    names = ["bleu", "rouge_l", "cider_d"]
+    with_failure = score_captions(predictions, items, names, failed_ids=["4", "not-listed"])
+    explicit = score_captions({**predictions, "4": ""}, items, names)
+    assert with_failure.metrics == explicit.metrics
+    assert (with_failure.items, with_failure.failed_as_empty) == (4, 1)
+    assert with_failure.as_dict()["failed_as_empty"] == 1
+    without = score_captions(predictions, items[:3], names)
+    for name in ("bleu_1", "rouge_l"):  # leaving the failure out would flatter the run
+        assert with_failure.metrics[name] < without.metrics[name]
+    with pytest.raises(CaptionMetricsError, match="no prediction for 1 of 4"):
+        score_captions(predictions, items, names)  # a missing prediction not marked failed
 
 
 def test_input_errors_name_the_problem() -> None:

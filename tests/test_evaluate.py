@@ -158,7 +158,7 @@ def test_mmau_eval_scores_every_item(tiny_model, mmau, tmp_path):
     verdicts = [score_item(r["prediction"], items[r["id"]]) for r in records_of(run_dir)]
     assert metrics["items"] == len(verdicts) == 4
     assert metrics["correct"] == sum(bool(v["correct"]) for v in verdicts)
-    assert metrics["per_task"]["sound"]["total"] == 4
+    assert metrics["by_task"]["sound"]["total"] == 4
 
 
 def run_module(args: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:

@@ -3,11 +3,11 @@ on synthetic items and on real test-mini questions (2, 4, 5 and 8 choices)."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
+from shared_paths import MMAU_JSON
 
 from ltbm.metrics.mcq import (
     McqError,
@@ -19,9 +19,8 @@ from ltbm.metrics.mcq import (
     words,
 )
 from ltbm.tasks.base import Item
+from ltbm.tasks.mmau import MMAUTask
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-MMAU_JSON = SHARED / "mmau" / "mmau-test-mini.json"
 needs_mmau = pytest.mark.skipif(not MMAU_JSON.is_file(), reason=f"{MMAU_JSON} absent")
 
 VOICES = ["Man", "Woman", "Child", "Robot"]
@@ -39,11 +38,8 @@ def mcq(item_id: str, choices: list[str], answer: str, **meta: str) -> Item:
 
 
 def real_items() -> dict[str, Item]:
-    records = json.loads(MMAU_JSON.read_text(encoding="utf-8"))
-    return {
-        r["id"]: mcq(r["id"], r["choices"], r["answer"], task=r["task"], difficulty=r["difficulty"])
-        for r in records
-    }
+    """Every test-mini question, read by the project's own MMAU reader (no audio needed)."""
+    return {item.id: item for item in MMAUTask(MMAU_JSON).all_items()}
 
 
 def official_reference(answer: str, prediction: str, choices: list[str]) -> bool:
@@ -125,43 +121,51 @@ def test_identify_choice() -> None:
     assert identify_choice("silence", VOICES) is None  # none
 
 
-def test_score_mcq_counts_per_task_difficulty_and_parse_failures() -> None:
+def test_score_mcq_headline_is_the_official_rule_on_the_raw_output() -> None:
     items = [
-        mcq("1", VOICES, "Man", task="sound", difficulty="easy"),
-        mcq("2", VOICES, "Woman", task="sound", difficulty="hard"),
+        mcq("1", VOICES, "Man", task="sound", difficulty="easy", **{"sub-category": "voice"}),
+        mcq("2", VOICES, "Woman", task="sound", difficulty="hard", **{"sub-category": "voice"}),
         mcq("3", ["wind", "wharf"], "wind", task="speech", difficulty="easy"),
         mcq("4", ["wind", "wharf"], "wharf", task="speech", difficulty="easy"),
         mcq("5", VOICES, "Robot", task="music", difficulty="medium"),
         mcq("6", VOICES, "Child", task="music", difficulty="medium"),
+        mcq("7", VOICES, "Child", task="music", difficulty="medium"),
     ]
     predictions = {
-        "1": "(A)",  # right, by letter
-        "2": "It sounds like a woman.",  # right, extra words
-        "3": "wind or wharf",  # names both: wrong and unparseable
+        "1": "(A)",  # a letter: wrong for the official rule, right for the lenient parse
+        "2": "It sounds like a woman.",  # right under both
+        "3": "wind or wharf",  # names both: wrong, unparseable
         "4": "",  # empty: wrong, unparseable
         "5": "(F)",  # letter past the last choice: wrong, unparseable
         # "6" has no prediction: missing, wrong
+        "7": "(C) Child",  # label and text: the text makes it right under both
         "other": "ignored",
     }
     scores = score_mcq(predictions, items)
-    assert scores.accuracy == pytest.approx(2 / 6)
+    assert scores.accuracy == pytest.approx(2 / 7)
     summary = scores.as_dict()
-    assert summary["per_task"] == {
-        "music": {"accuracy": 0.0, "correct": 0, "total": 2},
-        "sound": {"accuracy": 1.0, "correct": 2, "total": 2},
+    assert (summary["correct"], summary["items"]) == (2, 7)
+    assert summary["overall"] == {"accuracy": 2 / 7, "correct": 2, "total": 7}
+    assert (summary["lenient_accuracy"], summary["lenient_correct"]) == (3 / 7, 3)
+    assert summary["by_task"] == {
+        "music": {"accuracy": 1 / 3, "correct": 1, "total": 3},
+        "sound": {"accuracy": 0.5, "correct": 1, "total": 2},
         "speech": {"accuracy": 0.0, "correct": 0, "total": 2},
     }
-    assert summary["per_difficulty"]["easy"] == {"accuracy": 1 / 3, "correct": 1, "total": 3}
-    assert summary["per_difficulty"]["hard"]["accuracy"] == 1.0
+    assert summary["by_difficulty"]["easy"] == {"accuracy": 0.0, "correct": 0, "total": 3}
+    assert summary["by_difficulty"]["hard"]["accuracy"] == 1.0
+    assert summary["by_sub_category"] == {"voice": {"accuracy": 0.5, "correct": 1, "total": 2}}
     assert (summary["unparseable"], summary["empty"], summary["missing"]) == (4, 1, 1)
-    assert summary["items"] == 6 and summary["correct"] == 2
-    assert [v["status"] for v in scores.per_item] == [
-        "letter",
-        "text",
-        "text",
-        "empty",
-        "out_of_range",
-        "missing",
+    assert "raw model output" in summary["rule"] and "not comparable" in summary["lenient_rule"]
+    verdicts = [(v["correct"], v["correct_lenient"], v["lenient_status"]) for v in scores.per_item]
+    assert verdicts == [
+        (False, True, "letter"),
+        (True, True, "text"),
+        (False, False, "text"),
+        (False, False, "empty"),
+        (False, False, "out_of_range"),
+        (False, False, "missing"),
+        (True, True, "text"),
     ]
 
 
@@ -178,43 +182,54 @@ def test_items_that_cannot_be_scored() -> None:
 
 @needs_mmau
 @pytest.mark.parametrize(
-    ("item_id", "prediction", "correct"),
+    ("item_id", "prediction", "official", "lenient"),
     [
         # 2 choices: wind / wharf
-        ("78f299b4-49f8-4d5b-8b8f-fcd417e49ba4", "(A)", True),
-        ("78f299b4-49f8-4d5b-8b8f-fcd417e49ba4", "The word 'wind' comes first.", True),
-        ("78f299b4-49f8-4d5b-8b8f-fcd417e49ba4", "wharf", False),
+        ("78f299b4-49f8-4d5b-8b8f-fcd417e49ba4", "(A)", False, True),
+        ("78f299b4-49f8-4d5b-8b8f-fcd417e49ba4", "The word 'wind' comes first.", True, True),
+        ("78f299b4-49f8-4d5b-8b8f-fcd417e49ba4", "wharf", False, False),
         # 4 choices: Man / Woman / Child / Robot
-        ("3fe64f3d-282c-4bc8-a753-68f8f6c35652", "Man", True),
-        ("3fe64f3d-282c-4bc8-a753-68f8f6c35652", "B", False),
-        ("3fe64f3d-282c-4bc8-a753-68f8f6c35652", "A man, maybe a child", False),
+        ("3fe64f3d-282c-4bc8-a753-68f8f6c35652", "Man", True, True),
+        ("3fe64f3d-282c-4bc8-a753-68f8f6c35652", "B", False, False),
+        ("3fe64f3d-282c-4bc8-a753-68f8f6c35652", "Answer: A", False, True),
+        ("3fe64f3d-282c-4bc8-a753-68f8f6c35652", "A man, maybe a child", False, False),
         # 5 choices, the answer listed twice (B and E)
-        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "E", True),
-        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "(B)", True),
-        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "First and second speaker are neutral", True),
-        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "speaker are neutral", False),  # partial
-        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "both speakers are sad.", False),
+        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "E", False, True),
+        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "(B)", False, True),
+        (
+            "9de3c090-27e0-4b4b-9e58-d8549460d664",
+            "First and second speaker are neutral",
+            True,
+            True,
+        ),
+        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "speaker are neutral", False, False),  # partial
+        ("9de3c090-27e0-4b4b-9e58-d8549460d664", "both speakers are sad.", False, False),
         # 5 choices with long answers: a partial answer misses words
-        ("5b453322-b158-4b9a-9989-45fbeadde270", "first speaker shows neutral and anger", False),
-        ("5b453322-b158-4b9a-9989-45fbeadde270", "(D)", True),
+        (
+            "5b453322-b158-4b9a-9989-45fbeadde270",
+            "first speaker shows neutral and anger",
+            False,
+            False,
+        ),
+        ("5b453322-b158-4b9a-9989-45fbeadde270", "(D)", False, True),
         # 8 choices: the answer is the fourth, "A motorsport racing event"
-        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "D", True),
-        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "A motorsport racing event, surely.", True),
+        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "D", False, True),
+        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "A motorsport racing event, surely.", True, True),
         # ...but "is" is a word of the (garbled) second choice, so the official rule fails it
-        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "It is a motorsport racing event.", False),
-        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "racing", False),  # partial
-        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "(H)", False),  # Desert
-        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "(I)", False),  # no ninth choice
-        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "", False),
-        # chord names as choices: C D G A, the answer is "D"
-        ("34307e92-3c1c-4e75-981b-892e8880796c", "D", True),
-        ("34307e92-3c1c-4e75-981b-892e8880796c", "(B)", True),
-        ("34307e92-3c1c-4e75-981b-892e8880796c", "(D)", False),
+        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "It is a motorsport racing event.", False, False),
+        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "racing", False, False),  # partial
+        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "(H)", False, False),  # Desert
+        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "(I)", False, False),  # no ninth choice
+        ("7a1dcecc-d303-4759-940b-5d02d2a8c77e", "", False, False),
+        # chord names as choices: C D G A, the answer is "D": the letter D is also its text
+        ("34307e92-3c1c-4e75-981b-892e8880796c", "D", True, True),
+        ("34307e92-3c1c-4e75-981b-892e8880796c", "(B)", False, True),
+        ("34307e92-3c1c-4e75-981b-892e8880796c", "(D)", True, False),  # the word "d"; label A
     ],
 )
-def test_real_test_mini_questions(item_id: str, prediction: str, correct: bool) -> None:
-    item = real_items()[item_id]
-    assert score_item(prediction, item)["correct"] is correct
+def test_real_test_mini_questions(item_id: str, prediction: str, official: bool, lenient: bool):
+    verdict = score_item(prediction, real_items()[item_id])
+    assert (verdict["correct"], verdict["correct_lenient"]) == (official, lenient)
 
 
 @needs_mmau
@@ -222,20 +237,27 @@ def test_real_test_mini_in_full() -> None:
     items = list(real_items().values())
     letters = {it.id: f"({chr(65 + (it.choices or []).index(it.references[0]))})" for it in items}
     texts = {it.id: it.references[0] for it in items}
-    for predictions in (letters, texts):
-        scores = score_mcq(predictions, items)
-        assert scores.accuracy == 1.0 and scores.unparseable == 0
-    summary = score_mcq(letters, items).as_dict()
-    assert {k: v["total"] for k, v in summary["per_task"].items()} == {
+    by_text = score_mcq(texts, items)
+    assert by_text.accuracy == 1.0 and by_text.unparseable == 0
+    by_letter = score_mcq(letters, items)
+    assert by_letter.lenient.accuracy == 1.0 and by_letter.unparseable == 0
+    # A letter is right for the official rule only where the letter is a word of the answer
+    # and of no wrong choice (chord names, "A ..." answers).
+    expected = sum(mmau_match(it.references[0], letters[it.id], it.choices or []) for it in items)
+    assert by_letter.overall.correct == expected < 100
+    summary = by_text.as_dict()
+    assert {k: v["total"] for k, v in summary["by_task"].items()} == {
         "music": 334,
         "sound": 333,
         "speech": 333,
     }
-    assert {k: v["total"] for k, v in summary["per_difficulty"].items()} == {
+    assert {k: v["total"] for k, v in summary["by_difficulty"].items()} == {
         "easy": 224,
         "hard": 236,
         "medium": 540,
     }
+    assert len(summary["by_sub_category"]) == 27
+    assert sum(v["total"] for v in summary["by_sub_category"].values()) == 1000
     # Each prediction names the next choice: right only where that choice has the same
     # words as the answer (test-mini lists some answers twice).
     shifted, expected = {}, 0

@@ -319,7 +319,8 @@ def test_mmau_test_set_without_answers_and_submission(tmp_path: Path) -> None:
     written = json.loads(out.read_text(encoding="utf-8"))
     assert [entry["id"] for entry in written] == ["id-0", "id-1", "id-2"]  # input order
     assert [entry["model_prediction"] for entry in written] == ["Man", "", "C"]
-    assert {k: v for k, v in written[0].items() if k != "model_prediction"} == records[0]
+    assert [entry["model_output"] for entry in written] == ["Man", "", "C"]
+    assert {k: v for k, v in written[0].items() if not k.startswith("model_")} == records[0]
     with pytest.raises(DatasetError, match="missing for 1 of 3 items.*allow_missing=True"):
         task.write_submission({"id-0": "a", "id-1": "b"}, tmp_path / "x.json")
     partial = task.write_submission({"id-0": "a"}, tmp_path / "y.json", allow_missing=True)

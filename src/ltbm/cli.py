@@ -95,6 +95,15 @@ def _session(backbone: str, model, device, dtype, task: str, paths: dict, out: P
     task_object = get_task(task, **paths)
     coverage = task_object.coverage()
     console.print(f"[bold]{task}[/]: {coverage.found} of {coverage.listed} items have audio")
+    if settings.get("limit") is not None:
+        console.print(
+            f"--limit {settings['limit']}: the first items in the dataset's order, not a sample"
+        )
+    if settings.get("subset") is not None:
+        console.print(
+            f"--subset {settings['subset']}: a sample stratified by task and difficulty, "
+            f"seed {settings['subset_seed']}"
+        )
     model_object = load_backbone(backbone, model, device, dtype)
     run_settings = RunSettings(backbone=model_object.name, task=task, out_root=out, **settings)
     return model_object, task_object, run_settings
@@ -113,11 +122,14 @@ def eval_command(
     keep_ratio: float = typer.Option(0.25, help="fraction of audio tokens kept"),
     window: int = typer.Option(None, help="ltbm's window (default 2)"),
     scorer: str = typer.Option(None, help="prune's scorer: attention or norm"),
-    seed: int = typer.Option(None, help="random's seed"),
+    seed: int = typer.Option(None, help="seed of the --subset sample (default 0) and of random"),
     batch_size: int = typer.Option(4),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
     prompt: str = typer.Option(None, help="override the prompt template"),
-    limit: int = typer.Option(None, help="evaluate only the first N items"),
+    limit: int = typer.Option(None, help="evaluate only the first N items (not a sample)"),
+    subset: int = typer.Option(
+        None, min=1, help="a sample of N items stratified by task/difficulty"
+    ),
     device: str = typer.Option(None, help="device_map for Hugging Face backbones"),
     dtype: str = typer.Option(None, help="torch dtype for Hugging Face backbones"),
     out: Path = OutOption,
@@ -132,7 +144,12 @@ def eval_command(
         window = DEFAULT_WINDOW  # named in the run's folder, like every other parameter
     if method == "prune" and scorer is None:
         scorer = _default_scorer(backbone)
-    cell = Cell(method, 1.0 if method == "none" else keep_ratio, window, scorer, seed)
+    if limit is not None and subset is not None:
+        raise typer.BadParameter("--limit and --subset exclude each other: pick one")
+    if seed is not None and subset is None and method != "random":
+        raise typer.BadParameter("--seed seeds --subset's sample and the random method: add one")
+    cell_seed = seed if method == "random" else None
+    cell = Cell(method, 1.0 if method == "none" else keep_ratio, window, scorer, cell_seed)
     cell.build()  # refuse bad parameters before any model loads
     model_object, task_object, settings = _session(
         backbone,
@@ -146,6 +163,8 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         prompt=prompt,
         limit=limit,
+        subset=subset,
+        subset_seed=seed or 0,
     )
     run_dir = evaluate(model_object, task_object, cell, settings)
     metrics_path = run_dir / "metrics.json"
@@ -173,7 +192,11 @@ def sweep(
     batch_size: int = typer.Option(4),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
     prompt: str = typer.Option(None),
-    limit: int = typer.Option(None),
+    limit: int = typer.Option(None, help="only the first N items (not a sample)"),
+    subset: int = typer.Option(
+        None, min=1, help="a sample of N items stratified by task/difficulty"
+    ),
+    seed: int = typer.Option(0, help="seed of the --subset sample"),
     device: str = typer.Option(None),
     dtype: str = typer.Option(None),
     out: Path = OutOption,
@@ -199,6 +222,8 @@ def sweep(
         audio_dir = audio_dir or paths.get("audio_dir")
     for cell in grid.cells():
         cell.build()
+    if limit is not None and subset is not None:
+        raise typer.BadParameter("--limit and --subset exclude each other: pick one")
     model_object, task_object, settings = _session(
         backbone,
         model,
@@ -211,6 +236,8 @@ def sweep(
         max_new_tokens=max_new_tokens,
         prompt=prompt,
         limit=limit,
+        subset=subset,
+        subset_seed=seed,
     )
     run_sweep(model_object, task_object, grid, settings)
     paths = write_report(out / task / model_object.name)

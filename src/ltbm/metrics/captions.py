@@ -70,14 +70,16 @@ class CaptionMetricsError(RuntimeError):
 
 @dataclass
 class CaptionScores:
-    """Corpus scores, which metrics were computed, which were skipped and why, and the
-    number of items (CIDEr-D's IDF depends on the evaluated set)."""
+    """Corpus scores, which metrics were computed, which were skipped and why, the number
+    of items (CIDEr-D's IDF depends on the evaluated set) and how many of them were scored
+    as an empty caption because their clip failed."""
 
     metrics: dict[str, float]
     computed: list[str]
     skipped: dict[str, str]
     items: int
     per_item: dict[str, dict[str, float]] = field(default_factory=dict)
+    failed_as_empty: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The summary the harness writes (per-item scores stay out of it)."""
@@ -86,6 +88,7 @@ class CaptionScores:
             "computed": list(self.computed),
             "skipped": dict(self.skipped),
             "items": self.items,
+            "failed_as_empty": self.failed_as_empty,
         }
 
 
@@ -214,20 +217,34 @@ class CaptionScorer:
                 meteor.lock.release()
             meteor.__del__()
 
-    def score(self, predictions: Mapping[str, str | None], items: Sequence[Item]) -> CaptionScores:
+    def score(
+        self,
+        predictions: Mapping[str, str | None],
+        items: Sequence[Item],
+        failed_ids: Collection[str] = (),
+    ) -> CaptionScores:
         """Score ``predictions`` (item id -> caption) against the items' references.
 
         Every item needs a prediction (an empty string scores as an empty caption) and at
         least one reference; predictions for other ids are ignored, so the items define the
-        evaluated set.
+        evaluated set. Items in ``failed_ids`` (their clip failed) are scored as an empty
+        caption and counted in ``failed_as_empty``: a corpus score that left them out would
+        rate a run with failures above the same run without them.
         """
-        candidates, references = _pair(predictions, items)
+        failed_set = set(failed_ids)
+        failed = {item.id for item in items if item.id in failed_set}
+        candidates, references = _pair({**predictions, **dict.fromkeys(failed, "")}, items)
         ids = [item.id for item in items]
         tokens = ptb_tokenize(candidates + [r for refs in references for r in refs], self.java)
         res = {i: [tokens[n]] for n, i in enumerate(ids)}
         gts = _regroup(ids, references, tokens[len(candidates) :])
         result = CaptionScores(
-            metrics={}, computed=[], skipped={}, items=len(items), per_item={i: {} for i in ids}
+            metrics={},
+            computed=[],
+            skipped={},
+            items=len(items),
+            per_item={i: {} for i in ids},
+            failed_as_empty=len(failed),
         )
         self._skip_unrequested(result)
         if "bleu" in self.requested:
@@ -323,10 +340,11 @@ def score_captions(
     metrics: Collection[str] | None = None,
     *,
     spice_dir: Path | None = None,
+    failed_ids: Collection[str] = (),
 ) -> CaptionScores:
     """Score once (starts and stops METEOR); see :class:`CaptionScorer` to score many runs."""
     with CaptionScorer(metrics, spice_dir=spice_dir) as scorer:
-        return scorer.score(predictions, items)
+        return scorer.score(predictions, items, failed_ids)
 
 
 def _check_requested(metrics: Collection[str] | None) -> set[str]:

@@ -1,8 +1,10 @@
-"""Multiple-choice scoring with MMAU's official matching rule.
+"""Multiple-choice scoring: MMAU's official rule on the raw output (the headline), and a
+lenient parse beside it.
 
-MMAU's ``evaluation.py`` (github.com/Sakshi113/MMAU) decides correctness by words, not by
-exact string: text is lower-cased and split into the set of its ``\\b\\w+\\b`` words; a
-prediction is correct when
+**Official rule (the headline).** MMAU's ``evaluation.py`` (github.com/Sakshi113/MMAU, both
+the Jan 2025 version that reads ``model_output`` and the one before it that reads
+``model_prediction``) decides correctness by words: text is lower-cased and split into the
+set of its ``\\b\\w+\\b`` words; a prediction is correct when
 
 1. it has at least one word,
 2. every word of the answer is in it, and
@@ -10,19 +12,24 @@ prediction is correct when
    word of the answer (a wrong choice with exactly the answer's words is not wrong).
 
 So "It is a man speaking" is correct for the answer "Man" against "Woman", "Child",
-"Robot", while "man or woman" is not. :func:`mmau_match` is that rule, written anew.
+"Robot", while "man or woman" is not, and a bare letter such as "(A)" is wrong (unless
+its letter happens to be a word of the answer and of no wrong choice). :func:`mmau_match`
+is that rule, written anew, and it is applied to the model's output exactly as generated:
+nothing is stripped or mapped first. That makes ltbm's accuracy equal, item for item, to
+what the authors' script prints for the same outputs (tests run both scripts to prove it),
+which is the number the MMAU leaderboard and papers report.
 
-ltbm adds one step in front: prompts list the choices as ``(A) ...``, and models often
-answer with the letter, so a prediction that is only a letter ("B", "(B)", "B.",
-"Answer: B") is replaced by that choice's text, and a leading label ("(B) Woman") is
-dropped before matching. Parenthesised letters are always labels; a bare letter that is
-itself a choice's text (music items have choices such as "A", "C", "G") is taken as that
-text, which is how the official rule reads it too. Nothing is guessed: a prediction that
-is empty, a letter past the last choice, or text that names no single choice counts as
-wrong and as unparseable.
+**Lenient figure (never the headline).** Models often answer with an option letter. The
+lenient parse replaces a prediction that is only a letter ("B", "(B)", "B.", "Answer: B")
+by that choice's text, and drops a leading label ("(B) Woman") and an "Answer:" prefix,
+before the same rule. Parenthesised letters are always labels; a bare letter that is itself
+a choice's text (music items have choices such as "A", "C", "G") is taken as that text.
+Nothing is guessed: an empty output, a letter past the last choice, or text that names no
+single choice counts as wrong and as unparseable. It is reported as ``lenient_accuracy``,
+so the effect of letter answers stays visible without changing the headline.
 
-Accuracy is reported overall, per ``task`` (sound/music/speech) and per ``difficulty``,
-over all choices whatever their number (2, 4, 5 or 8 in test-mini).
+Accuracy is reported overall, per ``task`` (sound/music/speech), per ``difficulty`` and per
+``sub-category``, over all choices whatever their number (2, 4, 5 or 8 in test-mini).
 """
 
 from __future__ import annotations
@@ -126,6 +133,18 @@ def identify_choice(text: str, choices: Sequence[str]) -> int | None:
     return None
 
 
+GROUPS = {"by_task": "task", "by_difficulty": "difficulty", "by_sub_category": "sub-category"}
+"""Summary groups and the MMAU JSON key each groups by (the official script prints these)."""
+OFFICIAL_RULE = (
+    "MMAU evaluation.py string_match on the raw model output: every answer word present, "
+    "no word found only in wrong choices, empty output wrong"
+)
+LENIENT_RULE = (
+    "letters mapped to their choice, 'Answer:' prefix and option label dropped, "
+    "then the official rule; not comparable with published MMAU figures"
+)
+
+
 @dataclass
 class Accuracy:
     correct: int = 0
@@ -145,45 +164,56 @@ class Accuracy:
 
 @dataclass
 class McqScores:
-    """Accuracy (a fraction) overall, per task and per difficulty, with parse diagnostics.
+    """Official-rule accuracy (a fraction) overall and per group, the lenient figure beside
+    it, and diagnostics.
 
-    ``unparseable`` counts predictions that select no single choice (empty output, a letter
-    past the last choice, text naming no choice or several); ``empty`` and ``missing`` (no
-    prediction for the item, as MMAU's ``no_pred_count``) are subsets shown apart. All of
-    them are scored wrong.
+    ``empty`` counts outputs with no word (wrong under both rules); ``missing`` counts items
+    without an output (failed or not run: wrong, as an empty ``model_output`` is for the
+    official script); ``unparseable`` counts outputs the lenient parse maps to no single
+    choice (empty, a letter past the last choice, text naming no choice or several).
     """
 
     overall: Accuracy
-    per_task: dict[str, Accuracy]
-    per_difficulty: dict[str, Accuracy]
-    unparseable: int
-    empty: int
-    missing: int
+    groups: dict[str, dict[str, Accuracy]]
+    lenient: Accuracy
+    unparseable: int = 0
+    empty: int = 0
+    missing: int = 0
     per_item: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
+        """The headline: the official rule on the raw output."""
         return self.overall.accuracy
 
     def as_dict(self) -> dict[str, Any]:
-        """The summary the harness writes (per-item records stay out of it)."""
-        return {
+        """The summary the harness writes to ``metrics.json`` (per-item verdicts go into the
+        item records instead)."""
+        summary: dict[str, Any] = {
             "accuracy": self.overall.accuracy,
             "correct": self.overall.correct,
             "items": self.overall.total,
-            "per_task": {key: acc.as_dict() for key, acc in sorted(self.per_task.items())},
-            "per_difficulty": {
-                key: acc.as_dict() for key, acc in sorted(self.per_difficulty.items())
-            },
-            "unparseable": self.unparseable,
-            "empty": self.empty,
-            "missing": self.missing,
+            "rule": OFFICIAL_RULE,
+            "overall": self.overall.as_dict(),
         }
+        for name, groups in self.groups.items():
+            summary[name] = {key: acc.as_dict() for key, acc in sorted(groups.items())}
+        summary.update(
+            lenient_accuracy=self.lenient.accuracy,
+            lenient_correct=self.lenient.correct,
+            lenient_rule=LENIENT_RULE,
+            unparseable=self.unparseable,
+            empty=self.empty,
+            missing=self.missing,
+        )
+        return summary
 
 
 def score_item(prediction: str | None, item: Item) -> dict[str, Any]:
-    """One item's verdict: the parsed text, the choice it selects, and correctness."""
+    """One item's verdicts: ``correct`` (the official rule on the raw output), and the
+    lenient reading (``correct_lenient``, the text it matched, the choice it selects)."""
     choices, answer = _checked(item)
+    raw = prediction or ""
     if prediction is None:
         parsed = ParsedPrediction("", "missing")
     else:
@@ -191,11 +221,11 @@ def score_item(prediction: str | None, item: Item) -> dict[str, Any]:
     choice = identify_choice(parsed.text, choices) if parsed.text else None
     return {
         "id": item.id,
-        "status": parsed.status,
-        "parsed": parsed.text,
-        "choice": choice,
-        "correct": mmau_match(answer, parsed.text, choices),
-        "parseable": choice is not None,
+        "correct": mmau_match(answer, raw, choices),
+        "correct_lenient": mmau_match(answer, parsed.text, choices),
+        "lenient_status": parsed.status,
+        "lenient_text": parsed.text,
+        "lenient_choice": choice,
     }
 
 
@@ -208,7 +238,7 @@ def score_mcq(predictions: Mapping[str, str | None], items: Sequence[Item]) -> M
     """
     if not items:
         raise McqError("no items to score: the evaluated set is empty")
-    scores = McqScores(Accuracy(), {}, {}, unparseable=0, empty=0, missing=0)
+    scores = McqScores(Accuracy(), {name: {} for name in GROUPS}, Accuracy())
     for item in items:
         verdict = score_item(predictions.get(item.id), item)
         scores.per_item.append(verdict)
@@ -219,12 +249,13 @@ def score_mcq(predictions: Mapping[str, str | None], items: Sequence[Item]) -> M
 def _tally(scores: McqScores, item: Item, verdict: dict[str, Any]) -> None:
     correct = bool(verdict["correct"])
     scores.overall.add(correct)
-    for key, groups in (("task", scores.per_task), ("difficulty", scores.per_difficulty)):
-        if key in item.meta:
-            groups.setdefault(str(item.meta[key]), Accuracy()).add(correct)
-    scores.unparseable += int(not verdict["parseable"])
-    scores.empty += int(verdict["status"] == "empty")
-    scores.missing += int(verdict["status"] == "missing")
+    scores.lenient.add(bool(verdict["correct_lenient"]))
+    for name, key in GROUPS.items():
+        if item.meta.get(key) is not None:
+            scores.groups[name].setdefault(str(item.meta[key]), Accuracy()).add(correct)
+    scores.unparseable += int(verdict["lenient_choice"] is None)
+    scores.empty += int(verdict["lenient_status"] == "empty")
+    scores.missing += int(verdict["lenient_status"] == "missing")
 
 
 def _checked(item: Item) -> tuple[list[str], str]:

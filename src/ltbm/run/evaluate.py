@@ -21,8 +21,9 @@ from ltbm.backbones.base import Backbone
 from ltbm.methods import Method, get_method
 from ltbm.prompts import prompt_template, render_prompt
 from ltbm.run.records import RecordWriter, read_records, shard_file, write_json_atomic
-from ltbm.run.scoring import score_records
+from ltbm.run.scoring import record_fields, score_records
 from ltbm.tasks.base import Item, Task
+from ltbm.tasks.subset import stratified_subset
 
 NO_COMPRESSION = "none"
 
@@ -74,6 +75,10 @@ class RunSettings:
     """None: the backbone's own default (224 for Whisper, 128 for the HF pipelines)."""
     prompt: str | None = None
     limit: int | None = None
+    """The first N items in the dataset's order (not a sample)."""
+    subset: int | None = None
+    """A stratified sample of N items (``ltbm.tasks.subset``), drawn with ``subset_seed``."""
+    subset_seed: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
     def run_dir(self, cell: Cell) -> Path:
@@ -117,6 +122,8 @@ def evaluate(
     if check is not None:  # refuse up front rather than record every item as failed
         check(method)
     items = task.items()
+    if settings.subset is not None:
+        items = stratified_subset(items, settings.subset, settings.subset_seed)
     if settings.limit is not None:
         items = items[: settings.limit]
     template = prompt_template(settings.backbone, task.kind, settings.prompt)
@@ -190,13 +197,19 @@ def _run_batch(
                 "kept_tokens": generation.kept_tokens,
                 "seconds": seconds,
                 "meta": item.meta,
+                **record_fields(item, generation.text),
             }
         )
     return records
 
 
 def _failure(item: Item, error: Exception) -> dict[str, Any]:
-    return {"id": item.id, "error": f"{type(error).__name__}: {error}", "meta": item.meta}
+    return {
+        "id": item.id,
+        "error": f"{type(error).__name__}: {error}",
+        "meta": item.meta,
+        **record_fields(item, None),
+    }
 
 
 def finalize(
@@ -225,6 +238,8 @@ def finalize(
             "batch_size": settings.batch_size,
             "max_new_tokens": settings.max_new_tokens,
             "limit": settings.limit,
+            "subset": settings.subset,
+            "subset_seed": settings.subset_seed,
             **settings.details,
         },
         "items": len(items),

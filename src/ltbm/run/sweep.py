@@ -66,13 +66,18 @@ def load_grid(path: Path) -> tuple[Grid, dict[str, Any]]:
     return grid, {k: v for k, v in config.items() if k not in grid_keys}
 
 
-def is_finished(run_dir: Path, limit: int | None) -> bool:
+def is_finished(
+    run_dir: Path, limit: int | None, subset: int | None = None, subset_seed: int = 0
+) -> bool:
     """A cell is reused only when its metrics cover every item of the same selection."""
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         return False
     metrics = json.loads(metrics_path.read_text())
-    same_selection = metrics.get("settings", {}).get("limit") == limit
+    stored = metrics.get("settings", {})
+    same_selection = (stored.get("limit"), stored.get("subset")) == (limit, subset)
+    if subset is not None:
+        same_selection = same_selection and stored.get("subset_seed") == subset_seed
     return same_selection and metrics.get("completed") == metrics.get("items")
 
 
@@ -87,7 +92,7 @@ def sweep(
     run_dirs = []
     for cell in grid.cells():
         run_dir = settings.run_dir(cell)
-        if not is_finished(run_dir, settings.limit):
+        if not is_finished(run_dir, settings.limit, settings.subset, settings.subset_seed):
             evaluate(backbone, task, cell, settings, shard=shard, progress=progress)
         run_dirs.append(run_dir)
     return run_dirs

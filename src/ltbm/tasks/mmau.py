@@ -12,14 +12,18 @@ Each JSON item has ``id, audio_id, question, choices, answer`` (absent in the te
 fields. ``audio_id`` is resolved against ``audio_root`` (default: the JSON's folder); if the
 root already is the audio folder, the file name alone is tried too.
 
-Test-set predictions are scored by the maintainers: :meth:`MMAUTask.write_submission`
-writes the file they take, the input JSON with ``model_prediction`` added to every item.
+:meth:`MMAUTask.write_submission` writes the file MMAU's ``evaluation.py`` reads: the input
+items with the model's raw output under both keys the official script has used,
+``model_output`` (its newest version) and ``model_prediction`` (the one before). The harness
+writes it for every MMAU run: for test-mini, running the authors' script on it prints the
+same figures as ltbm's ``metrics.json``; for the answerless test set it is what the
+maintainers score.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +37,9 @@ from ltbm.tasks._files import (
 from ltbm.tasks.base import DatasetError, Item, TaskKind
 
 CONFIG_KEYS = ("json", "root", "audio_dir")
-PREDICTION_KEY = "model_prediction"
-"""The field MMAU's evaluation.py reads each prediction from."""
+OUTPUT_KEYS = ("model_output", "model_prediction")
+"""The fields MMAU's evaluation.py reads each prediction from: ``model_output`` since its
+January 2025 version (commit 7468292), ``model_prediction`` before (commit 6097b91)."""
 META_KEYS = ("audio_id", "task", "difficulty", "category", "sub-category", "dataset", "split")
 _FIX = (
     "Use mmau-test-mini.json or mmau-test.json from the MMAU repository "
@@ -88,40 +93,47 @@ class MMAUTask(ListedTask):
         )
 
     def write_submission(
-        self, predictions: Mapping[str, str], path: PathLike, *, allow_missing: bool = False
+        self,
+        predictions: Mapping[str, str],
+        path: PathLike,
+        *,
+        ids: Collection[str] | None = None,
+        allow_missing: bool = False,
     ) -> Path:
-        """Write the official submission: every input item, in input order, with its
-        ``model_prediction``.
+        """Write the official submission: the input items (all, or those in ``ids``), in
+        input order, each with the raw prediction under every key of :data:`OUTPUT_KEYS`.
 
-        The MMAU evaluator pairs predictions with questions by position and requires one per
-        question, so a prediction missing for any item is an error unless ``allow_missing``,
-        which writes an empty prediction (scored wrong) instead. Predictions for ids not in
-        the JSON are an error: they mean the wrong file or a mixed-up run.
+        MMAU's evaluator scores every item in the file, so a prediction missing for one is an
+        error unless ``allow_missing``, which writes an empty prediction (scored wrong by the
+        official rule, as ltbm scores it) instead. Predictions for ids not in the JSON are an
+        error: they mean the wrong file or a mixed-up run. The file is ASCII-only JSON
+        (non-ASCII characters escaped), because the official script opens it with the
+        platform's default encoding.
         """
-        ids = {str(record["id"]) for record in self._records}
-        unknown = [key for key in predictions if key not in ids]
+        known = {str(record["id"]) for record in self._records}
+        unknown = [key for key in predictions if key not in known]
         if unknown:
             raise DatasetError(
                 f"{len(unknown)} prediction(s) have ids not in {self.json_path} "
                 f"(e.g. {unknown[:3]}); pass the predictions of a run on this file"
             )
-        missing = [
-            str(record["id"]) for record in self._records if str(record["id"]) not in predictions
-        ]
+        wanted = known if ids is None else set(ids)
+        records = [record for record in self._records if str(record["id"]) in wanted]
+        missing = [str(r["id"]) for r in records if str(r["id"]) not in predictions]
         if missing and not allow_missing:
             raise DatasetError(
-                f"predictions are missing for {len(missing)} of {len(self._records)} items "
+                f"predictions are missing for {len(missing)} of {len(records)} items "
                 f"(e.g. {missing[:3]}); the MMAU evaluator needs one per question. Finish the "
                 "run (the audio may be incomplete: see coverage()), or pass allow_missing=True "
                 "to write empty predictions, which count as wrong"
             )
-        out = [
-            {**record, PREDICTION_KEY: str(predictions.get(str(record["id"])) or "")}
-            for record in self._records
-        ]
+        out = []
+        for record in records:
+            output = str(predictions.get(str(record["id"])) or "")
+            out.append({**record, **dict.fromkeys(OUTPUT_KEYS, output)})
         target = as_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(out, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+        target.write_text(json.dumps(out, indent=4, ensure_ascii=True) + "\n", encoding="utf-8")
         return target
 
     def _expected_name(self, item: Item) -> str:
