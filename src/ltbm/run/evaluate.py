@@ -2,27 +2,51 @@
 
 Items are generated in batches and written one JSON line each as they finish; a killed run
 resumes where it stopped and skips finished items; items that fail (bad audio, say) are
-recorded with their error and the run goes on. Under ``accelerate launch`` or ``torchrun``
-each process takes every WORLD_SIZE-th item, writes its own file, and the last process to
-finish merges all of them into one metrics file.
+recorded with their error and the run goes on, and are tried again when the run resumes.
+Under ``accelerate launch`` or ``torchrun`` each process takes every WORLD_SIZE-th item,
+writes its own file, and the last process to finish merges all of them into one metrics file.
+
+Every cell folder holds the run's identity (``identity.json``, see :mod:`ltbm.run.identity`):
+a run resumes or reuses a folder only under the same identity, and each (cell, rank) has
+one writer at a time (a lock file), so records are never mixed or written twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ltbm.audio import load_audio
-from ltbm.backbones.base import Backbone
+from ltbm.audio import audio_warnings, load_audio
+from ltbm.backbones.base import Backbone, backbone_identity, default_max_new_tokens
 from ltbm.methods import Method, get_method
 from ltbm.prompts import prompt_template, render_prompt
-from ltbm.run.records import RecordWriter, read_records, shard_file, write_json_atomic
+from ltbm.run.identity import (
+    IDENTITY_FILE,
+    RunConflict,
+    canonical,
+    check_identity,
+    fingerprint,
+    identity_payload,
+    plain,
+    read_identity,
+)
+from ltbm.run.records import (
+    ITEMS_PATTERN,
+    RecordWriter,
+    ResultWriteError,
+    read_records,
+    shard_file,
+    write_json_atomic,
+)
 from ltbm.run.scoring import score_records
-from ltbm.tasks.base import Item, Task
+from ltbm.tasks.base import Item, Task, dataset_identity
 
 NO_COMPRESSION = "none"
 
@@ -37,6 +61,12 @@ class Cell:
     scorer: str | None = None
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        ratio = self.keep_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise ValueError(f"keep_ratio must be a number in (0, 1], got {ratio!r}")
+        object.__setattr__(self, "keep_ratio", float(ratio))
+
     def build(self) -> Method | None:
         if self.method == NO_COMPRESSION:
             return None
@@ -49,10 +79,12 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """Folder name of the cell, e.g. ``ltbm-r0.25-w3`` or ``none``."""
+        """Folder name of the cell, e.g. ``ltbm-r0.25-w3`` or ``none``. The keep ratio is
+        written as Python's shortest exact repr, so every distinct ratio has its own
+        folder (0.3333333 and 0.33333334 no longer share one)."""
         if self.method == NO_COMPRESSION:
             return NO_COMPRESSION
-        parts = [self.method, f"r{self.keep_ratio:g}"]
+        parts = [self.method, f"r{self.keep_ratio!r}"]
         if self.window is not None:
             parts.append(f"w{self.window}")
         if self.scorer is not None:
@@ -60,6 +92,16 @@ class Cell:
         if self.seed is not None:
             parts.append(f"s{self.seed}")
         return "-".join(parts)
+
+
+NOT_IDENTITY = frozenset({"out_root", "batch_size", "backbone_folder"})
+"""RunSettings fields that never change an item's output: where results go, and how many
+items share a batch (generation is batch-independent). Every other field enters the run's
+identity automatically, so a setting added later cannot be forgotten."""
+SELECTION = frozenset({"limit", "subset", "subset_seed"})
+"""RunSettings fields that choose *which* items run, not what each item gives: a cell's
+records serve any selection (``--limit 3`` first, the whole set later), and its metrics
+file records the selection it was computed over."""
 
 
 @dataclass
@@ -75,9 +117,29 @@ class RunSettings:
     prompt: str | None = None
     limit: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    backbone_folder: str | None = None
+    """The backbone's folder under the task (default: ``backbone``); e.g.
+    ``whisper-ct2-25hz`` keeps 25 Hz runs apart from 50 Hz ones."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "limit"):
+            value = getattr(self, name)
+            if value is None and name != "batch_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
 
     def run_dir(self, cell: Cell) -> Path:
-        return self.out_root / self.task / self.backbone / cell.name
+        return self.out_root / self.task / (self.backbone_folder or self.backbone) / cell.name
+
+    def identity_fields(self) -> dict[str, Any]:
+        """The fields that decide outputs (all but :data:`NOT_IDENTITY` and
+        :data:`SELECTION`)."""
+        skip = NOT_IDENTITY | SELECTION
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    def selection_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in SELECTION}
 
 
 @dataclass(frozen=True)
@@ -100,6 +162,100 @@ class Shard:
         return items[self.rank :: self.world_size]
 
 
+def select_items(task: Task, settings: RunSettings) -> list[Item]:
+    """The items this run evaluates: the task's items with audio, after the selection."""
+    items = task.items()
+    if settings.limit is not None:
+        items = items[: settings.limit]
+    return items
+
+
+def run_identity(
+    backbone: Backbone, task: Task, cell: Cell, settings: RunSettings, template: str
+) -> dict[str, Any]:
+    """Everything that decides the outputs of one cell's items (see docs/design-notes.md):
+    dataset, backbone, method with its exact parameters, prompt, generation settings, every
+    other output-deciding RunSettings field, and the ltbm version."""
+    from ltbm import __version__
+
+    method = cell.build()
+    max_new_tokens = settings.max_new_tokens or default_max_new_tokens(backbone)
+    resolved = {"max_new_tokens": max_new_tokens, "prompt": template}
+    return plain(
+        {
+            "schema": 1,
+            "ltbm": __version__,
+            "dataset": dataset_identity(task),
+            "backbone": backbone_identity(backbone),
+            "cell": asdict(cell),
+            "method_params": method.params() if method is not None else None,
+            "prompt_template": template,
+            "generation": {"max_new_tokens": max_new_tokens},
+            "settings": {**settings.identity_fields(), **resolved},
+        }
+    )
+
+
+def selection_of(settings: RunSettings, items: list[Item]) -> dict[str, Any]:
+    """Which items a metrics file covers: the selection settings and the chosen ids."""
+    ids = canonical([item.id for item in items]).encode("utf-8")
+    digest = hashlib.sha256(ids).hexdigest()
+    return plain({**settings.selection_fields(), "items": len(items), "ids_sha256": digest})
+
+
+def check_cell(run_dir: Path, identity: dict[str, Any]) -> None:
+    """Refuse, before any work, a cell folder whose results were made under another
+    identity (read-only: a sweep checks every cell before running the first)."""
+    check_identity(run_dir, identity, has_results=has_results(run_dir))
+
+
+def has_results(run_dir: Path) -> bool:
+    return any(run_dir.glob(ITEMS_PATTERN)) or (run_dir / "metrics.json").exists()
+
+
+RESULT_PATTERNS = (ITEMS_PATTERN, "done.rank*", "metrics.json", IDENTITY_FILE, "submission.json")
+
+
+def clear_results(run_dir: Path) -> None:
+    """What ``--fresh`` removes: the cell's own result files (anything else in the folder
+    is left alone)."""
+    for pattern in RESULT_PATTERNS:
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)
+    for path in run_dir.glob("*.tmp*"):
+        path.unlink(missing_ok=True)
+
+
+def cell_lock(run_dir: Path, rank: int):
+    """One writer per (cell, rank): see :func:`writer_lock`."""
+    return writer_lock(run_dir / f"writer.rank{rank}.lock")
+
+
+@contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Hold ``path`` as a lock while writing; a second process is refused at once, not
+    queued. The operating system releases the lock when its holder dies (even by kill -9),
+    so a killed run never leaves its folder locked."""
+    from filelock import FileLock, Timeout
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ResultWriteError(path.parent, error) from None
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunConflict(
+            f"another ltbm run is writing {path.parent} (lock {path.name} is held); wait for "
+            "it to finish, or pass another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def evaluate(
     backbone: Backbone,
     task: Task,
@@ -107,30 +263,88 @@ def evaluate(
     settings: RunSettings,
     shard: Shard | None = None,
     progress: bool = True,
+    *,
+    fresh: bool = False,
+    retry_failed: bool = True,
 ) -> Path:
     """Run (or resume) one cell; returns its folder. The metrics file is written once every
-    shard has finished."""
+    shard has finished.
+
+    Resumes only under the same identity (else :class:`RunConflict`, before any work);
+    ``fresh`` first removes the cell's earlier results; ``retry_failed`` (the default) runs
+    items whose earlier attempt failed again. A cell already complete for this selection is
+    left untouched."""
     shard = shard or Shard.from_environment()
+    if fresh and shard.world_size > 1:
+        raise RunConflict(
+            "--fresh cannot be combined with a sharded launch (each process would delete the "
+            "others' files); run it once without the launcher, or delete the cell's files"
+        )
     run_dir = settings.run_dir(cell)
     method = cell.build()
     check = getattr(backbone, "check_method", None)
     if check is not None:  # refuse up front rather than record every item as failed
         check(method)
-    items = task.items()
-    if settings.limit is not None:
-        items = items[: settings.limit]
+    items = select_items(task, settings)
     template = prompt_template(settings.backbone, task.kind, settings.prompt)
-    done = set(read_records(run_dir))
-    todo = [item for item in shard.take(items) if item.id not in done]
-    (run_dir / f"done.rank{shard.rank}").unlink(missing_ok=True)
-    with RecordWriter(shard_file(run_dir, shard.rank, shard.world_size)) as writer:
-        for batch in _batches(todo, settings.batch_size, progress, cell.name):
-            for record in _run_batch(backbone, batch, method, template, settings):
-                writer.write(record)
-    (run_dir / f"done.rank{shard.rank}").write_text(str(time.time()))
+    identity = run_identity(backbone, task, cell, settings, template)
+    selection = selection_of(settings, items)
+    with cell_lock(run_dir, shard.rank):
+        if fresh:
+            clear_results(run_dir)
+        check_cell(run_dir, identity)
+        _store_identity(run_dir, identity)
+        records = read_records(run_dir)
+        done = {i for i, r in records.items() if not (retry_failed and "error" in r)}
+        todo = [item for item in shard.take(items) if item.id not in done]
+        if not todo and _complete(run_dir, identity, selection, retry_failed):
+            return run_dir
+        (run_dir / f"done.rank{shard.rank}").unlink(missing_ok=True)
+        with RecordWriter(shard_file(run_dir, shard.rank, shard.world_size)) as writer:
+            for batch in _batches(todo, settings.batch_size, progress, cell.name):
+                for record in _run_batch(backbone, batch, method, template, settings):
+                    writer.write(record)
+        write_text(run_dir / f"done.rank{shard.rank}", str(time.time()))
     if all((run_dir / f"done.rank{r}").exists() for r in range(shard.world_size)):
-        finalize(run_dir, backbone, task, items, cell, settings, template)
+        finalize(run_dir, backbone, task, items, cell, settings, template, identity, selection)
     return run_dir
+
+
+def _store_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    stored = read_identity(run_dir)
+    if stored is None or stored.get("fingerprint") != fingerprint(identity):
+        write_json_atomic(run_dir / IDENTITY_FILE, identity_payload(identity))
+
+
+def _complete(
+    run_dir: Path, identity: dict[str, Any], selection: dict[str, Any], retry_failed: bool
+) -> bool:
+    """Whether the metrics file already covers this identity and selection, with nothing
+    left to retry: then the cell is reused as it is."""
+    import json
+
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return False
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False  # damaged: recomputed from the records
+    return (
+        metrics.get("fingerprint") == fingerprint(identity)
+        and metrics.get("selection") == selection
+        and metrics.get("completed") == metrics.get("items")
+        and not (retry_failed and metrics.get("failed"))
+    )
+
+
+def write_text(path: Path, text: str) -> None:
+    """A small marker file, with a write failure reported as a :class:`ResultWriteError`."""
+    try:
+        path.write_text(text)
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise ResultWriteError(path, error) from None
 
 
 def _batches(items: list[Item], size: int, progress: bool, label: str):
@@ -156,11 +370,12 @@ def _run_batch(
 ) -> list[dict[str, Any]]:
     """Generate for a batch; an item whose audio fails is recorded with its error, and a
     batch that fails as a whole is retried item by item so one bad clip costs one record."""
-    records, audios, ready = [], [], []
+    records, audios, ready, warnings = [], [], [], []
     for item in batch:
         try:
             audios.append(load_audio(item.audio))
             ready.append(item)
+            warnings.append(audio_warnings(audios[-1]))
         except Exception as error:  # noqa: BLE001 - any unreadable clip is recorded, not fatal
             records.append(_failure(item, error))
     if not ready:
@@ -179,19 +394,20 @@ def _run_batch(
             records.extend(_run_batch(backbone, [item], method, template, settings))
         return records
     seconds = (time.perf_counter() - start) / len(ready)
-    for item, prompt, generation in zip(ready, prompts, generations, strict=True):
-        records.append(
-            {
-                "id": item.id,
-                "prediction": generation.text,
-                "references": item.references,
-                "prompt": prompt,
-                "audio_tokens": generation.audio_tokens,
-                "kept_tokens": generation.kept_tokens,
-                "seconds": seconds,
-                "meta": item.meta,
-            }
-        )
+    for item, prompt, generation, flags in zip(ready, prompts, generations, warnings, strict=True):
+        record = {
+            "id": item.id,
+            "prediction": generation.text,
+            "references": item.references,
+            "prompt": prompt,
+            "audio_tokens": generation.audio_tokens,
+            "kept_tokens": generation.kept_tokens,
+            "seconds": seconds,
+            "meta": item.meta,
+        }
+        if flags:
+            record["audio_warnings"] = flags
+        records.append(record)
     return records
 
 
@@ -207,30 +423,38 @@ def finalize(
     cell: Cell,
     settings: RunSettings,
     template: str,
+    identity: dict[str, Any] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Merge every shard's records and write ``metrics.json`` with the full configuration."""
+    """Merge every shard's records and write ``metrics.json`` with the full configuration,
+    the identity's fingerprint and the selection it covers."""
     records = read_records(run_dir)
     ordered = [records[item.id] for item in items if item.id in records]
     succeeded = [r for r in ordered if "error" not in r]
     scores = score_records(task, items, succeeded, run_dir)
+    identity = identity or run_identity(backbone, task, cell, settings, template)
+    failed = [{"id": r["id"], "error": r["error"]} for r in ordered if "error" in r]
     payload = {
         "task": settings.task,
         "task_kind": task.kind,
-        "backbone": settings.backbone,
+        "backbone": settings.backbone_folder or settings.backbone,
+        "backbone_name": settings.backbone,
+        "fingerprint": fingerprint(identity),
+        "selection": selection or selection_of(settings, items),
         "cell": asdict(cell),
         "cell_name": cell.name,
         "method_params": cell.build().params() if cell.method != NO_COMPRESSION else None,
         "prompt_template": template,
         "settings": {
-            "batch_size": settings.batch_size,
-            "max_new_tokens": settings.max_new_tokens,
-            "limit": settings.limit,
+            **{k: v for k, v in asdict(settings).items() if k not in ("out_root", "details")},
             **settings.details,
         },
         "items": len(items),
         "completed": len(ordered),
         "scored": len(succeeded),
-        "failed": [{"id": r["id"], "error": r["error"]} for r in ordered if "error" in r],
+        "failed_count": len(failed),
+        "failed": failed,
+        "audio_warnings": sum(1 for r in succeeded if r.get("audio_warnings")),
         "coverage": task.coverage().as_dict(),
         "mean_audio_tokens": _mean(r["audio_tokens"] for r in succeeded),
         "mean_kept_tokens": _mean(r["kept_tokens"] for r in succeeded),
