@@ -219,7 +219,7 @@ def test_two_process_shards_equal_one_process(tiny_model, mmau, tmp_path):
     ]
     completed = subprocess.run(launcher, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    cell = Path("mmau") / "qwen2-audio" / "ltbm-r0.25-w2"
+    cell = Path("mmau") / "qwen2-audio" / "ltbm-r0.25-w1"
     shard_files = sorted(p.name for p in (sharded_root / cell).glob("items*.jsonl"))
     assert shard_files == ["items.rank0.jsonl", "items.rank1.jsonl"]
     single, sharded = metrics_of(tmp_path / "single" / cell), metrics_of(sharded_root / cell)
@@ -336,7 +336,7 @@ def test_whisper_embedded_default_through_the_cli(tmp_path):
             ]
         )
     cells = tmp_path / "speech" / "whisper-ct2"
-    for cell in ("none", "ltbm-r0.5-w2"):
+    for cell in ("none", "ltbm-r0.5-w1"):
         metrics = metrics_of(cells / cell)
         records = records_of(cells / cell)
         assert metrics["items"] == 3 and metrics["scored"] == 3
@@ -346,7 +346,7 @@ def test_whisper_embedded_default_through_the_cli(tmp_path):
         )
         assert metrics["metrics"]["wer"] == pytest.approx(recomputed.wer)
         assert metrics["metrics"]["wer"] < 0.5, "tiny.en transcribes the built-in set"
-    compressed = records_of(cells / "ltbm-r0.5-w2")
+    compressed = records_of(cells / "ltbm-r0.5-w1")
     assert all(r["kept_tokens"] == -(-r["audio_tokens"] // 2) for r in compressed)
 
 
