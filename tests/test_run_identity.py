@@ -300,3 +300,25 @@ def test_every_output_deciding_setting_enters_the_identity_automatically(tmp_pat
     assert identity(temperature=0.5) != identity()
     assert identity(batch_size=1) == identity() == identity(subset=100)
     assert identity()["settings"]["temperature"] == 0.0
+
+
+def test_a_clip_replaced_in_place_is_run_again(tmp_path):
+    folder = speech_folder(tmp_path / "data", count=2)
+    out = tmp_path / "runs"
+    args = ["eval", "--root", str(folder), "--method", "none", "--out", str(out)]
+    assert run(*args).exit_code == 0
+    cell = out / "speech" / "whisper-ct2" / "none"
+    before = read_records(cell)
+    first = SpeechTask(folder).items()[0]
+    replacement = SpeechTask.builtin().items()[7].audio
+    first.audio.write_bytes(replacement.read_bytes())
+    assert run(*args).exit_code == 0
+    after = read_records(cell)
+    assert after[first.id]["prediction"] != before[first.id]["prediction"]
+    second = SpeechTask(folder).items()[1].id
+    assert after[second] == before[second]
+
+
+def test_a_prompt_that_cannot_be_filled_is_refused(tmp_path):
+    message = one_line_error(run(*eval_args(tmp_path / "runs"), "--prompt", "say {what}"))
+    assert "cannot be filled" in message

@@ -152,8 +152,15 @@ class Shard:
 
     @classmethod
     def from_environment(cls) -> Shard:
-        rank = int(os.environ.get("RANK", "0"))
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        try:
+            rank = int(os.environ.get("RANK", "0"))
+            world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        except ValueError:
+            raise ValueError(
+                f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE="
+                f"{os.environ.get('WORLD_SIZE')!r} must be whole numbers (the launcher sets "
+                "them; unset both for a single process)"
+            ) from None
         if not 0 <= rank < world_size:
             raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world_size}")
         return cls(rank, world_size)
@@ -287,6 +294,7 @@ def evaluate(
         check(method)
     items = select_items(task, settings)
     template = prompt_template(settings.backbone, task.kind, settings.prompt)
+    check_template(template)
     identity = run_identity(backbone, task, cell, settings, template)
     selection = selection_of(settings, items)
     with cell_lock(run_dir, shard.rank):
@@ -295,8 +303,7 @@ def evaluate(
         check_cell(run_dir, identity)
         _store_identity(run_dir, identity)
         records = read_records(run_dir)
-        done = {i for i, r in records.items() if not (retry_failed and "error" in r)}
-        todo = [item for item in shard.take(items) if item.id not in done]
+        todo = pending(shard.take(items), records, retry_failed)
         if not todo and _complete(run_dir, identity, selection, retry_failed):
             return run_dir
         (run_dir / f"done.rank{shard.rank}").unlink(missing_ok=True)
@@ -308,6 +315,56 @@ def evaluate(
     if all((run_dir / f"done.rank{r}").exists() for r in range(shard.world_size)):
         finalize(run_dir, backbone, task, items, cell, settings, template, identity, selection)
     return run_dir
+
+
+def pending(
+    items: list[Item], records: dict[str, dict[str, Any]], retry_failed: bool
+) -> list[Item]:
+    """The items to run: those without a record, those whose audio file changed since its
+    record was made, and (``retry_failed``) those whose last attempt failed."""
+    todo = []
+    for item in items:
+        record = records.get(item.id)
+        if (
+            record is None
+            or (retry_failed and "error" in record)
+            or record.get("audio_sha256") != audio_digest(item.audio)
+        ):
+            todo.append(item)
+    return todo
+
+
+_DIGESTS: dict[tuple[str, int, int], str | None] = {}
+
+
+def audio_digest(path: Path) -> str | None:
+    """A hash of an audio file's bytes (None if it cannot be read), recorded with each
+    item, so a clip replaced in place is run again rather than reported from the old one.
+    Cached per process by path, size and modification time."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        try:
+            _DIGESTS[key] = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+        except OSError:
+            return None
+    return _DIGESTS[key]
+
+
+def check_template(template: str) -> None:
+    """Refuse a prompt template that cannot be filled, before any item runs."""
+    probe = Item(id="probe", audio=Path("probe.wav"), question="q", choices=["a", "b"])
+    try:
+        render_prompt(template, probe)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"the prompt template {template!r} cannot be filled ({type(error).__name__}: "
+            f"{error}); it may use {{question}} and {{choices}}, and {{{{ }}}} for a literal "
+            "brace"
+        ) from None
 
 
 def _store_identity(run_dir: Path, identity: dict[str, Any]) -> None:
@@ -397,6 +454,8 @@ def _run_batch(
     for item, prompt, generation, flags in zip(ready, prompts, generations, warnings, strict=True):
         record = {
             "id": item.id,
+            "audio_sha256": audio_digest(item.audio),
+            "finished_at": time.time(),
             "prediction": generation.text,
             "references": item.references,
             "prompt": prompt,
@@ -412,7 +471,13 @@ def _run_batch(
 
 
 def _failure(item: Item, error: Exception) -> dict[str, Any]:
-    return {"id": item.id, "error": f"{type(error).__name__}: {error}", "meta": item.meta}
+    return {
+        "id": item.id,
+        "audio_sha256": audio_digest(item.audio),
+        "finished_at": time.time(),
+        "error": f"{type(error).__name__}: {error}",
+        "meta": item.meta,
+    }
 
 
 def finalize(

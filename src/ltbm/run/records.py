@@ -4,9 +4,10 @@ A run killed at any point loses at most the line being written: lines are flushe
 fsynced one by one, and a torn last line (no newline) is ignored when the run resumes.
 Each process of a sharded run appends to its own file, so no two writers share one.
 
-An item may have several lines: a failed attempt, then a later retry. The success wins; of
-several failures, the latest. A complete line that is not a record (edited by hand, or a
-disk fault) stops the run with its file and line number, never silently skipped.
+An item may have several lines: a failed attempt and a later retry, or a record made before
+its audio file was replaced. The latest (by its ``finished_at`` time) counts. A complete
+line that is not a record (edited by hand, or a disk fault) stops the run with its file and
+line number, never silently skipped.
 """
 
 from __future__ import annotations
@@ -49,15 +50,20 @@ def shard_file(run_dir: Path, rank: int, world_size: int) -> Path:
 
 def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Every complete record of a run, from all its shard files, keyed by item id. An id
-    with several lines counts once: a success over a failure (the first success, in file
-    name order, then line order), else the latest failure."""
+    with several lines counts once: the latest by ``finished_at`` (ties, and records
+    without the field: the later file in name order, then the later line)."""
     records: dict[str, dict[str, Any]] = {}
     for path in sorted(run_dir.glob(ITEMS_PATTERN)):
         for record in _read_lines(path):
             current = records.get(record["id"])
-            if current is None or "error" in current:
+            if current is None or _finished(record) >= _finished(current):
                 records[record["id"]] = record
     return records
+
+
+def _finished(record: dict[str, Any]) -> float:
+    value = record.get("finished_at")
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _read_lines(path: Path) -> Iterable[dict[str, Any]]:

@@ -118,6 +118,7 @@ class Grid:
             setattr(self, item.name, GRID_KEYS[item.name](item.name, getattr(self, item.name)))
 
     def cells(self) -> list[Cell]:
+        """Every distinct cell once, in grid order (a value listed twice runs once)."""
         cells = []
         for method in self.methods:
             if method == NO_COMPRESSION:
@@ -132,7 +133,7 @@ class Grid:
                     cells.append(Cell("random", ratio, seed=self.seed))
                 else:
                     cells.append(Cell(method, ratio))
-        return cells
+        return list(dict.fromkeys(cells))
 
     def describe(self) -> str:
         """The grid in one line, as printed before a sweep runs."""
