@@ -72,7 +72,7 @@ def test_identity_is_stored_and_another_dataset_is_refused_before_any_work(tmp_p
     assert identity["dataset"]["listing"][0]["sha256"]
     assert identity["backbone"]["frame_rate_hz"] == 50
     assert len(identity["backbone"]["weights_sha256"]) == 64
-    assert identity["generation"] == {"max_new_tokens": 224}
+    assert identity["settings"]["max_new_tokens"] == 224 and identity["settings"]["prompt"] == ""
     before = (cells / "none" / "items.jsonl").read_text()
 
     other = speech_folder(tmp_path / "other", first=5)
@@ -96,7 +96,7 @@ def test_generation_settings_are_part_of_the_identity(tmp_path, cells):
     out = tmp_path / "runs"
     assert run(*eval_args(out), "--max-new-tokens", "2").exit_code == 0
     message = one_line_error(run(*eval_args(out)))
-    assert "generation.max_new_tokens: 2 in the folder, 224 now" in message
+    assert "settings.max_new_tokens: 2 in the folder, 224 now" in message
     # The default spelt out is the same setting as the default.
     spelt = tmp_path / "spelt"
     assert run(*eval_args(spelt)).exit_code == 0

@@ -181,8 +181,9 @@ def run_identity(
     backbone: Backbone, task: Task, cell: Cell, settings: RunSettings, template: str
 ) -> dict[str, Any]:
     """Everything that decides the outputs of one cell's items (see docs/design-notes.md):
-    dataset, backbone, method with its exact parameters, prompt, generation settings, every
-    other output-deciding RunSettings field, and the ltbm version."""
+    dataset, backbone, method with its exact parameters, and every output-deciding
+    RunSettings field, resolved (``prompt`` is the template used, ``max_new_tokens`` the
+    limit used, the backbone's default included), and the ltbm version."""
     from ltbm import __version__
 
     method = cell.build()
@@ -196,8 +197,6 @@ def run_identity(
             "backbone": backbone_identity(backbone),
             "cell": asdict(cell),
             "method_params": method.params() if method is not None else None,
-            "prompt_template": template,
-            "generation": {"max_new_tokens": max_new_tokens},
             "settings": {**settings.identity_fields(), **resolved},
         }
     )
