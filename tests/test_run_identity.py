@@ -151,6 +151,8 @@ def test_failed_items_are_retried_and_all_failed_exits_1(tmp_path):
     cell = out / "speech" / "whisper-ct2" / "none"
     metrics = json.loads((cell / "metrics.json").read_text())
     assert metrics["failed_count"] == 1 and metrics["scored"] == 1
+    assert run("report", str(out)).exit_code == 0
+    assert json.loads((out / "report.json").read_text())[0]["failed"] == 1
 
     good.write_bytes(saved)  # the audio is fixed: the resumed run tries the item again
     assert run(*args, "--out", str(out)).exit_code == 0
