@@ -142,3 +142,16 @@ def test_a_grid_runs_each_distinct_cell_once_and_checks_its_values():
         Grid(keep_ratios=0.5)
     with pytest.raises(ValueError, match="windows must be a whole number"):
         Grid(windows=(1.5,))
+
+
+def test_the_shipped_sweep_configs_are_valid():
+    from pathlib import Path
+
+    from ltbm.run.sweep import load_grid
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert len(configs) >= 3
+    for path in configs:
+        grid, rest = load_grid(path)
+        assert grid.cells()
+    assert load_grid(configs[0].parent / "speech-proxy-25hz.toml")[1]["frame_rate"] == 25
