@@ -20,7 +20,8 @@ import soundfile
 from typer.testing import CliRunner
 
 from ltbm.cli import app
-from ltbm.run.evaluate import Cell, RunSettings, cell_lock, run_identity
+from ltbm.run.evaluate import Cell, RunSettings, run_identity
+from ltbm.run.folder import cell_lock
 from ltbm.run.records import read_records
 from ltbm.tasks.speech import SpeechTask
 

@@ -469,7 +469,8 @@ def bench_to_files(
     see :func:`bench_identity`) keeps the cells already measured."""
     from pathlib import Path
 
-    from ltbm.run.evaluate import versions, writer_lock
+    from ltbm.run.evaluate import versions
+    from ltbm.run.folder import writer_lock
     from ltbm.run.records import write_json_atomic
 
     out = Path(out)

@@ -27,10 +27,10 @@ from ltbm.run.evaluate import (
     Cell,
     RunSettings,
     Shard,
-    check_cell,
     evaluate,
     run_identity,
 )
+from ltbm.run.folder import check_cell
 from ltbm.tasks.base import Task
 
 PAPER_METHODS = ("none", "pool", "prune", "global", "ltbm")
