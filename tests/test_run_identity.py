@@ -325,3 +325,28 @@ def test_a_clip_replaced_in_place_is_run_again(tmp_path):
 def test_a_prompt_that_cannot_be_filled_is_refused(tmp_path):
     message = one_line_error(run(*eval_args(tmp_path / "runs"), "--prompt", "say {what}"))
     assert "cannot be filled" in message
+
+
+def test_a_run_in_another_process_holds_the_cell(tmp_path, cells):
+    """The lock is the operating system's: a second process is refused while the first
+    holds the cell, and the cell is free again once that process is gone (even killed)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from ltbm.run.folder import cell_lock\n"
+            "with cell_lock(Path(sys.argv[1]), 0):\n"
+            "    print('held', flush=True); time.sleep(60)",
+            str(cells / "none"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert "another ltbm run is writing" in one_line_error(run(*eval_args(tmp_path / "runs")))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(*eval_args(tmp_path / "runs")).exit_code == 0
+    assert len(read_records(cells / "none")) == 1
