@@ -350,3 +350,17 @@ def test_a_run_in_another_process_holds_the_cell(tmp_path, cells):
         holder.wait()
     assert run(*eval_args(tmp_path / "runs")).exit_code == 0
     assert len(read_records(cells / "none")) == 1
+
+
+def test_a_prompt_for_whisper_is_refused_before_any_item(tmp_path):
+    message = one_line_error(run(*eval_args(tmp_path / "runs"), "--prompt", "Transcribe:"))
+    assert "takes no text prompt" in message
+    assert not list(tmp_path.rglob("items*.jsonl"))
+
+
+def test_a_sweep_checks_every_cell_before_running_the_first(tmp_path):
+    out = tmp_path / "runs"
+    args = ["sweep", "--methods", "none,prune", "--keep-ratios", "0.5", "--limit", "1"]
+    message = one_line_error(run(*args, "--scorer", "attention", "--out", str(out)))
+    assert "scorer='norm'" in message
+    assert not list(out.rglob("items*.jsonl"))

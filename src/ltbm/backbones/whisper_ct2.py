@@ -287,6 +287,13 @@ class WhisperCT2:
         if method is not None:
             _check_method(method)
 
+    def check_prompt(self, template: str) -> None:
+        """Refuse a text prompt up front: Whisper transcribes and takes none."""
+        if template:
+            raise ValueError(
+                f"whisper-ct2 transcribes and takes no text prompt; drop --prompt {template!r}"
+            )
+
     def compress(self, encoded: list[EncodedClip], method: Method | None) -> Compressed | None:
         """Compress the valid frames of every clip in one batched call (padding past each
         clip's N is never mixed in); None when ``method`` is None."""

@@ -233,6 +233,9 @@ def evaluate(
     items = select_items(task, settings)
     template = prompt_template(settings.backbone, task.kind, settings.prompt)
     check_template(template)
+    check_prompt = getattr(backbone, "check_prompt", None)
+    if check_prompt is not None:
+        check_prompt(template)
     identity = run_identity(backbone, task, cell, settings, template)
     selection = selection_of(settings, items)
     with cell_lock(run_dir, shard.rank):

@@ -202,13 +202,20 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def check_sweep(backbone: Backbone, task: Task, grid: Grid, settings: RunSettings) -> None:
-    """Refuse before any work when a cell folder holds results under other settings."""
+def check_sweep(
+    backbone: Backbone, task: Task, grid: Grid, settings: RunSettings, *, folders: bool = True
+) -> None:
+    """Refuse before any work: a cell whose method the backbone cannot feed, or (with
+    ``folders``) a cell folder holding results made under other settings."""
     template = prompt_template(settings.backbone, task.kind, settings.prompt)
+    check_method = getattr(backbone, "check_method", None)
     for cell in grid.cells():
-        cell.build()
-        identity = run_identity(backbone, task, cell, settings, template)
-        check_cell(settings.run_dir(cell), identity)
+        method = cell.build()
+        if check_method is not None:
+            check_method(method)
+        if folders:
+            identity = run_identity(backbone, task, cell, settings, template)
+            check_cell(settings.run_dir(cell), identity)
 
 
 def sweep(
@@ -224,8 +231,7 @@ def sweep(
     """Every cell of the grid: finished ones reused, others resumed (``fresh``: started
     over). All identities are checked first."""
     shard = Shard.from_environment()
-    if not fresh:
-        check_sweep(backbone, task, grid, settings)
+    check_sweep(backbone, task, grid, settings, folders=not fresh)
     return [
         evaluate(
             backbone,
