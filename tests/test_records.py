@@ -155,3 +155,21 @@ def test_the_shipped_sweep_configs_are_valid():
         grid, rest = load_grid(path)
         assert grid.cells()
     assert load_grid(configs[0].parent / "speech-proxy-25hz.toml")[1]["frame_rate"] == 25
+
+
+def test_compact_keeps_the_latest_record_of_each_item(tmp_path):
+    from ltbm.run.records import compact
+
+    path = shard_file(tmp_path, 0, 1)
+    with RecordWriter(path) as writer:
+        writer.write({"id": "a", "error": "AudioError: unreadable", "finished_at": 1.0})
+        writer.write({"id": "b", "prediction": "kept", "finished_at": 2.0})
+        writer.write({"id": "a", "prediction": "retried", "finished_at": 3.0})
+    before = read_records(tmp_path)
+    compact(path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["id"], r.get("prediction")) for r in lines] == [("b", "kept"), ("a", "retried")]
+    assert read_records(tmp_path) == before
+    stamp = path.stat().st_mtime_ns
+    compact(path)  # nothing to drop: the file is left alone
+    assert path.stat().st_mtime_ns == stamp

@@ -160,6 +160,7 @@ def test_failed_items_are_retried_and_all_failed_exits_1(tmp_path):
     metrics = json.loads((cell / "metrics.json").read_text())
     assert metrics["failed_count"] == 0 and metrics["scored"] == 2
     assert all("error" not in r for r in read_records(cell).values())
+    assert len((cell / "items.jsonl").read_text().splitlines()) == 2, "one line per item"
 
     for item in SpeechTask(folder).all_items():
         item.audio.write_bytes(b"broken")

@@ -36,7 +36,13 @@ from ltbm.run.folder import (
     write_text,
 )
 from ltbm.run.identity import RunConflict, canonical, fingerprint, plain
-from ltbm.run.records import RecordWriter, read_records, shard_file, write_json_atomic
+from ltbm.run.records import (
+    RecordWriter,
+    compact,
+    read_records,
+    shard_file,
+    write_json_atomic,
+)
 from ltbm.run.scoring import score_records
 from ltbm.tasks.base import Item, Task, dataset_identity
 
@@ -248,10 +254,12 @@ def evaluate(
         if not todo and is_complete(run_dir, identity, selection, retry_failed):
             return run_dir
         (run_dir / f"done.rank{shard.rank}").unlink(missing_ok=True)
-        with RecordWriter(shard_file(run_dir, shard.rank, shard.world_size)) as writer:
+        records_file = shard_file(run_dir, shard.rank, shard.world_size)
+        with RecordWriter(records_file) as writer:
             for batch in _batches(todo, settings.batch_size, progress, cell.name):
                 for record in _run_batch(backbone, batch, method, template, settings):
                     writer.write(record)
+        compact(records_file)
         write_text(run_dir / f"done.rank{shard.rank}", str(time.time()))
     if all((run_dir / f"done.rank{r}").exists() for r in range(shard.world_size)):
         finalize(run_dir, backbone, task, items, cell, settings, template, identity, selection)

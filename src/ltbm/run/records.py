@@ -5,7 +5,8 @@ fsynced one by one, and a torn last line (no newline) is ignored when the run re
 Each process of a sharded run appends to its own file, so no two writers share one.
 
 An item may have several lines: a failed attempt and a later retry, or a record made before
-its audio file was replaced. The latest (by its ``finished_at`` time) counts. A complete
+its audio file was replaced. The latest (by its ``finished_at`` time) counts, and a run
+that finishes rewrites its file with one line per item (:func:`compact`). A complete
 line that is not a record (edited by hand, or a disk fault) stops the run with its file and
 line number, never silently skipped.
 """
@@ -59,6 +60,32 @@ def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
             if current is None or _finished(record) >= _finished(current):
                 records[record["id"]] = record
     return records
+
+
+def compact(path: Path) -> None:
+    """Rewrite a record file with one line per item (its latest record), once a run has
+    finished with it, so that readers counting lines never see a retried item twice. The
+    rewrite goes through a temporary file and a rename: a failure leaves the file as it was."""
+    if not path.exists():
+        return
+    latest: dict[str, dict[str, Any]] = {}
+    count = 0
+    for record in _read_lines(path):
+        count += 1
+        current = latest.get(record["id"])
+        if current is None or _finished(record) >= _finished(current):
+            latest.pop(record["id"], None)  # re-inserted last: the file keeps finishing order
+            latest[record["id"]] = record
+    if count == len(latest):
+        return
+    temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in latest.values())
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise ResultWriteError(path, error) from None
 
 
 def _finished(record: dict[str, Any]) -> float:
