@@ -124,3 +124,40 @@ def test_a_rerun_keeps_cells_already_measured(tmp_path):
         assert second[key]["prefill_ms"] == first[key]["prefill_ms"]
         assert second[key]["run"] == first[key]["run"]
     assert "prefill_vs_uncompressed" in second[("pool", 0.5)]
+
+
+def test_a_rerun_under_other_measurement_settings_is_refused(tmp_path):
+    """Rows are reused only under the same identity: changing the decode length (or the
+    repeats, warm-up, dtype, device) names the difference; --fresh measures again."""
+    out = tmp_path / "bench.json"
+    runner = CliRunner()
+    first = tiny_bench_args(out, methods="pool", keep_ratios="1")
+    assert runner.invoke(app, first).exit_code == 0
+    identity = json.loads(out.read_text())["identity"]
+    assert identity["decode_tokens"] == 2 and identity["dtype"] == "float32"
+    stamp = out.stat().st_mtime_ns
+    changed = [*first[:-2], "--decode-tokens", "3", "--out", str(out)]
+    refused = runner.invoke(app, changed)
+    assert refused.exit_code == 2
+    message = " ".join(refused.output.split())
+    assert "decode_tokens: 2 in the folder, 3 now" in message and "--fresh" in message
+    assert out.stat().st_mtime_ns == stamp
+    assert runner.invoke(app, [*changed, "--fresh"]).exit_code == 0
+    assert json.loads(out.read_text())["identity"]["decode_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--decode-tokens", "1", "--decode-tokens must be ≥ 2"),
+        ("--repeats", "0", "--repeats ≥ 1"),
+        ("--batch-sizes", "0", "--batch-sizes must be whole numbers ≥ 1"),
+        ("--seconds", "-3", "--seconds must lie in (0, 600]"),
+        ("--dtype", "float8", "--dtype float8 is not one of"),
+    ],
+)
+def test_bad_bench_options_end_in_one_line(tmp_path, option, value, expected):
+    args = [*tiny_bench_args(tmp_path / "bench.json"), option, value]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and expected in " ".join(result.output.split())
+    assert not (tmp_path / "bench.json").exists()

@@ -71,3 +71,105 @@ def test_sweep_config_sets_the_random_seed(tmp_path):
     grid, rest = load_grid(config)
     assert [cell.name for cell in grid.cells()] == ["random-r0.5-s7"]
     assert rest == {}
+
+
+def test_the_latest_attempt_of_an_item_counts(tmp_path):
+    """A failure followed by a successful retry, and a success made stale by a later run
+    (its audio was replaced): the record with the latest finish time counts, in any file."""
+    with RecordWriter(shard_file(tmp_path, 0, 1)) as writer:
+        writer.write({"id": "a", "error": "AudioError: unreadable", "finished_at": 1.0})
+        writer.write({"id": "b", "prediction": "new", "finished_at": 5.0})
+        writer.write({"id": "a", "prediction": "retried", "finished_at": 2.0})
+    with RecordWriter(shard_file(tmp_path, 0, 2)) as writer:
+        writer.write({"id": "b", "prediction": "old", "finished_at": 3.0})
+    records = read_records(tmp_path)
+    assert records["a"]["prediction"] == "retried"
+    assert records["b"]["prediction"] == "new"
+
+
+def test_a_damaged_line_names_its_file_and_line(tmp_path):
+    import pytest
+
+    from ltbm.run.records import DamagedRecords
+
+    path = shard_file(tmp_path, 0, 1)
+    path.write_text('{"id": "a"}\n[1, 2]\n{"id": "c"}\n')
+    with pytest.raises(DamagedRecords, match=r"items.jsonl, line 2: not a JSON object"):
+        read_records(tmp_path)
+    path.write_text('{"id": "a"}\n{"id": \n')
+    with pytest.raises(DamagedRecords, match="line 2: not valid JSON.*--fresh"):
+        read_records(tmp_path)
+
+
+def test_a_failed_write_leaves_complete_lines_and_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    import ltbm.run.records as records
+    from ltbm.run.records import ResultWriteError
+
+    path = shard_file(tmp_path, 0, 1)
+    writer = RecordWriter(path)
+    writer.write({"id": "a", "prediction": "kept"})
+
+    def full(_descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.os, "fsync", full)
+    with pytest.raises(ResultWriteError, match=r"cannot write .*items.jsonl: No space left"):
+        writer.write({"id": "b", "prediction": "lost"})
+    assert list(read_records(tmp_path)) == ["a"]
+    assert path.read_text().count("\n") == 1
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(records.os, "replace", refuse)
+    with pytest.raises(ResultWriteError, match="metrics.json: Permission denied"):
+        write_json_atomic(tmp_path / "metrics.json", {"x": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.jsonl"]
+
+
+def test_a_grid_runs_each_distinct_cell_once_and_checks_its_values():
+    import pytest
+
+    from ltbm.run.sweep import Grid
+
+    grid = Grid(methods=("pool", "ltbm"), keep_ratios=(0.5, 0.50), windows=(1, 1))
+    assert [cell.name for cell in grid.cells()] == ["pool-r0.5", "ltbm-r0.5-w1"]
+    with pytest.raises(ValueError, match="keep_ratios must be a list"):
+        Grid(keep_ratios=0.5)
+    with pytest.raises(ValueError, match="windows must be a whole number"):
+        Grid(windows=(1.5,))
+
+
+def test_the_shipped_sweep_configs_are_valid():
+    from pathlib import Path
+
+    from ltbm.run.sweep import load_grid
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert len(configs) >= 3
+    for path in configs:
+        grid, rest = load_grid(path)
+        assert grid.cells()
+    assert load_grid(configs[0].parent / "speech-proxy-25hz.toml")[1]["frame_rate"] == 25
+
+
+def test_compact_keeps_the_latest_record_of_each_item(tmp_path):
+    from ltbm.run.records import compact
+
+    path = shard_file(tmp_path, 0, 1)
+    with RecordWriter(path) as writer:
+        writer.write({"id": "a", "error": "AudioError: unreadable", "finished_at": 1.0})
+        writer.write({"id": "b", "prediction": "kept", "finished_at": 2.0})
+        writer.write({"id": "a", "prediction": "retried", "finished_at": 3.0})
+    before = read_records(tmp_path)
+    compact(path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["id"], r.get("prediction")) for r in lines] == [("b", "kept"), ("a", "retried")]
+    assert read_records(tmp_path) == before
+    stamp = path.stat().st_mtime_ns
+    compact(path)  # nothing to drop: the file is left alone
+    assert path.stat().st_mtime_ns == stamp

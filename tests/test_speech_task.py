@@ -154,3 +154,41 @@ def test_from_config_refuses_unknown_keys(tmp_path):
         get_task("speech", csv=tmp_path / "x.csv")
     task = get_task("speech", root=_librispeech(tmp_path))
     assert task.name == f"speech:{tmp_path.name}"
+
+
+@pytest.mark.parametrize("name", ["../elsewhere/x.flac", "/etc/passwd", "sub/../../x.flac"])
+def test_manifest_paths_must_stay_inside_the_folder(tmp_path, name):
+    root = tmp_path / "set"
+    _write_clip(root / "a.flac")
+    (root / "manifest.tsv").write_text(f"file\ttranscript\na.flac\tone\n{name}\ttwo\n")
+    with pytest.raises(DatasetError, match="line 3: .* points outside the dataset folder"):
+        SpeechTask(root)
+    task = get_task("speech", root=root, allow_outside_root=True)
+    assert [item.id for item in task.all_items()] == ["a", Path(name).stem]
+
+
+def test_librispeech_ids_must_stay_inside_the_folder(tmp_path):
+    chapter = tmp_path / "1" / "2"
+    chapter.mkdir(parents=True)
+    (chapter / "1-2.trans.txt").write_text("../../../x HELLO THERE\n")
+    with pytest.raises(DatasetError, match="1-2.trans.txt, line 1: .* outside the dataset"):
+        SpeechTask(tmp_path)
+
+
+def test_an_empty_transcript_is_refused_with_its_line(tmp_path):
+    _write_clip(tmp_path / "a.flac")
+    (tmp_path / "manifest.tsv").write_text("file\ttranscript\na.flac\t  \n")
+    with pytest.raises(DatasetError, match="line 2: a.flac has an empty transcript"):
+        SpeechTask(tmp_path)
+
+
+def test_the_speech_identity_hashes_its_manifest(tmp_path):
+    from ltbm.tasks.base import dataset_identity
+
+    _write_clip(tmp_path / "a.flac")
+    (tmp_path / "manifest.tsv").write_text("file\ttranscript\na.flac\tone\n")
+    first = dataset_identity(SpeechTask(tmp_path))
+    assert first["name"] == f"speech:{tmp_path.name}" and first["listed_items"] == 1
+    (tmp_path / "manifest.tsv").write_text("file\ttranscript\na.flac\twon\n")
+    assert dataset_identity(SpeechTask(tmp_path))["items_sha256"] != first["items_sha256"]
+    assert dataset_identity(SpeechTask())["name"] == "speech-builtin"

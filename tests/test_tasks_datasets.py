@@ -408,3 +408,39 @@ def test_registry_extends_and_loads_optional_tasks_lazily(
 )
 def test_registry_finds_the_speech_task_lazily() -> None:
     assert get_task("speech").kind == "asr"
+
+
+@pytest.mark.parametrize("audio_id", ["../../elsewhere/x.wav", "/etc/passwd"])
+def test_mmau_audio_outside_the_audio_root_is_refused_unless_allowed(
+    tmp_path: Path, audio_id: str
+) -> None:
+    json_path = write_json(tmp_path / "mmau-test-mini.json", [mmau_record(0, audio_id=audio_id)])
+    with pytest.raises(DatasetError, match="points outside the dataset folder.*allow-outside-root"):
+        MMAUTask(json_path)
+    with pytest.raises(DatasetError, match="outside the dataset folder"):
+        get_task("mmau", json=json_path)
+    allowed = get_task("mmau", json=json_path, allow_outside_root=True)
+    assert allowed.all_items()[0].audio == (tmp_path / audio_id)
+
+
+def test_mmau_with_some_answers_missing_is_refused(tmp_path: Path) -> None:
+    """A mix would silently turn the whole set into an unscored submission."""
+    records = [mmau_record(0), mmau_record(1, answer=""), mmau_record(2, answer=None)]
+    with pytest.raises(DatasetError, match="2 item\\(s\\) have no answer.*id-1"):
+        MMAUTask(write_json(tmp_path / "m.json", records))
+
+
+def test_dataset_identity_follows_the_listing_not_the_audio(tmp_path: Path) -> None:
+    from ltbm.tasks.base import dataset_identity
+
+    json_path = write_json(tmp_path / "mmau-test-mini.json", [mmau_record(0), mmau_record(1)])
+    write_audio(tmp_path / "test-mini-audios" / "id-0.wav")
+    before = dataset_identity(MMAUTask(json_path))
+    assert before["listing"][0]["path"] == str(json_path.resolve())
+    assert before["audio_dir"] == str(tmp_path.resolve()) and before["listed_items"] == 2
+    write_audio(tmp_path / "test-mini-audios" / "id-1.wav")  # more audio downloaded
+    assert dataset_identity(MMAUTask(json_path)) == before
+    write_json(json_path, [mmau_record(0), mmau_record(1, answer="Man")])
+    changed = dataset_identity(MMAUTask(json_path))
+    assert changed["items_sha256"] != before["items_sha256"]
+    assert changed["listing"][0]["sha256"] != before["listing"][0]["sha256"]

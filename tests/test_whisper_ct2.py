@@ -244,3 +244,16 @@ def test_encoder_outputs_are_cached_per_clip(backbone, clips, monkeypatch):
     assert calls == [1], "only the new clip is encoded"
     assert torch.equal(again[0].frames, first[1].frames)
     assert torch.equal(again[1].frames, first[0].frames)
+
+
+def test_frame_rate_25_is_the_old_pool_flag_and_part_of_the_identity(backbone):
+    slow = WhisperCT2(frame_rate=25, beam_size=1)
+    assert slow.rate == 25 and slow.pool_to_25hz and slow.run_name == "whisper-ct2-25hz"
+    assert backbone.run_name == "whisper-ct2"
+    assert slow.identity()["frame_rate_hz"] == 25 and backbone.identity()["frame_rate_hz"] == 50
+    assert slow.identity()["weights_sha256"] == backbone.identity()["weights_sha256"]
+    assert slow.identity()["tail_frames"] == 25
+    with pytest.raises(ValueError, match="frame_rate must be 50 .* or 25"):
+        WhisperCT2(frame_rate=30)
+    with pytest.raises(ValueError, match="contradicts"):
+        WhisperCT2(frame_rate=50, pool_to_25hz=True)

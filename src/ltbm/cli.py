@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     help="Compress the audio tokens of audio-language models, training-free.",
@@ -63,12 +65,34 @@ def demo(
     console.print(f"picture: {result.figure}\ntime: {seconds}")
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v.strip())
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    return _numbers(text, float, option)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    return _numbers(text, int, option)
+
+
+def _numbers(text: str | None, kind: type, option: str) -> tuple | None:
+    """A comma-separated option as a tuple (None when not given)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{option} is empty; give at least one value")
+    return values
+
+
+def _names(text: str | None, option: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise ValueError(f"{option} is empty; give at least one name")
+    return values
 
 
 BackboneOption = typer.Option("whisper-ct2", help="whisper-ct2, hf, qwen2-audio, audioflamingo3")
@@ -79,6 +103,24 @@ CsvOption = typer.Option(None, help="Clotho/AudioCaps captions CSV")
 JsonOption = typer.Option(None, "--json", help="MMAU questions JSON")
 AudioDirOption = typer.Option(None, help="folder holding the dataset's audio")
 OutOption = typer.Option(Path("runs"), help="where runs are written")
+FrameRateOption = typer.Option(
+    None, help="whisper-ct2's token rate: 50 (its encoder's, default) or 25 (the ALMs')"
+)
+FreshOption = typer.Option(
+    False, "--fresh", help="delete this cell's earlier results and start it over"
+)
+RetryOption = typer.Option(
+    True, "--retry-failed/--keep-failed", help="run items that failed before again on resume"
+)
+OutsideOption = typer.Option(
+    False, "--allow-outside-root", help="accept listed audio paths outside the dataset folder"
+)
+DeviceOption = typer.Option(
+    None, help="HF: device map (auto, cpu, cuda:0); whisper-ct2: cpu or cuda"
+)
+DtypeOption = typer.Option(
+    None, help="HF: float32, float16, bfloat16, auto; whisper-ct2: a CTranslate2 compute type"
+)
 
 
 def _default_scorer(backbone: str) -> str:
@@ -86,7 +128,37 @@ def _default_scorer(backbone: str) -> str:
     return "norm" if backbone == "whisper-ct2" else "attention"
 
 
-def _session(backbone: str, model, device, dtype, task: str, paths: dict, out: Path, **settings):
+def _check_run_options(
+    backbone: str, device, dtype, frame_rate, out: Path, **whole: int | None
+) -> None:
+    """Every option checked before the dataset is read or a model loads."""
+    from ltbm.run.options import (
+        check_device,
+        check_dtype,
+        check_frame_rate,
+        check_out_dir,
+        check_whole,
+    )
+
+    for name, value in whole.items():
+        check_whole("--" + name.replace("_", "-"), value)
+    check_dtype(backbone, dtype)
+    check_device(backbone, device)
+    check_frame_rate(backbone, frame_rate)
+    check_out_dir(out)
+
+
+def _session(
+    backbone: str,
+    model,
+    device,
+    dtype,
+    frame_rate,
+    task: str,
+    paths: dict,
+    out: Path,
+    **settings,
+):
     """Load the task and the backbone and bind the run settings."""
     from ltbm.backbones.registry import load_backbone
     from ltbm.run.evaluate import RunSettings
@@ -104,9 +176,28 @@ def _session(backbone: str, model, device, dtype, task: str, paths: dict, out: P
             f"--subset {settings['subset']}: a sample stratified by task and difficulty, "
             f"seed {settings['subset_seed']}"
         )
-    model_object = load_backbone(backbone, model, device, dtype)
-    run_settings = RunSettings(backbone=model_object.name, task=task, out_root=out, **settings)
+    model_object = load_backbone(backbone, model, device, dtype, frame_rate)
+    run_settings = RunSettings(
+        backbone=model_object.name,
+        task=task,
+        out_root=out,
+        backbone_folder=getattr(model_object, "run_name", None),
+        **settings,
+    )
     return model_object, task_object, run_settings
+
+
+def _failure_summary(metrics: dict) -> tuple[str | None, bool]:
+    """A line on failed items, and whether every item failed (exit code 1)."""
+    failed = metrics.get("failed_count", len(metrics.get("failed", [])))
+    if not failed:
+        return None, False
+    example = metrics["failed"][0]
+    line = (
+        f"{failed} of {metrics['completed']} items failed "
+        f"(e.g. {example['id']}: {example['error']})"
+    )
+    return line, metrics.get("scored", 0) == 0
 
 
 @app.command("eval")
@@ -120,9 +211,10 @@ def eval_command(
     audio_dir: Path = AudioDirOption,
     method: str = typer.Option("ltbm", help="a registered method, or none"),
     keep_ratio: float = typer.Option(0.25, help="fraction of audio tokens kept"),
-    window: int = typer.Option(None, help="ltbm's window (default 2)"),
+    window: int = typer.Option(None, help="ltbm's window (default 1)"),
     scorer: str = typer.Option(None, help="prune's scorer: attention or norm"),
     seed: int = typer.Option(None, help="seed of the --subset sample (default 0) and of random"),
+    frame_rate: int = FrameRateOption,
     batch_size: int = typer.Option(4),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
     prompt: str = typer.Option(None, help="override the prompt template"),
@@ -130,9 +222,12 @@ def eval_command(
     subset: int = typer.Option(
         None, min=1, help="a sample of N items stratified by task/difficulty"
     ),
-    device: str = typer.Option(None, help="device_map for Hugging Face backbones"),
-    dtype: str = typer.Option(None, help="torch dtype for Hugging Face backbones"),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
     out: Path = OutOption,
+    fresh: bool = FreshOption,
+    retry_failed: bool = RetryOption,
+    allow_outside_root: bool = OutsideOption,
 ) -> None:
     """Evaluate one backbone × task × method × keep ratio; resumable, shardable."""
     import json
@@ -151,13 +246,24 @@ def eval_command(
     cell_seed = seed if method == "random" else None
     cell = Cell(method, 1.0 if method == "none" else keep_ratio, window, scorer, cell_seed)
     cell.build()  # refuse bad parameters before any model loads
+    _check_run_options(
+        backbone,
+        device,
+        dtype,
+        frame_rate,
+        out,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+    )
     model_object, task_object, settings = _session(
         backbone,
         model,
         device,
         dtype,
+        frame_rate,
         task,
-        {"root": root, "csv": csv, "json": json_path, "audio_dir": audio_dir},
+        _paths(root, csv, json_path, audio_dir, allow_outside_root),
         out,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
@@ -166,11 +272,31 @@ def eval_command(
         subset=subset,
         subset_seed=seed or 0,
     )
-    run_dir = evaluate(model_object, task_object, cell, settings)
+    run_dir = evaluate(
+        model_object, task_object, cell, settings, fresh=fresh, retry_failed=retry_failed
+    )
     metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        console.print_json(json.dumps(json.loads(metrics_path.read_text())["metrics"]))
+    if not metrics_path.exists():
+        console.print(f"this shard is done; results in {run_dir}")
+        return
+    metrics = json.loads(metrics_path.read_text())
+    console.print_json(json.dumps(metrics["metrics"]))
     console.print(f"results in {run_dir}")
+    line, all_failed = _failure_summary(metrics)
+    if line:
+        console.print(Text(line), soft_wrap=True)
+    if all_failed:
+        raise typer.Exit(1)
+
+
+def _paths(root, csv, json_path, audio_dir, allow_outside_root) -> dict:
+    return {
+        "root": root,
+        "csv": csv,
+        "json": json_path,
+        "audio_dir": audio_dir,
+        "allow_outside_root": allow_outside_root or None,
+    }
 
 
 @app.command()
@@ -182,67 +308,118 @@ def sweep(
     csv: Path = CsvOption,
     json_path: Path = JsonOption,
     audio_dir: Path = AudioDirOption,
-    methods: str = typer.Option("none,pool,prune,global,ltbm", help="comma-separated"),
-    keep_ratios: str = typer.Option("0.5,0.25,0.15", help="comma-separated"),
-    windows: str = typer.Option("1,2,4", help="ltbm windows, comma-separated"),
+    methods: str = typer.Option(None, help="comma-separated (default none,pool,prune,global,ltbm)"),
+    keep_ratios: str = typer.Option(None, help="comma-separated (default 0.5,0.25,0.15)"),
+    windows: str = typer.Option(None, help="ltbm windows, comma-separated (default 1,2,4)"),
     scorer: str = typer.Option(None, help="prune's scorer (default: attention, norm on CT2)"),
-    config: Path = typer.Option(
-        None, help="TOML/JSON with methods, keep_ratios, windows, scorer and dataset paths"
+    seed: int = typer.Option(
+        None, help="seed of random and of the --subset sample (default 0), as in eval"
     ),
-    batch_size: int = typer.Option(4),
+    config: Path = typer.Option(
+        None,
+        help="TOML/JSON with the grid, dataset paths and run settings; a flag given too must "
+        "agree with it",
+    ),
+    frame_rate: int = FrameRateOption,
+    batch_size: int = typer.Option(None, help="default 4"),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
     prompt: str = typer.Option(None),
     limit: int = typer.Option(None, help="only the first N items (not a sample)"),
     subset: int = typer.Option(
         None, min=1, help="a sample of N items stratified by task/difficulty"
     ),
-    seed: int = typer.Option(0, help="seed of the --subset sample"),
-    device: str = typer.Option(None),
-    dtype: str = typer.Option(None),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
     out: Path = OutOption,
+    fresh: bool = typer.Option(False, "--fresh", help="start every cell of the grid over"),
+    retry_failed: bool = RetryOption,
+    allow_outside_root: bool = OutsideOption,
 ) -> None:
     """Run the paper's grid (methods × keep ratios × windows), reusing finished cells,
     then write the report."""
     from ltbm.report import write_report
-    from ltbm.run.sweep import Grid, load_grid
+    from ltbm.run.sweep import GRID_KEYS, Grid, merge_settings, read_sweep_config
     from ltbm.run.sweep import sweep as run_sweep
 
-    scorer = scorer or _default_scorer(backbone)
-    grid = Grid(tuple(methods.split(",")), _floats(keep_ratios), _ints(windows), scorer)
+    flags = {
+        "methods": _names(methods, "--methods"),
+        "keep_ratios": _floats(keep_ratios, "--keep-ratios"),
+        "windows": _ints(windows, "--windows"),
+        "scorer": scorer,
+        "seed": seed,
+        "root": None if root is None else str(root),
+        "csv": None if csv is None else str(csv),
+        "json": None if json_path is None else str(json_path),
+        "audio_dir": None if audio_dir is None else str(audio_dir),
+        "allow_outside_root": allow_outside_root or None,
+        "frame_rate": frame_rate,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "prompt": prompt,
+        "limit": limit,
+    }
     if config is not None:
-        grid, paths = load_grid(config)
-        unknown = sorted(set(paths) - {"root", "csv", "json", "audio_dir"})
-        if unknown:
-            raise typer.BadParameter(
-                f"unknown keys {unknown} in {config}; it takes methods, keep_ratios, windows, "
-                "scorer, seed and the dataset paths root, csv, json, audio_dir"
-            )
-        root, csv = root or paths.get("root"), csv or paths.get("csv")
-        json_path = json_path or paths.get("json")
-        audio_dir = audio_dir or paths.get("audio_dir")
+        values = merge_settings(read_sweep_config(config), flags, config)
+    else:
+        values = {k: v for k, v in flags.items() if v is not None}
+    values.setdefault("scorer", _default_scorer(backbone))
+    grid = Grid(**{k: v for k, v in values.items() if k in GRID_KEYS})
     for cell in grid.cells():
         cell.build()
     if limit is not None and subset is not None:
         raise typer.BadParameter("--limit and --subset exclude each other: pick one")
+    _check_run_options(
+        backbone,
+        device,
+        dtype,
+        values.get("frame_rate"),
+        out,
+        batch_size=values.get("batch_size"),
+        max_new_tokens=values.get("max_new_tokens"),
+        limit=values.get("limit"),
+    )
+    console.print(Text(f"grid: {grid.describe()}"), soft_wrap=True)
+    paths = {k: values.get(k) for k in ("root", "csv", "json", "audio_dir", "allow_outside_root")}
     model_object, task_object, settings = _session(
         backbone,
         model,
         device,
         dtype,
+        values.get("frame_rate"),
         task,
-        {"root": root, "csv": csv, "json": json_path, "audio_dir": audio_dir},
+        paths,
         out,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        prompt=prompt,
-        limit=limit,
+        batch_size=values.get("batch_size", 4),
+        max_new_tokens=values.get("max_new_tokens"),
+        prompt=values.get("prompt"),
+        limit=values.get("limit"),
         subset=subset,
-        subset_seed=seed,
+        subset_seed=values.get("seed", 0),
     )
-    run_sweep(model_object, task_object, grid, settings)
-    paths = write_report(out / task / model_object.name)
+    run_dirs = run_sweep(
+        model_object, task_object, grid, settings, fresh=fresh, retry_failed=retry_failed
+    )
+    paths = write_report(run_dirs[0].parent)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
+    if _report_failures(run_dirs):
+        raise typer.Exit(1)
+
+
+def _report_failures(run_dirs: list[Path]) -> bool:
+    """Print a line per cell with failed items; True when some cell failed entirely."""
+    import json
+
+    any_all_failed = False
+    for run_dir in run_dirs:
+        path = run_dir / "metrics.json"
+        if not path.exists():
+            continue
+        line, all_failed = _failure_summary(json.loads(path.read_text()))
+        if line:
+            console.print(Text(f"{run_dir.name}: {line}"), soft_wrap=True)
+        any_all_failed |= all_failed
+    return any_all_failed
 
 
 @app.command()
@@ -267,25 +444,30 @@ def bench(
     keep_ratios: str = typer.Option("1,0.5,0.25", help="comma-separated"),
     batch_sizes: str = typer.Option("1,16", help="comma-separated"),
     seconds: str = typer.Option("30", help="audio length(s) in seconds, comma-separated"),
-    window: int = typer.Option(2, help="ltbm's window"),
+    window: int = typer.Option(None, help="ltbm's window (default 1)"),
     scorer: str = typer.Option("norm", help="prune's scorer"),
     repeats: int = typer.Option(5, help="timed runs per cell (median reported)"),
     warmup: int = typer.Option(1),
-    decode_tokens: int = typer.Option(16, help="tokens generated to time decoding"),
+    decode_tokens: int = typer.Option(16, help="tokens generated to time decoding (≥ 2)"),
     device: str = typer.Option(None, help="cuda, cpu ... (default: cuda if available)"),
     dtype: str = typer.Option(None, help="bfloat16, float16, float32 (default: bf16 on GPU)"),
     out: Path = typer.Option(Path("runs/bench.json"), help="JSON output (plot beside it)"),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="discard the measurements already in --out and start over"
+    ),
 ) -> None:
     """Efficiency: encoder, compression and prefill time, TTFT, decode speed, peak memory
     and KV bytes per method × keep ratio × batch × audio length, with the ideal line."""
+    from ltbm.methods.registry import DEFAULT_WINDOW
     from ltbm.run.bench import BenchGrid, bench_to_files
+    from ltbm.run.options import check_device, check_dtype, check_out_file
 
     grid = BenchGrid(
-        tuple(methods.split(",")),
-        _floats(keep_ratios),
-        _ints(batch_sizes),
-        _floats(seconds),
-        window,
+        _names(methods, "--methods"),
+        _floats(keep_ratios, "--keep-ratios"),
+        _ints(batch_sizes, "--batch-sizes"),
+        _floats(seconds, "--seconds"),
+        DEFAULT_WINDOW if window is None else window,
         scorer,
         warmup,
         repeats,
@@ -293,22 +475,69 @@ def bench(
     )
     for cell in grid.cells():
         cell.build()
+    check_dtype(backbone, dtype)
+    check_device(backbone, device)
+    check_out_file(out)
     paths = bench_to_files(
-        backbone, model, random_weights, size, device, dtype, grid, out, log=console.print
+        backbone,
+        model,
+        random_weights,
+        size,
+        device,
+        dtype,
+        grid,
+        out,
+        log=console.print,
+        fresh=fresh,
     )
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 
 
-def run_cli() -> None:
-    """The ``ltbm`` entry point: input problems (bad options, missing files, unreadable
-    datasets, Java missing) end with their message and exit code 2, not a traceback."""
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or a fault of the environment (missing file, disk
+    full, a package not installed, Java missing): reported in one line, exit code 2.
+    Anything else is a bug in ltbm and keeps its traceback."""
     from ltbm.metrics.captions import CaptionMetricsError
 
+    return (ValueError, OSError, ImportError, CaptionMetricsError)
+
+
+def _report_error(error: BaseException) -> None:
+    message = " ".join(str(error).split()) or type(error).__name__
+    console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+
+def _friendly(command):
+    """Wrap a command so that user errors end with one line and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except Exception as error:
+            if not isinstance(error, _user_errors()):
+                raise
+            _report_error(error)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+for _command in app.registered_commands:
+    _command.callback = _friendly(_command.callback)
+
+
+def run_cli() -> None:
+    """The ``ltbm`` entry point: input problems (bad options, missing files, unreadable
+    datasets, Java missing, a full disk) end with their message and exit code 2, not a
+    traceback."""
     try:
         app()
-    except (ValueError, FileNotFoundError, CaptionMetricsError) as error:
-        console.print(f"[bold red]error:[/] {error}")
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
+        _report_error(error)
         raise SystemExit(2) from None
 
 

@@ -31,6 +31,7 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
             "window": cell.get("window"),
             "scorer": cell.get("scorer"),
             "items": metrics["scored"],
+            "failed": metrics.get("failed_count", len(metrics.get("failed", []))),
             "kept_tokens": metrics.get("mean_kept_tokens"),
             "audio_tokens": metrics.get("mean_audio_tokens"),
         }
@@ -88,6 +89,7 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
         "window",
         "scorer",
         "items",
+        "failed",
         "audio_tokens",
         "kept_tokens",
     ]

@@ -44,3 +44,44 @@ class Backbone(Protocol):
     def describe(self) -> dict[str, Any]:
         """Model id, dtype, device and versions, written into every result."""
         ...
+
+
+VOLATILE_DESCRIPTION_KEYS = frozenset(
+    {"torch", "transformers", "ctranslate2", "python", "intra_threads", "model_path", "method"}
+)
+"""Parts of ``describe()`` that change speed or bookkeeping, not outputs (and the bound
+method, which a run's identity records from its cell)."""
+
+
+def backbone_identity(backbone: Backbone) -> dict[str, Any]:
+    """Every backbone setting that decides its outputs, for a run's identity.
+
+    A backbone says so itself through ``identity()``; Hugging Face pipelines get theirs from
+    :func:`ltbm.backbones.loading.hf_identity`; anything else falls back to ``describe()``
+    without the keys in :data:`VOLATILE_DESCRIPTION_KEYS`. ``default_max_new_tokens`` is
+    added so that a run with the default and one with the same limit spelt out agree."""
+    own = getattr(backbone, "identity", None)
+    if callable(own):
+        identity = dict(own())
+    else:
+        from ltbm.backbones.hf_common import HFPipeline
+
+        if isinstance(backbone, HFPipeline):
+            from ltbm.backbones.loading import hf_identity
+
+            identity = hf_identity(backbone)
+        else:
+            described = backbone.describe()
+            identity = {k: v for k, v in described.items() if k not in VOLATILE_DESCRIPTION_KEYS}
+            identity.setdefault("backbone", backbone.name)
+    return identity
+
+
+def default_max_new_tokens(backbone: Backbone) -> int | None:
+    """The ``max_new_tokens`` a backbone uses when none is given (its ``generate`` default)."""
+    import inspect
+
+    parameter = inspect.signature(backbone.generate).parameters.get("max_new_tokens")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default

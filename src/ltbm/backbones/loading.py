@@ -121,3 +121,50 @@ def _dtype(value: str | torch.dtype) -> str | torch.dtype:
     if not isinstance(resolved, torch.dtype):
         raise ValueError(f"unknown torch_dtype {value!r}; use e.g. 'bfloat16', 'float16', 'auto'")
     return resolved
+
+
+def hf_identity(pipeline: HFPipeline) -> dict[str, Any]:
+    """What decides a Hugging Face pipeline's outputs: the checkpoint (hub id or folder),
+    its revision where the hub gave one, else a fingerprint of the folder's weight files
+    (names, sizes and the SHA-256 of the small JSON files; hashing gigabytes of weights at
+    every run would cost minutes), dtype, device type, attention kernel and the generation
+    config."""
+    from ltbm.backbones.hf_common import module_device_dtype
+    from ltbm.run.identity import fingerprint
+
+    model = pipeline.model
+    config = model.config
+    name = getattr(config, "_name_or_path", None) or None
+    device, dtype = module_device_dtype(model)
+    generation = getattr(model, "generation_config", None)
+    generation_config = generation.to_diff_dict() if generation is not None else {}
+    generation_config.pop("transformers_version", None)
+    return {
+        "backbone": pipeline.name,
+        "model": name,
+        "model_type": config.model_type,
+        "revision": getattr(config, "_commit_hash", None),
+        "weights": _folder_fingerprint(name),
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device).split(":")[0],
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+        "generation_config": fingerprint(generation_config),
+        "max_audio_seconds": pipeline.max_seconds(),
+    }
+
+
+def _folder_fingerprint(name: str | None) -> dict[str, Any] | None:
+    """Weight files of a local checkpoint folder: sizes, and hashes of the JSON files."""
+    from pathlib import Path
+
+    from ltbm.tasks.base import file_sha256
+
+    if not name or not Path(name).is_dir():
+        return None
+    found: dict[str, Any] = {}
+    for path in sorted(Path(name).iterdir()):
+        if path.suffix == ".json":
+            found[path.name] = file_sha256(path)
+        elif path.suffix in (".safetensors", ".bin", ".pt"):
+            found[path.name] = path.stat().st_size
+    return found

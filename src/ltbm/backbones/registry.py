@@ -21,13 +21,25 @@ def load_backbone(
     model: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    frame_rate: int | None = None,
 ) -> Backbone:
     """Build the named backbone. ``model`` is a checkpoint id or a local folder (a CT2 model
-    folder for whisper-ct2); ``device``/``dtype`` apply to Hugging Face backbones."""
+    folder for whisper-ct2); ``device``/``dtype`` are the device map and torch dtype of
+    Hugging Face backbones, CTranslate2's device and compute type for whisper-ct2;
+    ``frame_rate`` (25 or 50) is whisper-ct2's token rate (the ALMs run at 25 Hz only)."""
     if name == "whisper-ct2":
         from ltbm.backbones.whisper_ct2 import WhisperCT2
 
-        return WhisperCT2(model_path=model)
+        return WhisperCT2(
+            model_path=model,
+            frame_rate=frame_rate,
+            device=device or "cpu",
+            compute_type=dtype or "default",
+        )
+    if frame_rate not in (None, 25):
+        raise ValueError(
+            f"{name} runs its encoder at 25 Hz; frame_rate={frame_rate} is for whisper-ct2"
+        )
     if name in ("hf", *DEFAULT_MODELS):
         from ltbm.backbones.loading import load
 

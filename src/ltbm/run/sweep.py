@@ -1,5 +1,11 @@
 """A grid of cells (the paper's methods × keep ratios × windows) run one after another
-with one loaded backbone; finished cells are reused, unfinished ones resumed."""
+with one loaded backbone; finished cells are reused, unfinished ones resumed.
+
+Every cell's identity is checked before the first cell runs, so a sweep never stops
+half-way on a folder made under other settings. A sweep config (TOML or JSON) holds the
+grid and, optionally, dataset paths and run settings; each value is checked for its type
+and range when the file is read, before any model loads.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,91 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ltbm.backbones.base import Backbone
-from ltbm.run.evaluate import NO_COMPRESSION, Cell, RunSettings, Shard, evaluate
+from ltbm.prompts import prompt_template
+from ltbm.run.evaluate import (
+    NO_COMPRESSION,
+    Cell,
+    RunSettings,
+    Shard,
+    evaluate,
+    run_identity,
+)
+from ltbm.run.folder import check_cell
 from ltbm.tasks.base import Task
 
 PAPER_METHODS = ("none", "pool", "prune", "global", "ltbm")
 PAPER_KEEP_RATIOS = (0.5, 0.25, 0.15)
 PAPER_WINDOWS = (1, 2, 4)
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be a non-empty text, got {value!r}")
+    return value
+
+
+def _whole(key: str, value: Any, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key} must be a whole number ≥ {low}, got {value!r}")
+    return value
+
+
+def _ratio(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{key} must hold numbers in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _frame_rate(key: str, value: Any) -> int:
+    if isinstance(value, bool) or value not in (25, 50):
+        raise ValueError(f"{key} must be 25 or 50 (Hz), got {value!r}")
+    return int(value)
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _list_of(check: Callable[[str, Any], Any]) -> Callable[[str, Any], tuple]:
+    def checked(key: str, value: Any) -> tuple:
+        if not isinstance(value, (list, tuple)):
+            example = json.dumps([value]) if isinstance(value, (int, float, str)) else "[...]"
+            raise ValueError(f"{key} must be a list, e.g. {key} = {example}; got {value!r}")
+        if not value:
+            raise ValueError(f"{key} must list at least one value")
+        return tuple(check(key, v) for v in value)
+
+    return checked
+
+
+GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
+    "methods": _list_of(_text),
+    "keep_ratios": _list_of(_ratio),
+    "windows": _list_of(_whole),
+    "scorer": _text,
+    "seed": lambda key, value: _whole(key, value, low=0),
+}
+RUN_KEYS: dict[str, Callable[[str, Any], Any]] = {
+    "root": _text,
+    "csv": _text,
+    "json": _text,
+    "audio_dir": _text,
+    "allow_outside_root": _flag,
+    "frame_rate": _frame_rate,
+    "max_new_tokens": _whole,
+    "batch_size": _whole,
+    "limit": _whole,
+    "prompt": lambda key, value: value if isinstance(value, str) else _text(key, value),
+}
+"""Settings a sweep config may hold besides the grid: dataset paths and run settings."""
 
 
 @dataclass
@@ -33,7 +113,12 @@ class Grid:
     seed: int = 0
     """random's seed."""
 
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            setattr(self, item.name, GRID_KEYS[item.name](item.name, getattr(self, item.name)))
+
     def cells(self) -> list[Cell]:
+        """Every distinct cell once, in grid order (a value listed twice runs once)."""
         cells = []
         for method in self.methods:
             if method == NO_COMPRESSION:
@@ -48,37 +133,89 @@ class Grid:
                     cells.append(Cell("random", ratio, seed=self.seed))
                 else:
                     cells.append(Cell(method, ratio))
-        return cells
+        return list(dict.fromkeys(cells))
+
+    def describe(self) -> str:
+        """The grid in one line, as printed before a sweep runs."""
+        names = [cell.name for cell in self.cells()]
+        return (
+            f"methods {','.join(self.methods)} × keep ratios "
+            f"{','.join(repr(r) for r in self.keep_ratios)} × ltbm windows "
+            f"{','.join(map(str, self.windows))}: {len(names)} cells ({', '.join(names)})"
+        )
+
+
+def read_sweep_config(path: Path) -> dict[str, Any]:
+    """The checked values of a sweep config (only the keys it holds)."""
+    if not path.exists():
+        raise FileNotFoundError(f"sweep config not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"sweep config {path} is a folder; pass a .toml or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"sweep config {path} cannot be parsed: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"sweep config {path} must hold a table of keys, got {config!r}")
+    checks = {**GRID_KEYS, **RUN_KEYS}
+    unknown = sorted(set(config) - set(checks))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(unknown)} in {path}; it takes {', '.join(checks)}"
+        )
+    try:
+        return {key: checks[key](key, value) for key, value in config.items()}
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def load_grid(path: Path) -> tuple[Grid, dict[str, Any]]:
-    """Read a sweep config (TOML or JSON). Keys: methods, keep_ratios, windows, scorer, seed,
-    and
-    anything else (backbone, model, task, paths, batch_size ...) returned as the rest."""
-    if not path.exists():
-        raise FileNotFoundError(f"sweep config not found: {path}")
-    text = path.read_text()
-    config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    grid_keys = {"methods", "keep_ratios", "windows", "scorer", "seed"}
-    grid = Grid(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in grid_keys}
-    )
-    return grid, {k: v for k, v in config.items() if k not in grid_keys}
+    """The grid of a sweep config and its other (checked) settings."""
+    config = read_sweep_config(path)
+    grid = Grid(**{k: v for k, v in config.items() if k in GRID_KEYS})
+    return grid, {k: v for k, v in config.items() if k not in GRID_KEYS}
 
 
-def is_finished(
-    run_dir: Path, limit: int | None, subset: int | None = None, subset_seed: int = 0
-) -> bool:
-    """A cell is reused only when its metrics cover every item of the same selection."""
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.exists():
-        return False
-    metrics = json.loads(metrics_path.read_text())
-    stored = metrics.get("settings", {})
-    same_selection = (stored.get("limit"), stored.get("subset")) == (limit, subset)
-    if subset is not None:
-        same_selection = same_selection and stored.get("subset_seed") == subset_seed
-    return same_selection and metrics.get("completed") == metrics.get("items")
+def merge_settings(
+    from_config: Mapping[str, Any], from_flags: Mapping[str, Any], config: Path
+) -> dict[str, Any]:
+    """Config values and command-line flags together: a key set in both places must agree
+    (flags never silently win or lose); None in ``from_flags`` means "not given"."""
+    merged = dict(from_config)
+    for key, value in from_flags.items():
+        if value is None:
+            continue
+        if key in merged and merged[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{flag} {_shown(value)} disagrees with {key} = {_shown(merged[key])} in "
+                f"{config}; give it in one place"
+            )
+        merged[key] = value
+    return merged
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def check_sweep(
+    backbone: Backbone, task: Task, grid: Grid, settings: RunSettings, *, folders: bool = True
+) -> None:
+    """Refuse before any work: a cell whose method the backbone cannot feed, or (with
+    ``folders``) a cell folder holding results made under other settings."""
+    template = prompt_template(settings.backbone, task.kind, settings.prompt)
+    check_method = getattr(backbone, "check_method", None)
+    for cell in grid.cells():
+        method = cell.build()
+        if check_method is not None:
+            check_method(method)
+        if folders:
+            identity = run_identity(backbone, task, cell, settings, template)
+            check_cell(settings.run_dir(cell), identity)
 
 
 def sweep(
@@ -87,12 +224,24 @@ def sweep(
     grid: Grid,
     settings: RunSettings,
     progress: bool = True,
+    *,
+    fresh: bool = False,
+    retry_failed: bool = True,
 ) -> list[Path]:
+    """Every cell of the grid: finished ones reused, others resumed (``fresh``: started
+    over). All identities are checked first."""
     shard = Shard.from_environment()
-    run_dirs = []
-    for cell in grid.cells():
-        run_dir = settings.run_dir(cell)
-        if not is_finished(run_dir, settings.limit, settings.subset, settings.subset_seed):
-            evaluate(backbone, task, cell, settings, shard=shard, progress=progress)
-        run_dirs.append(run_dir)
-    return run_dirs
+    check_sweep(backbone, task, grid, settings, folders=not fresh)
+    return [
+        evaluate(
+            backbone,
+            task,
+            cell,
+            settings,
+            shard=shard,
+            progress=progress,
+            fresh=fresh,
+            retry_failed=retry_failed,
+        )
+        for cell in grid.cells()
+    ]

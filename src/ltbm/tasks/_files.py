@@ -33,6 +33,27 @@ def nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+OUTSIDE_FIX = (
+    "move the audio inside the dataset folder, or pass --allow-outside-root "
+    "(allow_outside_root=True) if the listing is meant to point elsewhere"
+)
+
+
+def path_inside(root: Path, name: str, where: str, allow_outside: bool = False) -> Path:
+    """``root / name``, refused when ``name`` leaves ``root`` (an absolute path, or ``..``
+    past it) unless ``allow_outside``. The check is on the path as written, not on where
+    symbolic links lead, so a dataset folder built from links still reads."""
+    candidate = root / name
+    if allow_outside:
+        return candidate
+    base = os.path.abspath(root)
+    if os.path.commonpath([base, os.path.abspath(candidate)]) != base:
+        raise DatasetError(
+            f"{where}: {name!r} points outside the dataset folder {root}; {OUTSIDE_FIX}"
+        )
+    return candidate
+
+
 def require_file(path: Path, what: str, fix: str) -> Path:
     """Return ``path`` if it is a file, else raise a DatasetError naming ``what`` and the fix."""
     if path.is_file():
@@ -203,6 +224,14 @@ class ListedTask:
     _listed: list[Item]
     _found: list[bool]
     _audio_dir: Path
+
+    def listing_file(self) -> Path:
+        """The metadata file the items come from (hashed into a run's identity)."""
+        return self.csv_path  # type: ignore[attr-defined]
+
+    def sources(self) -> dict[str, Any]:
+        """Where the data lives, for :func:`ltbm.tasks.base.dataset_identity`."""
+        return {"listing": [self.listing_file()], "audio_dir": self._audio_dir}
 
     def all_items(self) -> list[Item]:
         """Every listed item, whether or not its audio is present (metadata checks, reports)."""

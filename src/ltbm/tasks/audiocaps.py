@@ -43,7 +43,9 @@ CSV_FOLDERS = ["dataset", "csv_files_v1"]
 AUDIO_FOLDERS = ["test", "audio/test", "audio_32000Hz/test", "audio", "."]
 CSV_NAME = "test.csv"
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
-CONFIG_KEYS = ("root", "csv", "audio_dir")
+CONFIG_KEYS = ("root", "csv", "audio_dir", "allow_outside_root")
+"""``allow_outside_root`` is accepted for every task; this reader looks clips up by name
+in its audio folder, so no listed name can lead outside it."""
 CLIP_SECONDS = 10
 _FIX = (
     "Get test.csv from the AudioCaps repository (github.com/cdjkim/audiocaps, dataset/) and "

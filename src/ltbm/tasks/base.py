@@ -3,6 +3,9 @@ that selects the prompt and the metrics, and a coverage report for partial copie
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -54,3 +57,49 @@ class Task(Protocol):
         ...
 
     def coverage(self) -> Coverage: ...
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks (listings are small; weights may not be)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def items_sha256(items: list[Item]) -> str:
+    """A hash of what the harness reads from each item besides its audio: id, references,
+    question, choices and meta, in order. Audio paths are left out: the audio folder is part
+    of the dataset's identity, and a clip found later under another extension is the same
+    item."""
+    rows = [[i.id, i.references, i.question, i.choices, i.meta] for i in items]
+    text = json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def dataset_identity(task: Task) -> dict[str, Any]:
+    """Everything about a task's data that decides a run's outputs: its name and kind, the
+    resolved listing file(s) with a hash of their content, the resolved audio folder, and a
+    hash of every listed item (present or not, so downloading more clips keeps the identity).
+
+    Tasks tell where their data lives through ``sources()``: ``{"listing": [paths],
+    "audio_dir": path, ...}``; other keys are recorded as given."""
+    sources = dict(task.sources()) if hasattr(task, "sources") else {}
+    listing = [Path(p) for p in sources.pop("listing", [])]
+    listed = task.all_items() if hasattr(task, "all_items") else task.items()
+    identity: dict[str, Any] = {
+        "name": task.name,
+        "kind": task.kind,
+        "reader": f"{type(task).__module__}.{type(task).__qualname__}",
+        "listing": [{"path": _resolved(p), "sha256": file_sha256(p)} for p in listing],
+        "listed_items": len(listed),
+        "items_sha256": items_sha256(listed),
+    }
+    for key, value in sources.items():
+        identity[key] = _resolved(value) if isinstance(value, (Path, str)) else value
+    return identity
+
+
+def _resolved(path: str | os.PathLike[str]) -> str:
+    return str(Path(path).expanduser().resolve())

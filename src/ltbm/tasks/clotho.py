@@ -35,7 +35,9 @@ AUDIO_FOLDERS = ["evaluation", "clotho_audio_files/evaluation", "audio/evaluatio
 CSV_NAME = "clotho_captions_evaluation.csv"
 CAPTION_COLUMNS = tuple(f"caption_{i}" for i in range(1, 6))
 COLUMNS = ("file_name", *CAPTION_COLUMNS)
-CONFIG_KEYS = ("root", "csv", "audio_dir")
+CONFIG_KEYS = ("root", "csv", "audio_dir", "allow_outside_root")
+"""``allow_outside_root`` is accepted for every task; this reader looks clips up by name
+in its audio folder, so no listed name can lead outside it."""
 _FIX = (
     f"Download {CSV_NAME} and the evaluation audio (clotho_audio_evalution.7z, spelt so) "
     "from the Clotho v2.1 release (zenodo.org/record/4783391) and pass root=<folder holding "

@@ -31,12 +31,13 @@ from ltbm.tasks._files import (
     ListedTask,
     PathLike,
     as_path,
+    path_inside,
     reject_unknown_keys,
     require_file,
 )
 from ltbm.tasks.base import DatasetError, Item, TaskKind
 
-CONFIG_KEYS = ("json", "root", "audio_dir")
+CONFIG_KEYS = ("json", "root", "audio_dir", "allow_outside_root")
 OUTPUT_KEYS = ("model_output", "model_prediction")
 """The fields MMAU's evaluation.py reads each prediction from: ``model_output`` since its
 January 2025 version (commit 7468292), ``model_prediction`` before (commit 6097b91)."""
@@ -66,10 +67,13 @@ class MMAUTask(ListedTask):
         audio_root: PathLike | None = None,
         *,
         root: PathLike | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
         self.json_path = _locate_json(json_path, root)
+        self.allow_outside_root = allow_outside_root
         self._audio_dir = as_path(audio_root) if audio_root is not None else self.json_path.parent
         self._records = _load_records(self.json_path)
+        _check_answers(self._records, self.json_path)
         self._listed, self._found = [], []
         for record in self._records:
             audio, found = self._resolve_audio(str(record["audio_id"]))
@@ -90,6 +94,7 @@ class MMAUTask(ListedTask):
             json_path=config.get("json"),
             audio_root=config.get("audio_dir"),
             root=config.get("root"),
+            allow_outside_root=bool(config.get("allow_outside_root", False)),
         )
 
     def write_submission(
@@ -136,6 +141,9 @@ class MMAUTask(ListedTask):
         target.write_text(json.dumps(out, indent=4, ensure_ascii=True) + "\n", encoding="utf-8")
         return target
 
+    def listing_file(self) -> Path:
+        return self.json_path
+
     def _expected_name(self, item: Item) -> str:
         return str(item.meta.get("audio_id", item.audio.name))
 
@@ -143,7 +151,8 @@ class MMAUTask(ListedTask):
         """The item's audio path and whether it exists: ``audio_id`` under the audio root,
         else its file name directly in the root (a root pointing at the audio folder)."""
         relative = Path(audio_id)
-        primary = self._audio_dir / relative
+        where = f"{self.json_path}: audio_id"
+        primary = path_inside(self._audio_dir, audio_id, where, self.allow_outside_root)
         if primary.is_file():
             return primary, True
         flat = self._audio_dir / relative.name
@@ -200,6 +209,18 @@ def _check_record(record: Any, position: int, path: Path) -> None:
     answer = record.get("answer")
     if answer is not None and not isinstance(answer, str):
         raise DatasetError(f"{path}: {label} has a non-text 'answer': {answer!r}. {_FIX}")
+
+
+def _check_answers(records: list[dict[str, Any]], path: Path) -> None:
+    """All items have an answer (test-mini, scored here) or none has (test, scored by
+    submission): a mix would silently switch the whole set to submission mode."""
+    answered = [bool(str(r.get("answer") or "").strip()) for r in records]
+    if any(answered) and not all(answered):
+        missing = [str(r["id"]) for r, has in zip(records, answered, strict=True) if not has]
+        raise DatasetError(
+            f"{path}: {len(missing)} item(s) have no answer (e.g. {missing[:3]}) while the "
+            f"others have one; fill them in or remove them. {_FIX}"
+        )
 
 
 def _record_item(record: dict[str, Any], audio: Path) -> Item:

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ltbm.tasks._files import path_inside
 from ltbm.tasks.base import Coverage, DatasetError, Item, TaskKind
 
 MANIFEST = "manifest.tsv"
@@ -47,14 +48,20 @@ class SpeechTask:
     from the files present); ``SpeechTask()`` or ``SpeechTask.builtin()`` reads the
     built-in set. Items come in manifest order (LibriSpeech: sorted by utterance id);
     ``items()`` holds the ones whose audio exists, ``coverage()`` says how many are missing.
+    Listed files must lie inside ``root`` unless ``allow_outside_root``.
     """
 
     kind: TaskKind = "asr"
 
-    def __init__(self, root: str | Path | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        name: str | None = None,
+        allow_outside_root: bool = False,
+    ) -> None:
         self.root = Path(root) if root is not None else builtin_speech_dir()
         self.name = name or ("speech-builtin" if root is None else f"speech:{self.root.name}")
-        self._listed = read_listing(self.root)
+        self._listed = read_listing(self.root, allow_outside_root)
 
     @classmethod
     def builtin(cls) -> SpeechTask:
@@ -65,7 +72,7 @@ class SpeechTask:
     def from_config(cls, config: Mapping[str, Any]) -> SpeechTask:
         """Build from a path config (see :mod:`ltbm.tasks`): ``root`` (or ``audio_dir``)
         names the folder; neither means the built-in set."""
-        unknown = sorted(set(config) - {"root", "audio_dir", "name"})
+        unknown = sorted(set(config) - {"root", "audio_dir", "name", "allow_outside_root"})
         if unknown:
             raise DatasetError(
                 f"the speech task takes a folder (root=...) and nothing else; got "
@@ -73,14 +80,25 @@ class SpeechTask:
                 "*.trans.txt files"
             )
         root = config.get("root") or config.get("audio_dir")
-        return cls(Path(root).expanduser() if root else None, name=config.get("name"))
+        return cls(
+            Path(root).expanduser() if root else None,
+            name=config.get("name"),
+            allow_outside_root=bool(config.get("allow_outside_root", False)),
+        )
 
-    def items(self) -> list[Item]:
+    def all_items(self) -> list[Item]:
+        """Every listed clip, whether or not its audio is present."""
         return [
             Item(id=entry.id, audio=entry.audio, references=[entry.transcript])
             for entry in self._listed
-            if entry.audio.is_file()
         ]
+
+    def items(self) -> list[Item]:
+        return [item for item in self.all_items() if item.audio.is_file()]
+
+    def sources(self) -> dict[str, Any]:
+        """Where the data lives, for :func:`ltbm.tasks.base.dataset_identity`."""
+        return {"listing": listing_files(self.root), "audio_dir": self.root}
 
     def coverage(self) -> Coverage:
         missing = [entry.id for entry in self._listed if not entry.audio.is_file()]
@@ -89,7 +107,14 @@ class SpeechTask:
         )
 
 
-def read_listing(root: Path) -> list[_Listed]:
+def listing_files(root: Path) -> list[Path]:
+    """The manifest, or the LibriSpeech transcript files, that list ``root``'s clips."""
+    if (root / MANIFEST).is_file():
+        return [root / MANIFEST]
+    return sorted(root.rglob(LIBRISPEECH_GLOB))
+
+
+def read_listing(root: Path, allow_outside_root: bool = False) -> list[_Listed]:
     """Every transcript entry under ``root``, from its manifest or LibriSpeech files."""
     if not root.exists():
         raise DatasetError(
@@ -100,10 +125,10 @@ def read_listing(root: Path) -> list[_Listed]:
     if not root.is_dir():
         raise DatasetError(f"expected a folder of speech clips, got a file: {root}")
     if (root / MANIFEST).is_file():
-        return read_manifest(root / MANIFEST)
-    transcripts = sorted(root.rglob(LIBRISPEECH_GLOB))
+        return read_manifest(root / MANIFEST, allow_outside_root)
+    transcripts = listing_files(root)
     if transcripts:
-        return read_librispeech(transcripts)
+        return read_librispeech(transcripts, allow_outside_root)
     raise DatasetError(
         f"no transcripts in {root}: expected {MANIFEST} (tab-separated, columns file and "
         f"transcript) or LibriSpeech {LIBRISPEECH_GLOB} files (lines 'ID TEXT' beside "
@@ -111,8 +136,9 @@ def read_listing(root: Path) -> list[_Listed]:
     )
 
 
-def read_manifest(path: Path) -> list[_Listed]:
-    """Entries of a tab-separated manifest with ``file`` and ``transcript`` columns."""
+def read_manifest(path: Path, allow_outside_root: bool = False) -> list[_Listed]:
+    """Entries of a tab-separated manifest with ``file`` and ``transcript`` columns; an empty
+    transcript is refused (a word error rate needs a reference)."""
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         columns = reader.fieldnames or []
@@ -134,12 +160,18 @@ def read_manifest(path: Path) -> list[_Listed]:
         ).strip()
         if not name:
             raise DatasetError(f"{path}, line {line}: the 'file' column is empty")
-        entries.append(_Listed(Path(name).stem, path.parent / name, text))
+        if not text:
+            raise DatasetError(
+                f"{path}, line {line}: {name} has an empty transcript; a word error rate "
+                "needs a reference. Fill it in, or remove the line"
+            )
+        audio = path_inside(path.parent, name, f"{path}, line {line}", allow_outside_root)
+        entries.append(_Listed(Path(name).stem, audio, text))
     _check_unique(entries, path)
     return entries
 
 
-def read_librispeech(transcripts: list[Path]) -> list[_Listed]:
+def read_librispeech(transcripts: list[Path], allow_outside_root: bool = False) -> list[_Listed]:
     """Entries of LibriSpeech ``*.trans.txt`` files: ``ID TEXT`` per line, audio ``ID.flac``."""
     entries = []
     for path in transcripts:
@@ -152,7 +184,9 @@ def read_librispeech(transcripts: list[Path]) -> list[_Listed]:
                     f"{path}, line {number}: expected 'ID TEXT' (utterance id, a space, the "
                     f"transcript), got {line.strip()!r}"
                 )
-            entries.append(_Listed(utterance, path.parent / f"{utterance}.flac", text.strip()))
+            where = f"{path}, line {number}"
+            audio = path_inside(path.parent, f"{utterance}.flac", where, allow_outside_root)
+            entries.append(_Listed(utterance, audio, text.strip()))
     entries.sort(key=lambda entry: entry.id)
     if not entries:
         raise DatasetError(f"the transcript files under {transcripts[0].parent} are empty")
