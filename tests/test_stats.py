@@ -53,7 +53,7 @@ def test_three_items_upper_quantile_reaches_the_rare_all_ones_resample():
 def test_each_resample_is_a_ratio_of_sums_recomputed_on_the_drawn_items():
     errors, words = np.array([0.0, 5.0, 1.0, 9.0]), np.array([10.0, 20.0, 1.0, 30.0])
     samples = bootstrap_ratios([(errors, words)], resamples=1500, seed=7)[:, 0]
-    counts = np.concatenate(list(resample_counts(4, 1500, seed=7)))
+    counts = np.concatenate(resample_counts(4, 1500, seed=7))
     by_hand = [(c * errors).sum() / (c * words).sum() for c in counts]
     assert samples == pytest.approx(by_hand)
     mean_of_ratios = [(c * errors / words).sum() / 4 for c in counts]

@@ -213,11 +213,14 @@ def _mcq_score(record: dict[str, Any]) -> ItemScore | str:
 
 def _mmau_field(record: dict[str, Any], name: str) -> str | None:
     """A grouping field from the record, or from its ``meta`` (MMAU writes
-    ``sub-category`` with a hyphen)."""
+    ``sub-category`` with a hyphen), as text."""
     meta = record.get("meta") or {}
     for source, key in ((record, name), (meta, name), (meta, name.replace("_", "-"))):
-        if source.get(key) is not None:
-            return str(source[key])
+        value = source.get(key)
+        if isinstance(value, list):  # test-mini writes a few categories as ["Reasoning"]
+            value = ", ".join(str(v) for v in value) or None
+        if value is not None:
+            return str(value)
     return None
 
 

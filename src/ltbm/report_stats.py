@@ -20,14 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltbm.report_items import MMAU_GROUPS, CellItems, Condition, load_cells
+import numpy as np
+
+from ltbm.report_items import MMAU_GROUPS, CellItems, Condition, ItemScore, load_cells
 from ltbm.run.evaluate import NO_COMPRESSION
 from ltbm.stats import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
     Interval,
+    bootstrap_ratios,
     difference_interval,
+    percentile_interval,
     ratio_interval,
     win_tie_loss,
 )
@@ -147,18 +151,30 @@ def wer_breakdown(cell: CellItems) -> dict[str, Any]:
 
 
 def mmau_breakdown(cell: CellItems, options: StatsOptions) -> dict[str, Any]:
-    """Official-rule accuracy per group (with intervals) and the lenient figure beside it."""
+    """Official-rule accuracy per group with intervals, and the lenient figure beside it.
+
+    All groups come from one bootstrap of the cell's items: a group's accuracy on a
+    resample is its correct items over its items drawn (a ratio of sums, the group's size
+    varying from resample to resample), so one pass serves every group."""
     scores = list(cell.scores.values())
+    correct = np.array([s.numerator for s in scores])
+    names = [(f, n) for f in MMAU_GROUPS for n in sorted(_group_names(scores, f))]
+    masks = [np.array([s.detail.get(f) == n for s in scores], dtype=float) for f, n in names]
+    groups: dict[str, dict[str, Any]] = {field: {} for field in MMAU_GROUPS}
+    if names:
+        samples = bootstrap_ratios(
+            [(correct * mask, mask) for mask in masks], options.resamples, options.seed
+        )
+        for column, ((field, name), mask) in enumerate(zip(names, masks, strict=True)):
+            low, high = percentile_interval(samples[:, column], options.level)
+            groups[field][name] = {
+                "accuracy": float((correct * mask).sum() / mask.sum()),
+                "correct": int((correct * mask).sum()),
+                "total": int(mask.sum()),
+                "low": low,
+                "high": high,
+            }
     lenient = [s.detail.get("correct_lenient") for s in scores]
-    groups: dict[str, dict[str, Any]] = {}
-    for field in MMAU_GROUPS:
-        members: dict[str, list[float]] = defaultdict(list)
-        for score in scores:
-            if score.detail.get(field) is not None:
-                members[score.detail[field]].append(score.numerator)
-        groups[field] = {
-            name: _accuracy(values, options) for name, values in sorted(members.items())
-        }
     return {
         "accuracy_lenient": (
             None if None in lenient else sum(bool(v) for v in lenient) / len(lenient)
@@ -167,15 +183,8 @@ def mmau_breakdown(cell: CellItems, options: StatsOptions) -> dict[str, Any]:
     }
 
 
-def _accuracy(correct: list[float], options: StatsOptions) -> dict[str, Any]:
-    interval = _interval(correct, None, options)
-    return {
-        "accuracy": interval.estimate,
-        "correct": int(sum(correct)),
-        "total": len(correct),
-        "low": interval.low,
-        "high": interval.high,
-    }
+def _group_names(scores: list[ItemScore], field: str) -> set[str]:
+    return {s.detail[field] for s in scores if s.detail.get(field) is not None}
 
 
 def differences(cells: list[CellItems], options: StatsOptions) -> list[dict[str, Any]]:
