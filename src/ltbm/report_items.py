@@ -196,7 +196,8 @@ def _asr_score(record: dict[str, Any]) -> ItemScore | None:
 
     if "error" in record:
         return None  # left out of the corpus WER, as in metrics.json
-    errors = item_errors(record["references"][0], record.get("prediction") or "")
+    reference = (record.get("references") or [""])[0]
+    errors = item_errors(reference, record.get("prediction") or "")
     return ItemScore(errors.errors, errors.reference_words, errors.as_dict())
 
 
