@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,33 @@ def test_caption_intervals_need_per_item_scores(tmp_path):
     stats = report_stats([root], FAST)
     assert by_label(stats, "ltbm w=1", 0.25)["interval"]["estimate"] == pytest.approx(0.5)
     assert "no per-item cider_d" in by_label(stats, "global", 0.25)["unavailable"]
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
+def test_caption_intervals_from_stored_captions_match_the_corpus_cider(tmp_path):
+    pytest.importorskip("pycocoevalcap")
+    from ltbm.metrics.captions import score_captions
+    from ltbm.tasks.base import Item
+
+    references = {
+        "0": ["a dog barks twice", "a dog is barking loudly"],
+        "1": ["rain falls on a roof", "heavy rain on a metal roof"],
+        "2": ["a man speaks over music", "a man talks while music plays"],
+    }
+    good = {"0": "a dog barks", "1": "rain falls on a metal roof", "2": "a man speaks"}
+    poor = {"0": "a cat", "1": "wind blows", "2": "music plays"}
+    root = tmp_path / "runs"
+    kind = {"task": "clotho", "kind": "caption", "backbone": "qwen2-audio"}
+    for cell, captions in ((Cell("ltbm", 0.25, window=1), good), (Cell("global", 0.25), poor)):
+        records = [
+            {"id": i, "prediction": captions[i], "references": refs}
+            for i, refs in references.items()
+        ]
+        write_cell(root, cell, records, **kind)
+    stats = report_stats([root], FAST)
+    items = [Item(i, Path(), references=refs) for i, refs in references.items()]
+    corpus = score_captions(good, items, ["cider_d"]).metrics["cider_d"]
+    ltbm = by_label(stats, "ltbm w=1", 0.25)["interval"]
+    assert ltbm["estimate"] == pytest.approx(corpus) and ltbm["low"] <= corpus <= ltbm["high"]
+    row = difference(stats, "ltbm w=1", "global", 0.25)
+    assert row["wins"] == 3 and row["excludes_zero"] and not row["lower_is_better"]

@@ -10,8 +10,11 @@ the same breakdown:
 - **mcq** (MMAU): the record's ``correct`` (the official rule); a failed item counts as
   wrong, as in the headline. Records without ``correct`` (written before per-item verdicts)
   give no intervals, and the report says so.
-- **caption**: the record's ``scores`` (metric → per-item value) where present, otherwise
-  no intervals, and the report says so.
+- **caption**: CIDEr-D per item, from the record's ``scores`` (metric → per-item value)
+  where present, otherwise computed from the stored captions with pycocoevalcap (needs
+  Java; without it the report says the intervals are not available). The corpus CIDEr-D
+  is the mean of the per-item values, so the bootstrap resamples that mean with the IDF of
+  the evaluated references held fixed. A failed item is left out (and counted).
 
 Items are keyed ``task/id``, so several tasks can be pooled into one item set (the locality
 study's two speech folders) without two ids colliding.
@@ -177,18 +180,29 @@ def _cell_items(run_dir: Path, metrics: dict[str, Any], task: str) -> CellItems:
     rate = details.get("frame_rate_hz", (metrics.get("settings") or {}).get("frame_rate_hz"))
     condition = Condition(task, metrics["task_kind"], metrics["backbone"], rate)
     cell = CellItems(condition, dict(metrics["cell"]), [run_dir], [task])
-    score = {"asr": _asr_score, "mcq": _mcq_score, "caption": _caption_score}[condition.kind]
     records = sorted(read_records(run_dir).items())
     cell.failed = [f"{task}/{item_id}" for item_id, record in records if "error" in record]
+    scores = _score_records(condition.kind, records)
+    if isinstance(scores, str):
+        cell.unavailable = scores
+    else:
+        cell.scores = {f"{task}/{item_id}": score for item_id, score in scores.items()}
+    return cell
+
+
+def _score_records(kind: str, records: list[tuple[str, dict]]) -> dict[str, ItemScore] | str:
+    """Each record's score by id, or why the cell has none."""
+    if kind == "caption":
+        return _caption_scores(records)
+    score = {"asr": _asr_score, "mcq": _mcq_score}[kind]
+    scores = {}
     for item_id, record in records:
         result = score(record)
         if isinstance(result, str):
-            cell.scores.clear()
-            cell.unavailable = result
-            break
+            return result
         if result is not None:
-            cell.scores[f"{task}/{item_id}"] = result
-    return cell
+            scores[item_id] = result
+    return scores
 
 
 def _asr_score(record: dict[str, Any]) -> ItemScore | None:
@@ -225,14 +239,24 @@ def _mmau_field(record: dict[str, Any], name: str) -> str | None:
     return None
 
 
-def _caption_score(record: dict[str, Any]) -> ItemScore | str | None:
+def _caption_scores(records: list[tuple[str, dict]]) -> dict[str, ItemScore] | str:
+    """The primary caption metric per item: from the records' ``scores`` when every one has
+    it, otherwise computed here with pycocoevalcap over the cell's captioned items (CIDEr-D's
+    IDF from their references, as for the corpus figure). Failed items are left out."""
     metric = PRIMARY_METRIC["caption"]
-    value = (record.get("scores") or {}).get(metric)
-    if value is None:
-        if "error" in record:
-            return None
-        return f"the records hold no per-item {metric} (`scores`): intervals not available"
-    return ItemScore(float(value))
+    done = [(item_id, record) for item_id, record in records if "error" not in record]
+    stored = {i: (r.get("scores") or {}).get(metric) for i, r in done}
+    if None not in stored.values():
+        return {i: ItemScore(float(value)) for i, value in stored.items()}
+    from ltbm.metrics.captions import CaptionMetricsError, score_captions
+    from ltbm.tasks.base import Item
+
+    items = [Item(i, Path(), references=list(r.get("references") or [])) for i, r in done]
+    try:
+        result = score_captions({i: r.get("prediction") or "" for i, r in done}, items, [metric])
+    except CaptionMetricsError as error:
+        return f"the records hold no per-item {metric} and it cannot be computed here: {error}"
+    return {i: ItemScore(result.per_item[i][metric]) for i, _ in done}
 
 
 def method_rank(method: str) -> int:
