@@ -336,8 +336,8 @@ def test_mmau_reports_official_accuracy_per_task_difficulty_and_sub_category(tmp
     assert "per-item verdict" in difference(stats, "ltbm w=1", "pool", 0.25)["unavailable"]
     paths = write_report(root, options=FAST)
     text = paths["stats_markdown"].read_text()
-    assert "| keep | cell | music | sound | speech | all |" in text
-    assert "| 0.25 | ltbm w=1 | 100.0 | 50.0 | 0.0 | 50.0 |" in text
+    assert "| keep | cell | sound | music | speech | all |" in text
+    assert "| 0.25 | ltbm w=1 | 50.0 | 100.0 | 0.0 | 50.0 |" in text
     assert "By sub-category" in text and "| Sound Event Detection | 2 | 50.0 | 50.0 |" in text
     assert "Intervals not available:\n- pool (keep 0.25)" in text
     assert "group,name,accuracy" in paths["mmau_csv"].read_text()

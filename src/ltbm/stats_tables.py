@@ -18,6 +18,8 @@ from typing import Any
 
 from ltbm.report_items import CellItems
 
+_PAPER_ORDER = ("sound", "music", "speech", "easy", "medium", "hard")
+
 
 def stats_markdown(stats: dict[str, Any]) -> str:
     """Every condition's cell table, MMAU breakdowns and difference table."""
@@ -31,7 +33,7 @@ def stats_markdown(stats: dict[str, Any]) -> str:
     ]
     differences = _by_condition(stats["differences"])
     for key, cells in _by_condition(stats["cells"]).items():
-        blocks.append(_condition_block(cells, differences.get(key, [])))
+        blocks.append(_condition_block(cells, differences.get(key, []), options["level"]))
     return "\n\n".join(blocks) + "\n"
 
 
@@ -42,7 +44,9 @@ def _by_condition(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return grouped
 
 
-def _condition_block(cells: list[dict[str, Any]], differences: list[dict[str, Any]]) -> str:
+def _condition_block(
+    cells: list[dict[str, Any]], differences: list[dict[str, Any]], level: float
+) -> str:
     first = cells[0]
     condition, metric = first["condition"], first["metric"]
     rate = f" @ {condition['frame_rate_hz']:g} Hz" if condition["frame_rate_hz"] else ""
@@ -54,7 +58,7 @@ def _condition_block(cells: list[dict[str, Any]], differences: list[dict[str, An
             "parse (letters mapped to choices) beside it is not the headline. A failed item "
             "counts as wrong."
         )
-    parts.append(_cell_table(cells, condition["kind"]))
+    parts.append(_cell_table(cells, condition["kind"], f"{level:.0%} CI"))
     missing = [
         f"- {c['label']} (keep {c['keep_ratio']:g}): {c['unavailable']}"
         for c in cells
@@ -65,13 +69,13 @@ def _condition_block(cells: list[dict[str, Any]], differences: list[dict[str, An
     if condition["kind"] == "mcq":
         parts.extend(_mmau_tables(cells))
     if differences:
-        parts.append(_difference_table(differences))
+        parts.append(_difference_table(differences, f"{level:.0%} CI"))
     return "\n\n".join(parts)
 
 
-def _cell_table(cells: list[dict[str, Any]], kind: str) -> str:
+def _cell_table(cells: list[dict[str, Any]], kind: str, ci: str) -> str:
     metric = cells[0]["metric"]
-    header = ["keep", "cell", _metric_name(metric), "CI", "items", "failed"]
+    header = ["keep", "cell", _metric_name(metric), ci, "items", "failed"]
     if kind == "asr":
         header += ["S / D / I share", "early stops", "loops"]
     if kind == "mcq":
@@ -110,7 +114,7 @@ def _mmau_tables(cells: list[dict[str, Any]]) -> list[str]:
     scored = [c for c in cells if c.get("mmau")]
     tables = []
     for field, title in (("task", "By task"), ("difficulty", "By difficulty")):
-        names = sorted({g for c in scored for g in c["mmau"]["groups"][field]})
+        names = _paper_order({g for c in scored for g in c["mmau"]["groups"][field]})
         if not names:
             continue
         lines = [f"{title} (accuracy %, official rule):", ""]
@@ -135,10 +139,16 @@ def _mmau_tables(cells: list[dict[str, Any]]) -> list[str]:
     return tables
 
 
-def _difference_table(rows: list[dict[str, Any]]) -> str:
+def _paper_order(names: set[str]) -> list[str]:
+    """MMAU's own column order (sound, music, speech; easy, medium, hard), others after."""
+    known = [n for n in _PAPER_ORDER if n in names]
+    return known + sorted(names - set(known))
+
+
+def _difference_table(rows: list[dict[str, Any]], ci: str) -> str:
     note = "negative favours A" if rows[0]["lower_is_better"] else "positive favours A"
     lines = [f"Differences A − B ({note}; `*`: the interval excludes 0):", ""]
-    lines += _header(["keep", "A − B", "difference", "CI", "A better / tie / worse", "items"])
+    lines += _header(["keep", "A − B", "difference", ci, "A better / tie / worse", "items"])
     lines += [_difference_line(row) for row in rows]
     return "\n".join(lines)
 
