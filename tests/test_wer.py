@@ -114,6 +114,10 @@ def test_item_errors_flag_a_loop_only_beyond_the_references_own_repeats():
     assert not item_errors("no no no i said", "No, no, no, I said.").loop
     assert item_errors("no no no i said", "no no no no i said").loop
     assert not item_errors("a b a b", "a b a b").loop  # two copies are not a loop
+    # Whisper can loop inside one token: "The kakakaka…" for a 31-word sentence.
+    stuck = item_errors("the cut on his chest still dripping blood", "The kakakakakakaka.")
+    assert (stuck.loop_ngram, stuck.loop_copies) == ("ka", 7) and stuck.early_stop
+    assert not item_errors("mmmm yes", "mmmm yes").loop and not item_errors("a", "haha").loop
 
 
 def test_word_error_rate_keeps_each_items_breakdown():

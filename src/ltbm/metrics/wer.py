@@ -123,6 +123,8 @@ EARLY_STOP_MIN_WORDS = 3
 EARLY_STOP_MIN_SHARE = 0.2
 LOOP_MAX_NGRAM = 10
 LOOP_MIN_COPIES = 3
+LOOP_MAX_UNIT = 4
+LOOP_MIN_UNIT_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,11 @@ class ItemErrors:
     - **loop**: some n-gram of 1 to ``LOOP_MAX_NGRAM`` words occurs at least
       ``LOOP_MIN_COPIES`` times back to back in the hypothesis, and more times back to back
       than anywhere in the reference (so a reference's own "no no no" is not a loop).
-      ``loop_ngram`` and ``loop_copies`` name the repeat covering the most words.
+      ``loop_ngram`` and ``loop_copies`` name the repeat covering the most words. A decoder
+      can also loop inside one token ("kakakakaka…"): a hypothesis word absent from the
+      reference that is one unit of 1 to ``LOOP_MAX_UNIT`` characters repeated at least
+      ``LOOP_MIN_UNIT_COPIES`` times is a loop too (``loop_ngram`` is the unit) when no
+      word-level loop is found.
     """
 
     substitutions: int
@@ -306,7 +312,19 @@ def _loop(hypothesis: list[str], reference: list[str]) -> tuple[str | None, int]
                 continue
             if copies > _most_copies(reference, gram):
                 best = (n * copies, " ".join(gram), copies)
+    if best[1] is None:
+        return _loop_inside_a_word(hypothesis, set(reference))
     return best[1], best[2]
+
+
+def _loop_inside_a_word(hypothesis: list[str], reference: set[str]) -> tuple[str | None, int]:
+    """The longest hypothesis word, absent from the reference, that repeats one short unit."""
+    for word in sorted(set(hypothesis) - reference, key=len, reverse=True):
+        for size in range(1, LOOP_MAX_UNIT + 1):
+            copies, rest = divmod(len(word), size)
+            if copies >= LOOP_MIN_UNIT_COPIES and not rest and word == word[:size] * copies:
+                return word[:size], copies
+    return None, 0
 
 
 def _copies_at(words: list[str], start: int, gram: list[str]) -> int:
