@@ -221,6 +221,13 @@ def test_cli_report_prints_the_intervals_and_writes_json_and_csv(sweep):
     assert len(json.loads((sweep / "report.json").read_text())) == 8  # the tables stay
 
 
+def test_cli_report_names_a_damaged_metrics_file(sweep):
+    damaged = sweep / "speech/whisper-ct2/pool-r0.5/metrics.json"
+    damaged.write_text('{"task": ')
+    result = invoke(["report", str(sweep)])
+    assert result.exit_code == 2 and "pool-r0.5/metrics.json is not valid JSON" in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

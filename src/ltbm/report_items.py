@@ -121,10 +121,19 @@ def finished_runs(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """Every run folder under ``runs_dir`` that has a ``metrics.json``, with its content."""
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"no runs folder at {runs_dir}; run `ltbm eval` or `ltbm sweep`")
-    runs = [(p.parent, json.loads(p.read_text())) for p in sorted(runs_dir.rglob("metrics.json"))]
+    runs = [(path.parent, _read_metrics(path)) for path in sorted(runs_dir.rglob("metrics.json"))]
     if not runs:
         raise FileNotFoundError(f"no metrics.json under {runs_dir}: no run has finished yet")
     return runs
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}): rerun that cell or move its folder away"
+        ) from None
 
 
 def load_cells(runs_dirs: Sequence[Path], pool_tasks: bool = False) -> list[CellItems]:
