@@ -219,6 +219,7 @@ def test_cli_report_prints_the_intervals_and_writes_json_and_csv(sweep):
     assert len((sweep / "report-items.csv").read_text().splitlines()) == 1 + 8 * 4 - 1
     assert (sweep / "report.md").read_text().count("## Statistics") == 1
     assert len(json.loads((sweep / "report.json").read_text())) == 8  # the tables stay
+    assert (sweep / "speech_whisper-ct2_50hz_wer_intervals.png").stat().st_size > 10_000
 
 
 def test_cli_report_names_a_damaged_metrics_file(sweep):

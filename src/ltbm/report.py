@@ -18,6 +18,7 @@ from ltbm.report_items import (
     method_rank,
 )
 from ltbm.report_stats import StatsOptions, summarize
+from ltbm.stats_plots import plot_statistics
 from ltbm.stats_tables import item_rows, stats_markdown, write_stats
 
 EFFICIENCY_FIELDS = ("prefill_ms", "ttft_ms", "peak_memory_mib", "kv_cache_mib")
@@ -106,7 +107,8 @@ def write_report(
 ) -> dict[str, Path]:
     """Write the tables (``report.md``, ``report.csv``, ``report.json``), the plots, and
     the statistics (``report-stats.md``, ``report-stats.json``, ``report-cells.csv``,
-    ``report-differences.csv``, ``report-items.csv``, and ``report-mmau.csv`` for MMAU);
+    ``report-differences.csv``, ``report-items.csv``, ``report-mmau.csv`` for MMAU, and a
+    ``*_intervals.png`` figure per condition);
     ``report.md`` ends with the statistics too. Returns the paths written."""
     folders = [runs_dirs] if isinstance(runs_dirs, Path) else list(runs_dirs)
     if out_dir is None and len(folders) != 1:
@@ -128,6 +130,7 @@ def write_report(
     paths["markdown"].write_text(markdown_table(rows, header) + "\n" + statistics)
     paths.update(write_stats(stats, item_rows(cells), statistics, out_dir))
     paths.update(plot_runs(rows, out_dir))
+    paths.update(plot_statistics(stats, out_dir))
     return paths
 
 

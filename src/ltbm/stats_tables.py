@@ -31,13 +31,14 @@ def stats_markdown(stats: dict[str, Any]) -> str:
         "ratio of sums on every resample. A − B is over the items scored in both cells; "
         "better / tie / worse counts items where A beats, equals or trails B."
     ]
-    differences = _by_condition(stats["differences"])
-    for key, cells in _by_condition(stats["cells"]).items():
+    differences = by_condition(stats["differences"])
+    for key, cells in by_condition(stats["cells"]).items():
         blocks.append(_condition_block(cells, differences.get(key, []), options["level"]))
     return "\n\n".join(blocks) + "\n"
 
 
-def _by_condition(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def by_condition(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Cells or differences grouped by their condition (as sorted JSON, a hashable key)."""
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         grouped[json.dumps(row["condition"], sort_keys=True)].append(row)
