@@ -232,12 +232,13 @@ def paired_difference(a: CellItems, b: CellItems, options: StatsOptions) -> dict
     only_a = sorted(a.scores.keys() - b.scores.keys())
     only_b = sorted(b.scores.keys() - a.scores.keys())
     row.update(
-        only_in_a=len(only_a), only_in_b=len(only_b), unpaired_examples=(only_a + only_b)[:5]
+        only_in_a=len(only_a), only_in_b=len(only_b), unpaired_examples=(only_a + only_b)[:EXAMPLES]
     )
     common = sorted(a.scores.keys() & b.scores.keys())
     reason = a.unavailable or b.unavailable or (None if common else "no item scored in both")
     if reason:
-        return {**row, "difference": None, "unavailable": reason}
+        empty = dict.fromkeys(("excludes_zero", "better", "wins", "ties", "losses"))
+        return {**row, "difference": None, **empty, "unavailable": reason}
     left, right = [a.scores[k] for k in common], [b.scores[k] for k in common]
     interval = _difference(left, right, options)
     counts = win_tie_loss(
