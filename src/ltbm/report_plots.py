@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ltbm.stats_tables import by_condition
+from ltbm.report_tables import by_condition
 
 
 def plot_statistics(stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
