@@ -17,8 +17,8 @@ from ltbm.report_items import (
     load_cells,
     method_rank,
 )
-from ltbm.report_stats import StatsOptions, summarize
 from ltbm.report_plots import plot_statistics
+from ltbm.report_stats import StatsOptions, summarize
 from ltbm.report_tables import item_rows, stats_markdown, write_stats
 
 EFFICIENCY_FIELDS = ("prefill_ms", "ttft_ms", "peak_memory_mib", "kv_cache_mib")
