@@ -1,5 +1,8 @@
 """Tables and plots from a folder of runs, shaped like the paper's: rows method × keep ratio,
-columns the task's metrics and what compression buys (tokens kept, prefill, memory)."""
+columns the task's metrics and what compression buys (tokens kept, prefill, memory); then
+the statistics from the runs' items (:mod:`ltbm.report_stats`): every cell's interval and
+the paired differences between methods, written by :mod:`ltbm.report_tables` and
+:mod:`ltbm.report_plots`."""
 
 from __future__ import annotations
 
