@@ -88,3 +88,40 @@ def test_bad_inputs_are_refused():
         word_error_rate("a b", "a b")
     with pytest.raises(ValueError, match="no items"):
         word_error_rate([], [])
+
+
+def test_item_errors_flag_an_early_stop_after_the_last_correct_word():
+    from ltbm.metrics.wer import item_errors
+
+    reference = "the cat sat on the mat and then it went to sleep"  # 12 words
+    stopped = item_errors(reference, "The cat sat on. Thank you.")
+    # 4 hits, then "thank you" stands for 2 words and 6 more are deleted: 6 ≥ max(3, ⌈2.4⌉).
+    assert (stopped.hits, stopped.substitutions, stopped.deletions) == (4, 2, 6)
+    assert stopped.trailing_deletions == 6 and stopped.early_stop and not stopped.loop
+    # Deletions in the middle are not a stop; two trailing words of 12 are below the bar.
+    assert not item_errors(reference, "the cat sat on the mat then went to sleep").early_stop
+    assert not item_errors(reference, "the cat sat on the mat and then it went").early_stop
+    assert item_errors("a b c", "").early_stop and item_errors("a b c", "").empty
+    assert not item_errors("a b", "").early_stop  # fewer than 3 reference words
+
+
+def test_item_errors_flag_a_loop_only_beyond_the_references_own_repeats():
+    from ltbm.metrics.wer import item_errors
+
+    looped = item_errors("the cat sat on the mat", "the cat sat on the mat on the mat on the mat")
+    assert looped.loop and looped.loop_ngram == "on the mat" and looped.loop_copies == 3
+    assert looped.insertions == 6 and not looped.early_stop
+    assert not item_errors("no no no i said", "No, no, no, I said.").loop
+    assert item_errors("no no no i said", "no no no no i said").loop
+    assert not item_errors("a b a b", "a b a b").loop  # two copies are not a loop
+    # Whisper can loop inside one token: "The kakakaka…" for a 31-word sentence.
+    stuck = item_errors("the cut on his chest still dripping blood", "The kakakakakakaka.")
+    assert (stuck.loop_ngram, stuck.loop_copies) == ("ka", 7) and stuck.early_stop
+    assert not item_errors("mmmm yes", "mmmm yes").loop and not item_errors("a", "haha").loop
+
+
+def test_word_error_rate_keeps_each_items_breakdown():
+    result = word_error_rate(["a b c", "d e"], ["a x c", "d e e e e"])
+    assert [item.as_dict()["errors"] for item in result.items] == [1, 3]
+    assert sum(item.substitutions for item in result.items) == result.substitutions
+    assert result.items[1].loop_ngram == "e"

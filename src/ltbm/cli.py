@@ -424,13 +424,33 @@ def _report_failures(run_dirs: list[Path]) -> bool:
 
 @app.command()
 def report(
-    runs_dir: Path = typer.Argument(..., help="folder of runs (or one task's subfolder)"),
-    out: Path = typer.Option(None, help="where to write (default: RUNS_DIR)"),
+    runs_dirs: list[Path] = typer.Argument(..., help="folder(s) of runs (or a task's subfolder)"),
+    out: Path = typer.Option(None, help="where to write (default: RUNS_DIR; needed with several)"),
+    pool_tasks: bool = typer.Option(
+        False, help="pool the tasks of one kind, backbone and frame rate into one item set"
+    ),
+    pairs: str = typer.Option(None, help="methods compared, A-B,A-B (ltbm-global,ltbm-pool)"),
+    resamples: int = typer.Option(None, help="bootstrap resamples (10000)"),
+    seed: int = typer.Option(None, help="bootstrap seed (0)"),
+    level: float = typer.Option(None, help="confidence level of the intervals (0.95)"),
 ) -> None:
-    """Tables (markdown, CSV, JSON) and plots from finished runs."""
+    """Tables (markdown, CSV, JSON), plots and paired-bootstrap statistics from finished runs."""
     from ltbm.report import write_report
+    from ltbm.report_stats import DEFAULT_PAIRS, StatsOptions, parse_pairs
 
-    for kind, path in write_report(runs_dir, out).items():
+    try:
+        given = {"resamples": resamples, "seed": seed, "level": level}
+        options = StatsOptions(
+            **{k: v for k, v in given.items() if v is not None},
+            pairs=parse_pairs(pairs) if pairs else DEFAULT_PAIRS,
+            pool_tasks=pool_tasks,
+        )
+        paths = write_report(runs_dirs, out, options)
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    typer.echo(paths["stats_markdown"].read_text())
+    for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 
 

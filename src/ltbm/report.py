@@ -1,26 +1,36 @@
 """Tables and plots from a folder of runs, shaped like the paper's: rows method × keep ratio,
-columns the task's metrics and what compression buys (tokens kept, prefill, memory)."""
+columns the task's metrics and what compression buys (tokens kept, prefill, memory); then
+the statistics from the runs' items (:mod:`ltbm.report_stats`): every cell's interval and
+the paired differences between methods, written by :mod:`ltbm.report_tables` and
+:mod:`ltbm.report_plots`."""
 
 from __future__ import annotations
 
 import csv
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-PRIMARY_METRIC = {"caption": "cider_d", "mcq": "accuracy", "asr": "wer"}
-LOWER_IS_BETTER = {"wer"}
+from ltbm.report_items import (
+    LOWER_IS_BETTER,
+    PRIMARY_METRIC,
+    finished_runs,
+    load_cells,
+    method_rank,
+)
+from ltbm.report_plots import plot_statistics
+from ltbm.report_stats import StatsOptions, summarize
+from ltbm.report_tables import item_rows, stats_markdown, write_stats
+
 EFFICIENCY_FIELDS = ("prefill_ms", "ttft_ms", "peak_memory_mib", "kv_cache_mib")
 
 
 def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """One row per finished run (``metrics.json``) under ``runs_dir``."""
-    if not runs_dir.is_dir():
-        raise FileNotFoundError(f"no runs folder at {runs_dir}; run `ltbm eval` or `ltbm sweep`")
     rows = []
-    for path in sorted(runs_dir.rglob("metrics.json")):
-        metrics = json.loads(path.read_text())
+    for _, metrics in finished_runs(runs_dir):
         cell = metrics["cell"]
         row = {
             "task": metrics["task"],
@@ -37,8 +47,6 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
         }
         row.update(_numeric(metrics.get("metrics", {})))
         rows.append(row)
-    if not rows:
-        raise FileNotFoundError(f"no metrics.json under {runs_dir}: no run has finished yet")
     _join_efficiency(rows, runs_dir)
     return sorted(rows, key=_row_order)
 
@@ -56,8 +64,7 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _row_order(row: dict[str, Any]):
-    order = ["none", "uniform", "random", "pool", "prune", "global", "ltbm"]
-    rank = order.index(row["method"]) if row["method"] in order else len(order)
+    rank = method_rank(row["method"])
     return (row["task"], row["backbone"], -row["keep_ratio"], rank, row["window"] or 0)
 
 
@@ -98,10 +105,23 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     return fixed + extra + efficiency
 
 
-def write_report(runs_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
-    """Write ``report.md``, ``report.csv`` and plots; returns their paths."""
-    rows = collect_runs(runs_dir)
-    out_dir = out_dir or runs_dir
+def write_report(
+    runs_dirs: Path | Sequence[Path],
+    out_dir: Path | None = None,
+    options: StatsOptions | None = None,
+) -> dict[str, Path]:
+    """Write the tables (``report.md``, ``report.csv``, ``report.json``), the plots, and
+    the statistics (``report-stats.md``, ``report-stats.json``, ``report-cells.csv``,
+    ``report-differences.csv``, ``report-items.csv``, ``report-mmau.csv`` for MMAU, and a
+    ``*_intervals.png`` figure per condition);
+    ``report.md`` ends with the statistics too. Returns the paths written."""
+    folders = [runs_dirs] if isinstance(runs_dirs, Path) else list(runs_dirs)
+    if out_dir is None and len(folders) != 1:
+        raise ValueError("several runs folders are reported together: pass --out for the report")
+    out_dir = out_dir or folders[0]
+    rows = [row for folder in folders for row in collect_runs(folder)]
+    cells = load_cells(folders, (options or StatsOptions()).pool_tasks)
+    stats = summarize(cells, options or StatsOptions())
     out_dir.mkdir(parents=True, exist_ok=True)
     header = columns(rows)
     paths = {
@@ -110,13 +130,20 @@ def write_report(runs_dir: Path, out_dir: Path | None = None) -> dict[str, Path]
         "json": out_dir / "report.json",
     }
     paths["json"].write_text(json.dumps(rows, indent=2))
-    with paths["csv"].open("w", newline="") as handle:
+    _write_csv(paths["csv"], rows, header)
+    statistics = stats_markdown(stats)
+    paths["markdown"].write_text(markdown_table(rows, header) + "\n" + statistics)
+    paths.update(write_stats(stats, item_rows(cells), statistics, out_dir))
+    paths.update(plot_runs(rows, out_dir))
+    paths.update(plot_statistics(stats, out_dir))
+    return paths
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], header: list[str]) -> None:
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    paths["markdown"].write_text(markdown_table(rows, header))
-    paths.update(plot_runs(rows, out_dir))
-    return paths
 
 
 def markdown_table(rows: list[dict[str, Any]], header: list[str]) -> str:

@@ -25,10 +25,12 @@ order) still counts as errors, equally for every method compared.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "`": "'"})
 _JOINERS = re.compile(r"[-\u2010-\u2015_/\\]+")
@@ -117,6 +119,87 @@ def _cardinal(value: int) -> str:
     raise AssertionError(value)  # unreachable: every value ≥ 1000 meets a scale
 
 
+EARLY_STOP_MIN_WORDS = 3
+EARLY_STOP_MIN_SHARE = 0.2
+LOOP_MAX_NGRAM = 10
+LOOP_MIN_COPIES = 3
+LOOP_MAX_UNIT = 4
+LOOP_MIN_UNIT_COPIES = 4
+
+
+@dataclass(frozen=True)
+class ItemErrors:
+    """One item's word edits, and the two failure modes that dominate a compressed decoder's
+    errors, defined so that a count of them means the same thing in every report:
+
+    - **early stop**: after the last correctly recognised reference word, at least
+      ``max(EARLY_STOP_MIN_WORDS, ceil(EARLY_STOP_MIN_SHARE × reference words))`` reference
+      words are deleted (the transcript ends, or trails off into a few wrong words, while the
+      speech goes on). An empty hypothesis of a reference with ≥ 3 words is an early stop.
+    - **loop**: some n-gram of 1 to ``LOOP_MAX_NGRAM`` words occurs at least
+      ``LOOP_MIN_COPIES`` times back to back in the hypothesis, and more times back to back
+      than anywhere in the reference (so a reference's own "no no no" is not a loop).
+      ``loop_ngram`` and ``loop_copies`` name the repeat covering the most words. A decoder
+      can also loop inside one token ("kakakakaka…"): a hypothesis word absent from the
+      reference that is one unit of 1 to ``LOOP_MAX_UNIT`` characters repeated at least
+      ``LOOP_MIN_UNIT_COPIES`` times is a loop too (``loop_ngram`` is the unit) when no
+      word-level loop is found.
+    """
+
+    substitutions: int
+    deletions: int
+    insertions: int
+    hits: int
+    hypothesis_words: int
+    trailing_deletions: int
+    loop_ngram: str | None = None
+    loop_copies: int = 0
+
+    @property
+    def reference_words(self) -> int:
+        return self.hits + self.substitutions + self.deletions
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def wer(self) -> float:
+        """Errors over reference words; an empty reference gives the inserted-word count."""
+        return self.errors / self.reference_words if self.reference_words else float(self.errors)
+
+    @property
+    def early_stop(self) -> bool:
+        share = math.ceil(EARLY_STOP_MIN_SHARE * self.reference_words)
+        return self.trailing_deletions >= max(EARLY_STOP_MIN_WORDS, share)
+
+    @property
+    def loop(self) -> bool:
+        return self.loop_ngram is not None
+
+    @property
+    def empty(self) -> bool:
+        return self.hypothesis_words == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "substitutions": self.substitutions,
+            "deletions": self.deletions,
+            "insertions": self.insertions,
+            "hits": self.hits,
+            "reference_words": self.reference_words,
+            "hypothesis_words": self.hypothesis_words,
+            "errors": self.errors,
+            "wer": self.wer,
+            "trailing_deletions": self.trailing_deletions,
+            "early_stop": self.early_stop,
+            "loop": self.loop,
+            "loop_ngram": self.loop_ngram,
+            "loop_copies": self.loop_copies,
+            "empty": self.empty,
+        }
+
+
 @dataclass
 class WerResult:
     """Corpus WER (all edits over all reference words, so long clips weigh more), the
@@ -130,6 +213,7 @@ class WerResult:
     reference_words: int
     normalized_references: list[str] = field(default_factory=list, repr=False)
     normalized_hypotheses: list[str] = field(default_factory=list, repr=False)
+    items: list[ItemErrors] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -151,8 +235,6 @@ def word_error_rate(
     per-item value is the number of inserted words (0 when the hypothesis is empty too),
     and in the corpus figure its insertions count against the other items' words.
     """
-    import jiwer
-
     if isinstance(references, str) or isinstance(hypotheses, str):
         raise TypeError("pass lists of strings (one per item), not a single string")
     if len(references) != len(hypotheses):
@@ -162,45 +244,98 @@ def word_error_rate(
         )
     if not references:
         raise ValueError("no items to score: pass at least one reference and hypothesis")
-    clean = normalize_text if normalize else (lambda s: " ".join(s.split()))
+    clean = _normalizer(normalize)
     refs = [clean(r) for r in references]
     hyps = [clean(h) for h in hypotheses]
-    totals = {"substitutions": 0, "deletions": 0, "insertions": 0, "hits": 0}
-    per_item = []
-    for ref, hyp in zip(refs, hyps, strict=True):
-        counts = _edit_counts(jiwer, ref, hyp)
-        for key in totals:
-            totals[key] += counts[key]
-        ref_words = counts["hits"] + counts["substitutions"] + counts["deletions"]
-        errors = counts["substitutions"] + counts["deletions"] + counts["insertions"]
-        per_item.append(errors / ref_words if ref_words else float(errors))
-    words = totals["hits"] + totals["substitutions"] + totals["deletions"]
-    errors = totals["substitutions"] + totals["deletions"] + totals["insertions"]
+    items = [item_errors(ref, hyp, normalize=False) for ref, hyp in zip(refs, hyps, strict=True)]
+    words = sum(item.reference_words for item in items)
+    errors = sum(item.errors for item in items)
     return WerResult(
         wer=errors / words if words else float(errors),
-        per_item=per_item,
-        substitutions=totals["substitutions"],
-        deletions=totals["deletions"],
-        insertions=totals["insertions"],
+        per_item=[item.wer for item in items],
+        substitutions=sum(item.substitutions for item in items),
+        deletions=sum(item.deletions for item in items),
+        insertions=sum(item.insertions for item in items),
         reference_words=words,
         normalized_references=refs,
         normalized_hypotheses=hyps,
+        items=items,
     )
 
 
-def _edit_counts(jiwer, reference: str, hypothesis: str) -> dict[str, int]:
-    """Word-level edit counts; jiwer refuses empty references, which are all insertions."""
-    if not reference:
-        return {
-            "substitutions": 0,
-            "deletions": 0,
-            "insertions": len(hypothesis.split()),
-            "hits": 0,
-        }
-    out = jiwer.process_words(reference, hypothesis)
-    return {
-        "substitutions": out.substitutions,
-        "deletions": out.deletions,
-        "insertions": out.insertions,
-        "hits": out.hits,
-    }
+def item_errors(reference: str, hypothesis: str, normalize: bool = True) -> ItemErrors:
+    """Word edits of one hypothesis against its reference, with the failure-mode flags
+    (see :class:`ItemErrors`). jiwer refuses an empty reference: that is all insertions."""
+    import jiwer
+
+    clean = _normalizer(normalize)
+    ref_words, hyp_words = clean(reference).split(), clean(hypothesis).split()
+    loop_ngram, loop_copies = _loop(hyp_words, ref_words)
+    if not ref_words:
+        return ItemErrors(0, 0, len(hyp_words), 0, len(hyp_words), 0, loop_ngram, loop_copies)
+    out = jiwer.process_words(" ".join(ref_words), " ".join(hyp_words))
+    return ItemErrors(
+        substitutions=out.substitutions,
+        deletions=out.deletions,
+        insertions=out.insertions,
+        hits=out.hits,
+        hypothesis_words=len(hyp_words),
+        trailing_deletions=_deletions_after_last_hit(out.alignments[0]),
+        loop_ngram=loop_ngram,
+        loop_copies=loop_copies,
+    )
+
+
+def _normalizer(normalize: bool):
+    return normalize_text if normalize else (lambda s: " ".join(s.split()))
+
+
+def _deletions_after_last_hit(chunks) -> int:
+    """Reference words deleted after the last reference word the hypothesis got right."""
+    deleted = 0
+    for chunk in reversed(chunks):
+        if chunk.type == "equal":
+            break
+        if chunk.type == "delete":
+            deleted += chunk.ref_end_idx - chunk.ref_start_idx
+    return deleted
+
+
+def _loop(hypothesis: list[str], reference: list[str]) -> tuple[str | None, int]:
+    """The hypothesis's longest back-to-back repeat that the reference does not have."""
+    best: tuple[int, str | None, int] = (0, None, 0)
+    for n in range(1, LOOP_MAX_NGRAM + 1):
+        for start in range(len(hypothesis) - n * LOOP_MIN_COPIES + 1):
+            gram = hypothesis[start : start + n]
+            copies = _copies_at(hypothesis, start, gram)
+            if copies < LOOP_MIN_COPIES or n * copies <= best[0]:
+                continue
+            if copies > _most_copies(reference, gram):
+                best = (n * copies, " ".join(gram), copies)
+    if best[1] is None:
+        return _loop_inside_a_word(hypothesis, set(reference))
+    return best[1], best[2]
+
+
+def _loop_inside_a_word(hypothesis: list[str], reference: set[str]) -> tuple[str | None, int]:
+    """The longest hypothesis word, absent from the reference, that repeats one short unit."""
+    for word in sorted(set(hypothesis) - reference, key=len, reverse=True):
+        for size in range(1, LOOP_MAX_UNIT + 1):
+            copies, rest = divmod(len(word), size)
+            if copies >= LOOP_MIN_UNIT_COPIES and not rest and word == word[:size] * copies:
+                return word[:size], copies
+    return None, 0
+
+
+def _copies_at(words: list[str], start: int, gram: list[str]) -> int:
+    n, copies = len(gram), 1
+    while words[start + copies * n : start + (copies + 1) * n] == gram:
+        copies += 1
+    return copies
+
+
+def _most_copies(words: list[str], gram: list[str]) -> int:
+    """Most back-to-back copies of ``gram`` anywhere in ``words`` (0 when absent)."""
+    n = len(gram)
+    starts = [i for i in range(len(words) - n + 1) if words[i : i + n] == gram]
+    return max((_copies_at(words, i, gram) for i in starts), default=0)
