@@ -75,7 +75,7 @@ def test_load_picks_the_backbone_from_the_config(model_dir):
     pipe = ltbm.load(str(model_dir), keep_ratio=0.5)
     assert isinstance(pipe, Qwen2AudioPipeline)
     assert isinstance(pipe, Backbone)
-    assert pipe.method.params() == {"method": "ltbm", "keep_ratio": 0.5, "window": 2}
+    assert pipe.method.params() == {"method": "ltbm", "keep_ratio": 0.5, "window": 1}
     info = pipe.describe()
     assert info["model_type"] == "qwen2_audio"
     assert info["method"]["method"] == "ltbm"

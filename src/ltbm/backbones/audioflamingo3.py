@@ -21,16 +21,15 @@ import numpy as np
 import torch
 
 from ltbm.audio import SAMPLE_RATE
-from ltbm.backbones.hf_common import (
-    AttentionCapture,
+from ltbm.backbones.adapter import (
     AudioAdapter,
     EncodedAudio,
-    HFPipeline,
     budget,
     encoder_token_count,
-    last_attention,
     pad_clips,
 )
+from ltbm.backbones.attention_capture import AttentionCapture, last_attention
+from ltbm.backbones.pipeline import HFPipeline
 from ltbm.methods import Method
 from ltbm.methods.pruning import attention_received, pool_frames_to_tokens
 
@@ -113,6 +112,7 @@ class AudioFlamingo3Adapter(AudioAdapter):
 
     model_type = "audioflamingo3"
     mask_key = "input_features_mask"
+    frame_rate = 25.0
 
     def encode(
         self,

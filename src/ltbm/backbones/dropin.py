@@ -35,11 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ltbm.backbones.hf_common import (
-    AudioAdapter,
-    clip_runs,
-    merge_audio_embeddings,
-)
+from ltbm.backbones.adapter import AudioAdapter
+from ltbm.backbones.placeholders import clip_runs, merge_audio_embeddings
 from ltbm.budget import kept_tokens
 from ltbm.methods import Method
 
@@ -138,7 +135,8 @@ class Compression:
             attention_mask = torch.ones_like(input_ids)
         placeholders = clip_runs(input_ids, attention_mask, adapter.audio_token_id)
         windows = adapter.clip_windows(adapter.window_tokens(frame_mask), placeholders, self.method)
-        audio, lengths, kept = adapter.audio_embeddings(self.method, features, frame_mask, windows)
+        audio = adapter.audio_embeddings(self.method, features, frame_mask, windows)
+        lengths, kept = audio.audio_tokens, audio.kept_tokens
         if kept != placeholders:
             raise ValueError(
                 f"the prompts hold {placeholders} audio placeholders per clip, but compressing "
@@ -146,7 +144,7 @@ class Compression:
                 "processor inside ltbm.compressed(...), so that it emits K placeholders"
             )
         embeds = merge_audio_embeddings(
-            self.model.get_input_embeddings(), input_ids, adapter.audio_token_id, audio
+            self.model.get_input_embeddings(), input_ids, adapter.audio_token_id, audio.rows
         )
         inputs.update(
             {

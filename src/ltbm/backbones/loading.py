@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ltbm.backbones.hf_common import HFPipeline
+from ltbm.backbones.pipeline import HFPipeline
 from ltbm.methods import METHODS, Method, get_method
 from ltbm.methods.registry import DEFAULT_WINDOW, method_parameters
 
