@@ -138,3 +138,38 @@ def assert_parity_with_transformers(pipe, clips, prompts, texts, method) -> None
     results = pipe.generate(clips, prompts, method=method, max_new_tokens=new)
     decoded = pipe.processor.tokenizer.batch_decode(expected, skip_special_tokens=True)
     assert [r.text for r in results] == [d.strip() for d in decoded]
+
+
+def assert_dropin_restores(pipe, clips, prompts, texts, method) -> None:
+    """Inside ``ltbm.compressed`` the processor writes K placeholders per clip and the model's
+    own forward gives the pipeline's logits; after the block, inputs, logits and greedy tokens
+    are exactly those of before, and no hook or attribute is left behind."""
+    model, processor = pipe.model, pipe.processor
+    before_inputs = processor_inputs(processor, texts, clips)
+    with torch.no_grad():
+        before_logits = model(**before_inputs).logits
+    before_tokens = model.generate(**before_inputs, max_new_tokens=3, do_sample=False)
+
+    with ltbm.compressed(model, processor, method):
+        inputs = processor_inputs(processor, texts, clips)
+        with torch.no_grad():
+            inside = model(**inputs).logits
+        generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3)
+        assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
+
+    batch = pipe.prepare(clips, prompts, method=method)
+    token_id = model.config.audio_token_id
+    assert placeholder_counts(inputs["input_ids"], token_id) == batch.kept_tokens
+    with torch.no_grad():
+        expected = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask)
+    valid = inputs["attention_mask"].bool()
+    assert torch.equal(inside[valid], expected.logits[valid])
+
+    after_inputs = processor_inputs(processor, texts, clips)
+    assert all(torch.equal(after_inputs[k], before_inputs[k]) for k in before_inputs)
+    with torch.no_grad():
+        assert torch.equal(model(**after_inputs).logits, before_logits)
+    after = model.generate(**after_inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(after, before_tokens)
+    assert "replace_audio_token" not in vars(processor)
+    assert not model._forward_pre_hooks

@@ -29,11 +29,25 @@ from ltbm.methods.registry import Compressed
 class EncodedAudio:
     """Encoder-space tokens of a batch of clips: ``tokens [C, N_max, D]`` (where the family
     compresses, before the projector), ``lengths [C]`` valid tokens per clip, and the signals
-    a method may use (``queries``/``keys`` or ``scores``)."""
+    a method may use (``queries``/``keys`` or ``scores``).
+
+    ``projector_input``, when set, is what the projector takes instead of ``tokens``, aligned
+    with them token for token (e.g. tokens with a time embedding added): the method's plan,
+    computed on ``tokens``, is applied to it, so slots are formed by the same sources."""
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     signals: dict[str, torch.Tensor] = field(default_factory=dict)
+    projector_input: torch.Tensor | None = None
+
+    def kept(self, compressed: Compressed | None) -> torch.Tensor:
+        """``[C, K_max, ...]``: what reaches the projector after the method's plan."""
+        source = self.tokens if self.projector_input is None else self.projector_input
+        if compressed is None:
+            return source
+        if self.projector_input is None:
+            return compressed.tokens
+        return compressed.plan.apply(source)
 
 
 @dataclass
@@ -186,9 +200,8 @@ class AudioAdapter:
         with torch.no_grad():
             encoded = self.encode(features, frame_mask, windows, needs_attention(method))
             compressed = compress_tokens(method, encoded)
-            tokens = encoded.tokens if compressed is None else compressed.tokens
             kept = encoded.lengths if compressed is None else compressed.lengths
-            projected = self.project(tokens, encoded, compressed)
+            projected = self.project(encoded.kept(compressed), encoded, compressed)
         kept_list = [int(k) for k in kept.tolist()]
         return AudioEmbeddings(
             valid_rows(projected, kept_list), encoded.lengths.tolist(), kept_list, compressed

@@ -141,7 +141,15 @@ class AudioFlamingo3Adapter(AudioAdapter):
         if attention:
             scores = window_attention_scores(queries, keys, window_tokens)
             signals["scores"] = pad_clips(self._join(scores, window_tokens, windows))
-        return EncodedAudio(pad_clips(clips), lengths, signals)
+        timed = self.time_embedded(hidden, windows)
+        if timed is not None:
+            timed = pad_clips(self._join(timed, window_tokens, windows))
+        return EncodedAudio(pad_clips(clips), lengths, signals, timed)
+
+    def time_embedded(self, hidden: torch.Tensor, windows: Sequence[int]) -> torch.Tensor | None:
+        """The window rows as the projector takes them, when that differs from the encoder's
+        output (Music Flamingo adds a time embedding); None for AF3."""
+        return None
 
     def clip_windows(
         self, window_tokens: Sequence[int], placeholders: Sequence[int], method: Method | None

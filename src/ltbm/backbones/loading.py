@@ -25,6 +25,10 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "ltbm.backbones.audioflamingo3:AudioFlamingo3Pipeline",
         "AudioFlamingo3ForConditionalGeneration",
     ),
+    "musicflamingo": (
+        "ltbm.backbones.musicflamingo:MusicFlamingoPipeline",
+        "MusicFlamingoForConditionalGeneration",
+    ),
 }
 """config.model_type → (pipeline class, transformers model class)."""
 
@@ -38,7 +42,7 @@ def pipeline_class(model_type: str | None) -> type[HFPipeline]:
     if model_type not in BACKBONES:
         raise ValueError(
             f"ltbm does not support model_type {model_type!r}; supported: "
-            f"{', '.join(BACKBONES)} (Qwen2-Audio and Audio Flamingo 3 checkpoints)"
+            f"{', '.join(BACKBONES)} (see the Backbones table in the README)"
         )
     module_name, class_name = BACKBONES[model_type][0].split(":")
     return getattr(importlib.import_module(module_name), class_name)

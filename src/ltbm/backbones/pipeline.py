@@ -150,7 +150,7 @@ class HFPipeline:
         ``prepare`` starts here; the efficiency benchmark times the encoder from here."""
         clips, prompt_list = pair(audios, prompts)
         samples = [self._load(index, clip) for index, clip in enumerate(clips)]
-        texts = [self._render(index, prompt) for index, prompt in enumerate(prompt_list)]
+        texts = [self.render(prompt, index) for index, prompt in enumerate(prompt_list)]
         inputs = self._process(texts, samples)
         windows = self.windows(samples)
         self._check_not_too_short(samples, windows, inputs[self.adapter.mask_key])
@@ -230,8 +230,8 @@ class HFPipeline:
     def _too_long_hint(self) -> str:
         return "split it into shorter clips"
 
-    def _render(self, index: int, prompt: Prompt) -> str:
-        """Prompt text with exactly one audio placeholder."""
+    def render(self, prompt: Prompt, index: int = 0) -> str:
+        """Prompt text with exactly one audio placeholder (``index`` names it in errors)."""
         if isinstance(prompt, str) and self.audio_token in prompt:
             text = prompt  # a raw prompt, written for the model (e.g. a base checkpoint)
         elif prompt is None or isinstance(prompt, str):

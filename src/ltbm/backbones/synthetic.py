@@ -13,6 +13,8 @@ their real sizes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ SPECIAL_TOKENS = [
     "<|audio_eos|>",
     "<sound>",
 ]
+EXTRA_SPECIAL_TOKENS = ["<|sound_bos|>", "<|sound_eos|>"]
+"""Special tokens of the later families, after the words."""
 WORDS = (
     "[UNK] system user assistant You are a helpful assistant. Audio 1: 2: Generate the caption "
     "in English: Describe sound in one sentence. Transcribe input speech dog bark music rain"
@@ -87,7 +91,6 @@ TINY_TEXT = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 32768,
 }
-MODEL_TYPES = tuple(FULL_TEXT)
 
 
 def tiny_tokenizer():
@@ -95,21 +98,21 @@ def tiny_tokenizer():
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + WORDS)}
-    for index in range(64):
-        vocab[f"w{index}"] = len(vocab)
+    specials = SPECIAL_TOKENS + EXTRA_SPECIAL_TOKENS
+    words = [*SPECIAL_TOKENS, *WORDS, *(f"w{i}" for i in range(64)), *EXTRA_SPECIAL_TOKENS]
+    vocab: dict[str, int] = {}
+    for token in words:
+        vocab.setdefault(token, len(vocab))  # one id per distinct token, no gaps
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##")
-    backend.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
-    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<|endoftext|>",
         eos_token="<|im_end|>",
         unk_token="[UNK]",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=specials[1:],
     )
 
 
@@ -125,62 +128,134 @@ def text_config(model_type: str, size: str, tokenizer) -> dict[str, Any]:
 
 
 def model_config(model_type: str, size: str, tokenizer):
-    """The transformers config of a synthetic model (``size``: "full" or "tiny")."""
-    if model_type not in FULL_TEXT or size not in ("full", "tiny"):
+    """The transformers config of a synthetic model (``size``: "full" or "tiny"; "full" only
+    for the families the efficiency benchmark measures)."""
+    if (
+        model_type not in FAMILIES
+        or size not in ("full", "tiny")
+        or (size == "full" and model_type not in FULL_TEXT)
+    ):
         raise ValueError(
-            f"synthetic models exist for {', '.join(MODEL_TYPES)} in sizes full and tiny; got "
-            f"{model_type!r}, {size!r}"
+            f"synthetic models exist for {', '.join(MODEL_TYPES)} (tiny) and "
+            f"{', '.join(FULL_TEXT)} (full); got {model_type!r}, {size!r}"
         )
-    encoder = FULL_ENCODER if size == "full" else TINY_ENCODER
-    text = text_config(model_type, size, tokenizer)
-    if model_type == "qwen2_audio":
-        from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig
+    return FAMILIES[model_type].config(size, tokenizer)
 
-        audio = Qwen2AudioEncoderConfig(
-            num_mel_bins=128,
-            encoder_layers=encoder["layers"],
-            encoder_attention_heads=encoder["heads"],
-            encoder_ffn_dim=encoder["ffn"],
-            d_model=encoder["width"],
-            max_source_positions=1500,
-        )
-        return Qwen2AudioConfig(
-            audio_config=audio.to_dict(),
-            text_config=text,
-            audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-        )
-    from transformers import AudioFlamingo3Config, AudioFlamingo3EncoderConfig
 
-    audio = AudioFlamingo3EncoderConfig(
+def processor_for(model_type: str, tokenizer):
+    return FAMILIES[model_type].processor(tokenizer)
+
+
+def whisper_features(**kwargs):
+    """The 128-bin Whisper feature extractor (30 s windows) most families use."""
+    from transformers import WhisperFeatureExtractor
+
+    settings = {"feature_size": 128, "sampling_rate": 16000, "return_attention_mask": True}
+    return WhisperFeatureExtractor(**{**settings, **kwargs})
+
+
+# ---------------------------------------------------------------- Qwen2-Audio, AF3, MF
+def whisper_encoder(size: str) -> dict[str, int]:
+    return FULL_ENCODER if size == "full" else TINY_ENCODER
+
+
+def qwen2_audio_config(size: str, tokenizer):
+    from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig
+
+    encoder = whisper_encoder(size)
+    audio = Qwen2AudioEncoderConfig(
         num_mel_bins=128,
-        num_hidden_layers=encoder["layers"],
-        num_attention_heads=encoder["heads"],
-        intermediate_size=encoder["ffn"],
-        hidden_size=encoder["width"],
+        encoder_layers=encoder["layers"],
+        encoder_attention_heads=encoder["heads"],
+        encoder_ffn_dim=encoder["ffn"],
+        d_model=encoder["width"],
         max_source_positions=1500,
     )
-    return AudioFlamingo3Config(
+    return Qwen2AudioConfig(
         audio_config=audio.to_dict(),
-        text_config=text,
+        text_config=text_config("qwen2_audio", size, tokenizer),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+
+
+def af3_encoder(size: str) -> dict[str, Any]:
+    encoder = whisper_encoder(size)
+    return {
+        "model_type": "audioflamingo3_encoder",
+        "num_mel_bins": 128,
+        "num_hidden_layers": encoder["layers"],
+        "num_attention_heads": encoder["heads"],
+        "intermediate_size": encoder["ffn"],
+        "hidden_size": encoder["width"],
+        "max_source_positions": 1500,
+    }
+
+
+def audioflamingo3_config(size: str, tokenizer):
+    from transformers import AudioFlamingo3Config
+
+    return AudioFlamingo3Config(
+        audio_config=af3_encoder(size),
+        text_config=text_config("audioflamingo3", size, tokenizer),
         audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"),
     )
 
 
-def processor_for(model_type: str, tokenizer):
-    from transformers import (
-        AudioFlamingo3Processor,
-        Qwen2AudioProcessor,
-        WhisperFeatureExtractor,
+def musicflamingo_config(size: str, tokenizer):
+    from transformers import MusicFlamingoConfig
+
+    return MusicFlamingoConfig(
+        audio_config=af3_encoder(size),
+        text_config=text_config("audioflamingo3", size, tokenizer),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"),
+        audio_bos_token_id=tokenizer.convert_tokens_to_ids("<|sound_bos|>"),
+        audio_eos_token_id=tokenizer.convert_tokens_to_ids("<|sound_eos|>"),
     )
 
-    features = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=16000, return_attention_mask=True
-    )
-    if model_type == "qwen2_audio":
-        return Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer)
+
+def qwen2_audio_processor(tokenizer):
+    from transformers import Qwen2AudioProcessor
+
+    return Qwen2AudioProcessor(feature_extractor=whisper_features(), tokenizer=tokenizer)
+
+
+def audioflamingo3_processor(tokenizer):
+    from transformers import AudioFlamingo3Processor
+
     return AudioFlamingo3Processor(
-        feature_extractor=features, tokenizer=tokenizer, chat_template=AF3_CHAT_TEMPLATE
+        feature_extractor=whisper_features(), tokenizer=tokenizer, chat_template=AF3_CHAT_TEMPLATE
     )
+
+
+def musicflamingo_processor(tokenizer):
+    from transformers import MusicFlamingoProcessor
+
+    return MusicFlamingoProcessor(
+        feature_extractor=whisper_features(), tokenizer=tokenizer, chat_template=AF3_CHAT_TEMPLATE
+    )
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build one family's synthetic checkpoint from the real transformers classes."""
+
+    model_class: str
+    config: Callable[[str, Any], Any]
+    processor: Callable[[Any], Any]
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen2_audio": Family(
+        "Qwen2AudioForConditionalGeneration", qwen2_audio_config, qwen2_audio_processor
+    ),
+    "audioflamingo3": Family(
+        "AudioFlamingo3ForConditionalGeneration", audioflamingo3_config, audioflamingo3_processor
+    ),
+    "musicflamingo": Family(
+        "MusicFlamingoForConditionalGeneration", musicflamingo_config, musicflamingo_processor
+    ),
+}
+MODEL_TYPES = tuple(FAMILIES)
 
 
 def build_model(
@@ -191,18 +266,11 @@ def build_model(
     seed: int = 0,
 ):
     """(model, processor) with random weights, initialised directly on ``device``."""
-    from transformers import (
-        AudioFlamingo3ForConditionalGeneration,
-        Qwen2AudioForConditionalGeneration,
-    )
+    import transformers
 
     tokenizer = tiny_tokenizer()
     config = model_config(model_type, size, tokenizer)
-    model_class = (
-        Qwen2AudioForConditionalGeneration
-        if model_type == "qwen2_audio"
-        else AudioFlamingo3ForConditionalGeneration
-    )
+    model_class = getattr(transformers, FAMILIES[model_type].model_class)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
