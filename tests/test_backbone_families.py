@@ -27,6 +27,7 @@ PROMPTS = ["Describe the sound in one sentence.", "Transcribe the input speech."
 FAMILIES = {
     # model_type: (clip seconds, N per clip at the first length)
     "musicflamingo": ([3.0, 35.3], [75, 882]),
+    "glmasr": ([3.0, 35.3], [37, 441]),
 }
 
 
@@ -85,3 +86,14 @@ def test_llm_gets_exactly_k_per_clip(family, method, monkeypatch):
 def test_dropin_restores_the_model_exactly(family):
     _, pipe, clips, texts = family
     assert_dropin_restores(pipe, clips, PROMPTS, texts, ltbm.get_method("ltbm", keep_ratio=0.25))
+
+
+def test_attention_scorer_works_or_is_refused_up_front(family):
+    _, pipe, clips, _ = family
+    prune = ltbm.get_method("prune", keep_ratio=0.25, scorer="attention")
+    if pipe.adapter.attention_scorer:
+        kept = pipe.prepare(clips, PROMPTS, method=prune).kept_tokens
+        assert kept == [ltbm.kept_tokens(n, 0.25) for n in FAMILIES[family[0]][1]]
+    else:
+        with pytest.raises(ValueError, match="scorer='norm'"):
+            pipe.check_method(prune)

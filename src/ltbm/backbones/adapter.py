@@ -145,6 +145,8 @@ class AudioAdapter:
     mask_key: ClassVar[str]
     frame_rate: ClassVar[float]
     """Tokens per second of audio where compression applies."""
+    attention_scorer: ClassVar[bool] = True
+    """Whether ``encode`` can give the attention scorer its signal."""
     tower_name: ClassVar[str] = "audio_tower"
     projector_name: ClassVar[str] = "multi_modal_projector"
 
@@ -189,6 +191,14 @@ class AudioAdapter:
             )
         return [1] * len(placeholders)
 
+    def check_method(self, method: Method | None) -> None:
+        """Refuse, before any work, a method this family cannot feed."""
+        if needs_attention(method) and not self.attention_scorer:
+            raise ValueError(
+                f"{self.model_type} gives no encoder attention to score tokens with; use "
+                "prune with scorer='norm', or another method"
+            )
+
     def audio_embeddings(
         self,
         method: Method | None,
@@ -197,6 +207,7 @@ class AudioAdapter:
         windows: Sequence[int],
     ) -> AudioEmbeddings:
         """Encoder → method → projector, for every clip of a batch."""
+        self.check_method(method)
         with torch.no_grad():
             encoded = self.encode(features, frame_mask, windows, needs_attention(method))
             compressed = compress_tokens(method, encoded)

@@ -29,6 +29,7 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "ltbm.backbones.musicflamingo:MusicFlamingoPipeline",
         "MusicFlamingoForConditionalGeneration",
     ),
+    "glmasr": ("ltbm.backbones.glmasr:GlmAsrPipeline", "GlmAsrForConditionalGeneration"),
 }
 """config.model_type → (pipeline class, transformers model class)."""
 

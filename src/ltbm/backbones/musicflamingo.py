@@ -20,8 +20,6 @@ import torch
 
 from ltbm.backbones.audioflamingo3 import AudioFlamingo3Adapter, AudioFlamingo3Pipeline
 
-MAX_SECONDS = 1200.0
-
 
 class MusicFlamingoAdapter(AudioFlamingo3Adapter):
     """AF3's encoder steps; the projector input carries the model's time embedding."""
@@ -51,6 +49,3 @@ class MusicFlamingoPipeline(AudioFlamingo3Pipeline):
 
     name = "musicflamingo"
     adapter_class = MusicFlamingoAdapter
-
-    def max_seconds(self) -> float:
-        return float(getattr(self.processor, "max_audio_len", MAX_SECONDS))

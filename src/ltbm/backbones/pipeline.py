@@ -156,6 +156,11 @@ class HFPipeline:
         self._check_not_too_short(samples, windows, inputs[self.adapter.mask_key])
         return inputs, samples, windows
 
+    def check_method(self, method: Method | None) -> None:
+        """Refuse, before any work, a method this backbone cannot feed (the evaluation
+        harness calls it before the first item)."""
+        self.adapter.check_method(self._resolve_method(method))
+
     def describe(self) -> dict[str, Any]:
         """Model, dtype, device, attention kernel, versions and method: written into results."""
         import transformers

@@ -29,32 +29,38 @@ SPECIAL_TOKENS = [
     "<|audio_eos|>",
     "<sound>",
 ]
-EXTRA_SPECIAL_TOKENS = ["<|sound_bos|>", "<|sound_eos|>"]
+EXTRA_SPECIAL_TOKENS = ["<|sound_bos|>", "<|sound_eos|>", "<|pad|>"]
 """Special tokens of the later families, after the words."""
 WORDS = (
     "[UNK] system user assistant You are a helpful assistant. Audio 1: 2: Generate the caption "
     "in English: Describe sound in one sentence. Transcribe input speech dog bark music rain"
 ).split()
 
-# Audio Flamingo 3's processor template: the sound placeholder first in a user turn.
-AF3_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "{% for m in messages if m['content'] is not none %}"
-    "<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% set audio = namespace(found=False) %}{% set text_buf = namespace(v='') %}"
-    "{% for c in m['content'] %}"
-    "{% if c.get('type') == 'audio' or 'audio' in c %}{% set audio.found = True %}"
-    "{% elif c.get('type') == 'text' or 'text' in c %}"
-    "{% set text_buf.v = text_buf.v + c['text'] %}{% endif %}"
-    "{% endfor %}"
-    "{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}"
-    "{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+
+def audio_first_template(marker: str) -> str:
+    """A chat template in the style of Audio Flamingo 3's processor: the audio ``marker``
+    first in a user turn, then its text."""
+    return (
+        "{% if messages[0]['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}"
+        "{% for m in messages if m['content'] is not none %}"
+        "<|im_start|>{{ m['role'] }}\n"
+        "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+        "{% set audio = namespace(found=False) %}{% set text_buf = namespace(v='') %}"
+        "{% for c in m['content'] %}"
+        "{% if c.get('type') == 'audio' or 'audio' in c %}{% set audio.found = True %}"
+        "{% elif c.get('type') == 'text' or 'text' in c %}"
+        "{% set text_buf.v = text_buf.v + c['text'] %}{% endif %}"
+        "{% endfor %}"
+        "{% if audio.found %}{{ '" + marker + "' }}{% endif %}{{ text_buf.v }}"
+        "{% endif %}<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+AF3_CHAT_TEMPLATE = audio_first_template("<sound>")
 
 # Published architecture sizes (the checkpoints' config.json files).
 FULL_ENCODER = {"layers": 32, "heads": 20, "ffn": 5120, "width": 1280}
@@ -235,6 +241,38 @@ def musicflamingo_processor(tokenizer):
     )
 
 
+# ---------------------------------------------------------------------------------- GLM-ASR
+def glmasr_config(size: str, tokenizer):
+    from transformers import GlmAsrConfig
+
+    encoder = TINY_ENCODER
+    audio = {
+        "model_type": "glmasr_encoder",
+        "num_mel_bins": 128,
+        "num_hidden_layers": encoder["layers"],
+        "num_attention_heads": encoder["heads"],
+        "hidden_size": encoder["width"],
+        "intermediate_size": 4 * encoder["width"],  # also the width of 4 stacked frames
+        "max_position_embeddings": 1500,
+    }
+    text = {**text_config("glmasr", size, tokenizer), "model_type": "llama"}
+    return GlmAsrConfig(
+        audio_config=audio,
+        text_config=text,
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|pad|>"),
+    )
+
+
+def glmasr_processor(tokenizer):
+    from transformers import GlmAsrProcessor
+
+    return GlmAsrProcessor(
+        feature_extractor=whisper_features(),
+        tokenizer=tokenizer,
+        chat_template=audio_first_template("<|pad|>"),
+    )
+
+
 @dataclass(frozen=True)
 class Family:
     """How to build one family's synthetic checkpoint from the real transformers classes."""
@@ -254,6 +292,7 @@ FAMILIES: dict[str, Family] = {
     "musicflamingo": Family(
         "MusicFlamingoForConditionalGeneration", musicflamingo_config, musicflamingo_processor
     ),
+    "glmasr": Family("GlmAsrForConditionalGeneration", glmasr_config, glmasr_processor),
 }
 MODEL_TYPES = tuple(FAMILIES)
 
