@@ -28,6 +28,7 @@ FAMILIES = {
     # model_type: (clip seconds, N per clip at the first length)
     "musicflamingo": ([3.0, 35.3], [75, 882]),
     "glmasr": ([3.0, 35.3], [37, 441]),
+    "qwen2_5_omni_thinker": ([3.0, 7.3], [75, 182]),
 }
 
 

@@ -60,6 +60,8 @@ class AudioEmbeddings:
     audio_tokens: list[int]
     kept_tokens: list[int]
     compressed: Compressed | None
+    frame_lengths: list[int]
+    """Valid mel frames of every processor window row, as the processor counted them."""
 
 
 def encoder_token_count(mel_frames: torch.Tensor) -> torch.Tensor:
@@ -174,6 +176,13 @@ class AudioAdapter:
         # With a device_map the projector may sit on another device than the encoder.
         return self.projector(tokens.to(device, dtype))
 
+    def llm_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, audio: AudioEmbeddings
+    ) -> dict[str, torch.Tensor]:
+        """Extra inputs the LLM needs beside ``inputs_embeds`` for the prompt with K
+        placeholders per clip (the Omni thinkers: time-aligned positions). None by default."""
+        return {}
+
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
         """Encoder tokens of each window row, from its valid mel frames."""
         return encoder_token_count(frame_mask.sum(-1).long()).tolist()
@@ -215,5 +224,9 @@ class AudioAdapter:
             projected = self.project(encoded.kept(compressed), encoded, compressed)
         kept_list = [int(k) for k in kept.tolist()]
         return AudioEmbeddings(
-            valid_rows(projected, kept_list), encoded.lengths.tolist(), kept_list, compressed
+            valid_rows(projected, kept_list),
+            encoded.lengths.tolist(),
+            kept_list,
+            compressed,
+            frame_mask.sum(-1).long().tolist(),
         )

@@ -49,21 +49,22 @@ class Compression:
     be called directly when a ``with`` block does not fit the code."""
 
     def __init__(self, model: nn.Module, processor: Any, method: Method | None) -> None:
-        from ltbm.backbones.loading import pipeline_class
+        from ltbm.backbones.loading import pipeline_class, text_model
 
         if method is not None and not isinstance(method, Method):
             raise TypeError(
                 f"method must be an ltbm Method or None, got {type(method).__name__}; build "
                 "one with ltbm.get_method(name, keep_ratio=...)"
             )
-        self.model = model
+        self.model = text_model(model)
         self.processor = processor
         self.method = method
-        pipeline = pipeline_class(getattr(model.config, "model_type", None))
-        self.adapter: AudioAdapter = pipeline.adapter_class(model)
+        pipeline = pipeline_class(getattr(self.model.config, "model_type", None))
+        self.adapter: AudioAdapter = pipeline.adapter_class(self.model)
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._saved_replace: tuple[bool, Any] | None = None
-        self._parameters = _positional_names(model.forward)
+        self._position_shift: torch.Tensor | None = None
+        self._parameters = _positional_names(self.model.forward)
 
     # ------------------------------------------------------------------ attach
     def attach(self) -> Compression:
@@ -123,10 +124,10 @@ class Compression:
         adapter = self.adapter
         features = inputs.get(adapter.features_key)
         input_ids = inputs.get("input_ids")
+        if input_ids is not None and input_ids.shape[-1] <= 1:
+            return self._decoding_step(inputs)  # the audio is already in the cache
         if features is None or input_ids is None or inputs.get("inputs_embeds") is not None:
             return None
-        if input_ids.shape[-1] <= 1:
-            return None  # a decoding step: the audio is already in the cache
         frame_mask = inputs.get(adapter.mask_key)
         if frame_mask is None:
             raise ValueError(f"compressed audio needs {adapter.mask_key!r} from the processor")
@@ -146,6 +147,7 @@ class Compression:
         embeds = merge_audio_embeddings(
             self.model.get_input_embeddings(), input_ids, adapter.audio_token_id, audio.rows
         )
+        inputs.update(self._llm_inputs(input_ids, attention_mask, audio, inputs))
         inputs.update(
             {
                 "input_ids": None,
@@ -155,6 +157,23 @@ class Compression:
             }
         )
         return (), inputs
+
+    def _llm_inputs(self, input_ids, attention_mask, audio, inputs) -> dict[str, Any]:
+        """The family's extra LLM inputs. Time-aligned positions replace those ``generate``
+        computed for the K-placeholder prompt; the difference at the last prompt token is
+        kept, so the positions ``generate`` extends while decoding are shifted the same."""
+        extra = self.adapter.llm_inputs(input_ids, attention_mask, audio)
+        ours, given = extra.get("position_ids"), inputs.get("position_ids")
+        self._position_shift = None
+        if ours is not None and given is not None and given.shape == ours.shape:
+            self._position_shift = ours[..., -1:] - given[..., -1:]
+        return extra
+
+    def _decoding_step(self, inputs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        given = inputs.get("position_ids")
+        if self._position_shift is None or given is None:
+            return None
+        return (), {**inputs, "position_ids": given + self._position_shift.to(given.device)}
 
 
 def compressed(model: nn.Module, processor: Any, method: Method | None) -> Compression:

@@ -30,8 +30,20 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "MusicFlamingoForConditionalGeneration",
     ),
     "glmasr": ("ltbm.backbones.glmasr:GlmAsrPipeline", "GlmAsrForConditionalGeneration"),
+    "qwen2_5_omni_thinker": (
+        "ltbm.backbones.qwen2_5_omni:Qwen25OmniPipeline",
+        "Qwen2_5OmniThinkerForConditionalGeneration",
+    ),
+    "qwen2_5_omni": (
+        "ltbm.backbones.qwen2_5_omni:Qwen25OmniPipeline",
+        "Qwen2_5OmniForConditionalGeneration",
+    ),
 }
 """config.model_type → (pipeline class, transformers model class)."""
+
+SPEAKING_MODELS = {"qwen2_5_omni"}
+"""Omni checkpoints whose text comes from their ``thinker``: loaded without the talker
+(``enable_audio_output=False``), and the pipeline drives the thinker."""
 
 
 def supported_model_types() -> list[str]:
@@ -109,14 +121,24 @@ def load(
         kwargs["dtype"] = _dtype(torch_dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if model_type in SPEAKING_MODELS:
+        kwargs.setdefault("enable_audio_output", False)
     model = model_class.from_pretrained(model_id_or_path, **kwargs)
     processor = transformers.AutoProcessor.from_pretrained(model_id_or_path)
-    return cls(model, processor, bound)
+    return cls(text_model(model), processor, bound)
 
 
 def pipeline(model: torch.nn.Module, processor: Any, method: Method | None = None) -> HFPipeline:
     """A pipeline around a model and processor the caller already holds."""
+    model = text_model(model)
     return pipeline_class(getattr(model.config, "model_type", None))(model, processor, method)
+
+
+def text_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The part that generates text: an Omni model's thinker, else the model itself."""
+    if getattr(model.config, "model_type", None) in SPEAKING_MODELS:
+        return model.thinker
+    return model
 
 
 def _dtype(value: str | torch.dtype) -> str | torch.dtype:

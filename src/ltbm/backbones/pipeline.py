@@ -47,6 +47,8 @@ class PreparedBatch:
     audio_tokens: list[int]
     kept_tokens: list[int]
     extra: list[dict[str, Any]]
+    llm_inputs: dict[str, torch.Tensor]
+    """What else the LLM takes with these embeddings (e.g. time-aligned ``position_ids``)."""
 
 
 class HFPipeline:
@@ -136,9 +138,9 @@ class HFPipeline:
             {"duration_s": round(duration_seconds(s), 3), "silent": is_silent(s), "windows": w}
             for s, w in zip(samples, windows, strict=True)
         ]
-        return PreparedBatch(
-            embeds, attention_mask.to(embeds.device), input_ids, lengths, kept, extra
-        )
+        attention_mask = attention_mask.to(embeds.device)
+        llm_inputs = self.adapter.llm_inputs(input_ids.to(embeds.device), attention_mask, audio)
+        return PreparedBatch(embeds, attention_mask, input_ids, lengths, kept, extra, llm_inputs)
 
     def encoder_inputs(
         self,
@@ -320,6 +322,7 @@ class HFPipeline:
                 inputs_embeds=batch.inputs_embeds,
                 attention_mask=batch.attention_mask,
                 max_new_tokens=max_new_tokens,
+                **batch.llm_inputs,
                 **kwargs,
             )
         sequences = output if isinstance(output, torch.Tensor) else output.sequences

@@ -1,6 +1,6 @@
-"""Randomly initialised Qwen2-Audio and Audio Flamingo 3, built from the real transformers
-classes with no download: for the efficiency benchmark (compute does not depend on the
-weights) and for offline tests.
+"""Randomly initialised audio LLMs of every family ltbm adapts, built from the real
+transformers classes with no download: for the efficiency benchmark (compute does not depend
+on the weights) and for offline tests (``save_model(model_type, folder)``).
 
 ``full`` builds the published architectures (Qwen2-Audio-7B: Whisper-large-v3-style encoder
 and a 32-layer, 4096-wide Qwen LLM with 32 KV heads; Audio Flamingo 3: the same encoder and a
@@ -29,7 +29,15 @@ SPECIAL_TOKENS = [
     "<|audio_eos|>",
     "<sound>",
 ]
-EXTRA_SPECIAL_TOKENS = ["<|sound_bos|>", "<|sound_eos|>", "<|pad|>"]
+EXTRA_SPECIAL_TOKENS = [
+    "<|sound_bos|>",
+    "<|sound_eos|>",
+    "<|pad|>",
+    "<|IMAGE|>",
+    "<|VIDEO|>",
+    "<|vision_bos|>",
+    "<|vision_eos|>",
+]
 """Special tokens of the later families, after the words."""
 WORDS = (
     "[UNK] system user assistant You are a helpful assistant. Audio 1: 2: Generate the caption "
@@ -119,6 +127,16 @@ def tiny_tokenizer():
         eos_token="<|im_end|>",
         unk_token="[UNK]",
         additional_special_tokens=specials[1:],
+        # Named tokens the Omni processors read from their tokenizer.
+        extra_special_tokens={
+            "audio_token": "<|AUDIO|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+            "image_token": "<|IMAGE|>",
+            "video_token": "<|VIDEO|>",
+            "vision_bos_token": "<|vision_bos|>",
+            "vision_eos_token": "<|vision_eos|>",
+        },
     )
 
 
@@ -273,6 +291,80 @@ def glmasr_processor(tokenizer):
     )
 
 
+# ------------------------------------------------------------------------- Qwen2.5-Omni
+def qwen2_5_omni_thinker_config(size: str, tokenizer):
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    encoder, text = TINY_ENCODER, text_config("qwen2_5_omni", size, tokenizer)
+    head_dim = TINY_TEXT["hidden_size"] // TINY_TEXT["num_attention_heads"]
+    sections = [head_dim // 2 - 2 * (head_dim // 6), head_dim // 6, head_dim // 6]
+    text.update(
+        model_type="qwen2_5_omni_text",
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": sections},
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen2_5OmniThinkerConfig(
+        audio_config={
+            "num_mel_bins": 128,
+            "encoder_layers": encoder["layers"],
+            "encoder_attention_heads": encoder["heads"],
+            "encoder_ffn_dim": encoder["ffn"],
+            "d_model": encoder["width"],
+            "output_dim": TINY_TEXT["hidden_size"],
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_heads": 2,
+            "out_hidden_size": TINY_TEXT["hidden_size"],
+            "fullatt_block_indexes": [0],
+        },
+        text_config=text,
+        audio_token_index=ids("<|AUDIO|>"),
+        image_token_index=ids("<|IMAGE|>"),
+        video_token_index=ids("<|VIDEO|>"),
+        audio_start_token_id=ids("<|audio_bos|>"),
+        audio_end_token_id=ids("<|audio_eos|>"),
+        vision_start_token_id=ids("<|vision_bos|>"),
+        vision_end_token_id=ids("<|vision_eos|>"),
+        user_token_id=ids("user"),
+    )
+
+
+def qwen2_5_omni_config(size: str, tokenizer):
+    """The whole Omni model without its talker (speech output), as ltbm loads it."""
+    from transformers import Qwen2_5OmniConfig
+
+    thinker = qwen2_5_omni_thinker_config(size, tokenizer)
+    return Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False)
+
+
+def qwen2_5_omni_processor(tokenizer):
+    """Qwen2.5-Omni's own processor where torchvision is installed (it requires a video
+    processor, even for audio); otherwise Qwen2-Audio's, which makes the same audio inputs
+    (Whisper features padded to 30 s, ``feature_attention_mask``, ``<|AUDIO|>`` expanded to
+    N by the same rule), so the tiny thinker still runs on a real processor's output."""
+    from transformers.utils import is_torchvision_available
+
+    template = audio_first_template("<|audio_bos|><|AUDIO|><|audio_eos|>")
+    if not is_torchvision_available():
+        from transformers import Qwen2AudioProcessor
+
+        return Qwen2AudioProcessor(
+            feature_extractor=whisper_features(), tokenizer=tokenizer, chat_template=template
+        )
+    from transformers import Qwen2_5OmniProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    return Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessor(),
+        video_processor=Qwen2VLVideoProcessor(),
+        feature_extractor=whisper_features(),
+        tokenizer=tokenizer,
+        chat_template=template,
+    )
+
+
 @dataclass(frozen=True)
 class Family:
     """How to build one family's synthetic checkpoint from the real transformers classes."""
@@ -280,6 +372,8 @@ class Family:
     model_class: str
     config: Callable[[str, Any], Any]
     processor: Callable[[Any], Any]
+    extra_files: Callable[[Path], None] | None = None
+    """Writes what ``from_pretrained`` needs beside the weights and the processor."""
 
 
 FAMILIES: dict[str, Family] = {
@@ -293,6 +387,17 @@ FAMILIES: dict[str, Family] = {
         "MusicFlamingoForConditionalGeneration", musicflamingo_config, musicflamingo_processor
     ),
     "glmasr": Family("GlmAsrForConditionalGeneration", glmasr_config, glmasr_processor),
+    "qwen2_5_omni_thinker": Family(
+        "Qwen2_5OmniThinkerForConditionalGeneration",
+        qwen2_5_omni_thinker_config,
+        qwen2_5_omni_processor,
+    ),
+    "qwen2_5_omni": Family(
+        "Qwen2_5OmniForConditionalGeneration",
+        qwen2_5_omni_config,
+        qwen2_5_omni_processor,
+        lambda folder: torch.save({}, Path(folder) / "spk_dict.pt"),  # no voices: no talker
+    ),
 }
 MODEL_TYPES = tuple(FAMILIES)
 
@@ -331,4 +436,6 @@ def save_model(model_type: str, path: Path, size: str = "tiny", seed: int = 0) -
     model, processor = build_model(model_type, size, seed=seed)
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    if FAMILIES[model_type].extra_files is not None:
+        FAMILIES[model_type].extra_files(path)
     return path
