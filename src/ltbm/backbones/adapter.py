@@ -149,6 +149,8 @@ class AudioAdapter:
     """Tokens per second of audio where compression applies."""
     attention_scorer: ClassVar[bool] = True
     """Whether ``encode`` can give the attention scorer its signal."""
+    dropin: ClassVar[bool] = True
+    """Whether ``ltbm.compressed`` can resize the processor's placeholders."""
     tower_name: ClassVar[str] = "audio_tower"
     projector_name: ClassVar[str] = "multi_modal_projector"
 

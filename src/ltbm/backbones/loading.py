@@ -30,6 +30,7 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "MusicFlamingoForConditionalGeneration",
     ),
     "glmasr": ("ltbm.backbones.glmasr:GlmAsrPipeline", "GlmAsrForConditionalGeneration"),
+    "voxtral": ("ltbm.backbones.voxtral:VoxtralPipeline", "VoxtralForConditionalGeneration"),
     "qwen2_5_omni_thinker": (
         "ltbm.backbones.qwen2_5_omni:Qwen25OmniPipeline",
         "Qwen2_5OmniThinkerForConditionalGeneration",

@@ -152,8 +152,7 @@ class HFPipeline:
         ``prepare`` starts here; the efficiency benchmark times the encoder from here."""
         clips, prompt_list = pair(audios, prompts)
         samples = [self._load(index, clip) for index, clip in enumerate(clips)]
-        texts = [self.render(prompt, index) for index, prompt in enumerate(prompt_list)]
-        inputs = self._process(texts, samples)
+        inputs = self._process(prompt_list, samples)
         windows = self.windows(samples)
         self._check_not_too_short(samples, windows, inputs[self.adapter.mask_key])
         return inputs, samples, windows
@@ -210,8 +209,9 @@ class HFPipeline:
             )
         return method
 
-    def _process(self, texts: list[str], samples: list[np.ndarray]) -> Any:
+    def _process(self, prompts: list[Prompt], samples: list[np.ndarray]) -> Any:
         """The processor's own outputs (one placeholder run of N per clip, mel windows)."""
+        texts = [self.render(prompt, index) for index, prompt in enumerate(prompts)]
         return self.processor(
             text=texts,
             audio=samples,

@@ -365,6 +365,92 @@ def qwen2_5_omni_processor(tokenizer):
     )
 
 
+# --------------------------------------------------------------------------------- Voxtral
+VOXTRAL_SPECIAL = 64
+"""Special tokens of the tiny tekken vocabulary; ``[AUDIO]`` must sit at 24, the id the
+Voxtral processor hard-codes."""
+
+
+def tekken_vocabulary() -> dict[str, Any]:
+    """A tiny mistral-common ``tekken.json``: 256 byte tokens after the special tokens, the
+    audio section Voxtral's processor needs (16 kHz, 12.5 tokens per second, 30 s chunks)."""
+    import base64
+
+    from mistral_common.tokens.tokenizers.base import SpecialTokens
+
+    names = [token.value for token in SpecialTokens]
+    audio = names.index("[AUDIO]")
+    names = names[:audio] + [f"<SPECIAL_{i}>" for i in range(audio, 24)] + names[audio:]
+    names += [f"<SPECIAL_{i}>" for i in range(len(names), VOXTRAL_SPECIAL)]
+    return {
+        "config": {
+            "pattern": r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+",
+            "num_vocab_tokens": 256,
+            "default_vocab_size": 256 + VOXTRAL_SPECIAL,
+            "default_num_special_tokens": VOXTRAL_SPECIAL,
+            "version": "v7",
+        },
+        "vocab": [
+            {"rank": i, "token_bytes": base64.b64encode(bytes([i])).decode(), "token_str": None}
+            for i in range(256)
+        ],
+        "special_tokens": [
+            {"rank": i, "token_str": name, "is_control": True} for i, name in enumerate(names)
+        ],
+        "audio": {
+            "sampling_rate": 16000,
+            "frame_rate": 12.5,
+            "chunk_length_s": 30.0,
+            "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400},
+        },
+    }
+
+
+def voxtral_config(size: str, tokenizer):
+    from transformers import VoxtralConfig
+
+    encoder = TINY_ENCODER
+    text = {**TINY_TEXT, "model_type": "llama", "vocab_size": 256 + VOXTRAL_SPECIAL}
+    text.update(pad_token_id=11, bos_token_id=1, eos_token_id=2)
+    return VoxtralConfig(
+        audio_config={
+            "num_mel_bins": 128,
+            "encoder_layers": encoder["layers"],
+            "encoder_attention_heads": encoder["heads"],
+            # Also the width of 4 stacked frames (the config's intermediate_size).
+            "encoder_ffn_dim": 4 * encoder["width"],
+            "d_model": encoder["width"],
+            "max_source_positions": 1500,
+        },
+        text_config=text,
+        audio_token_id=24,
+    )
+
+
+def voxtral_processor(tokenizer):
+    """Voxtral's processor with a mistral-common tokenizer of its own (``tokenizer``, the
+    word-level one of the other families, is not used)."""
+    import json
+    import tempfile
+
+    from transformers import VoxtralProcessor
+    from transformers.tokenization_mistral_common import MistralCommonBackend
+
+    # The backend reads its file again when saved, so the folder outlives this call.
+    folder = tempfile.mkdtemp(prefix="ltbm-tekken-")
+    (Path(folder) / "tekken.json").write_text(json.dumps(tekken_vocabulary()))
+    mistral = MistralCommonBackend.from_pretrained(folder)
+    return VoxtralProcessor(feature_extractor=whisper_features(), tokenizer=mistral)
+
+
+def voxtral_files(folder: Path) -> None:
+    """AutoProcessor must rebuild the mistral-common tokenizer, not convert its vocabulary."""
+    import json
+
+    config = {"tokenizer_class": "MistralCommonBackend"}
+    (Path(folder) / "tokenizer_config.json").write_text(json.dumps(config))
+
+
 @dataclass(frozen=True)
 class Family:
     """How to build one family's synthetic checkpoint from the real transformers classes."""
@@ -391,6 +477,9 @@ FAMILIES: dict[str, Family] = {
         "Qwen2_5OmniThinkerForConditionalGeneration",
         qwen2_5_omni_thinker_config,
         qwen2_5_omni_processor,
+    ),
+    "voxtral": Family(
+        "VoxtralForConditionalGeneration", voxtral_config, voxtral_processor, voxtral_files
     ),
     "qwen2_5_omni": Family(
         "Qwen2_5OmniForConditionalGeneration",
@@ -423,12 +512,13 @@ def build_model(
             model = model_class(config).eval()
     finally:
         torch.set_default_dtype(previous)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = processor_for(model_type, tokenizer)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.do_sample = False
     # The released checkpoints set a repetition penalty; parity must hold with it too.
     model.generation_config.repetition_penalty = 1.3
-    return model, processor_for(model_type, tokenizer)
+    return model, processor
 
 
 def save_model(model_type: str, path: Path, size: str = "tiny", seed: int = 0) -> Path:
