@@ -35,6 +35,14 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "ltbm.backbones.qwen2_5_omni:Qwen25OmniPipeline",
         "Qwen2_5OmniThinkerForConditionalGeneration",
     ),
+    "qwen3_omni_moe_thinker": (
+        "ltbm.backbones.qwen3_omni_moe:Qwen3OmniPipeline",
+        "Qwen3OmniMoeThinkerForConditionalGeneration",
+    ),
+    "qwen3_omni_moe": (
+        "ltbm.backbones.qwen3_omni_moe:Qwen3OmniPipeline",
+        "Qwen3OmniMoeForConditionalGeneration",
+    ),
     "qwen2_5_omni": (
         "ltbm.backbones.qwen2_5_omni:Qwen25OmniPipeline",
         "Qwen2_5OmniForConditionalGeneration",
@@ -42,7 +50,7 @@ BACKBONES: dict[str, tuple[str, str]] = {
 }
 """config.model_type → (pipeline class, transformers model class)."""
 
-SPEAKING_MODELS = {"qwen2_5_omni"}
+SPEAKING_MODELS = {"qwen2_5_omni", "qwen3_omni_moe"}
 """Omni checkpoints whose text comes from their ``thinker``: loaded without the talker
 (``enable_audio_output=False``), and the pipeline drives the thinker."""
 

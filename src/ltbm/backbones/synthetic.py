@@ -365,6 +365,65 @@ def qwen2_5_omni_processor(tokenizer):
     )
 
 
+# --------------------------------------------------------------------------- Qwen3-Omni
+def qwen3_omni_moe_thinker_config(size: str, tokenizer):
+    """A tiny thinker: 4 experts, 2 per token; the encoder's convolutions 8 channels wide."""
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    omni = qwen2_5_omni_thinker_config(size, tokenizer)
+    text = {**omni.text_config.to_dict(), "model_type": "qwen3_omni_moe_text"}
+    text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    encoder = TINY_ENCODER
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen3OmniMoeThinkerConfig(
+        audio_config={
+            "num_mel_bins": 128,
+            "encoder_layers": encoder["layers"],
+            "encoder_attention_heads": encoder["heads"],
+            "encoder_ffn_dim": encoder["ffn"],
+            "d_model": encoder["width"],
+            "output_dim": TINY_TEXT["hidden_size"],
+            "downsample_hidden_size": 8,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_heads": 2,
+            "out_hidden_size": TINY_TEXT["hidden_size"],
+            "deepstack_visual_indexes": [0],
+        },
+        text_config=text,
+        audio_token_id=ids("<|AUDIO|>"),
+        image_token_id=ids("<|IMAGE|>"),
+        video_token_id=ids("<|VIDEO|>"),
+        audio_start_token_id=ids("<|audio_bos|>"),
+        vision_start_token_id=ids("<|vision_bos|>"),
+        user_token_id=ids("user"),
+    )
+
+
+def qwen3_omni_processor(tokenizer):
+    """Qwen3-Omni's own processor; it needs torchvision (for its video processor), and no
+    other processor counts audio tokens by its rule, so without torchvision there is none."""
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available():
+        raise ImportError(
+            "Qwen3OmniMoeProcessor needs torchvision (pip install torchvision matching your "
+            "torch); build the model alone with model_config('qwen3_omni_moe_thinker', ...)"
+        )
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3OmniMoeProcessor
+
+    return Qwen3OmniMoeProcessor(
+        image_processor=Qwen2VLImageProcessor(),
+        video_processor=Qwen2VLVideoProcessor(),
+        feature_extractor=whisper_features(),
+        tokenizer=tokenizer,
+        chat_template=audio_first_template("<|audio_bos|><|AUDIO|><|audio_eos|>"),
+    )
+
+
 # --------------------------------------------------------------------------------- Voxtral
 VOXTRAL_SPECIAL = 64
 """Special tokens of the tiny tekken vocabulary; ``[AUDIO]`` must sit at 24, the id the
@@ -477,6 +536,11 @@ FAMILIES: dict[str, Family] = {
         "Qwen2_5OmniThinkerForConditionalGeneration",
         qwen2_5_omni_thinker_config,
         qwen2_5_omni_processor,
+    ),
+    "qwen3_omni_moe_thinker": Family(
+        "Qwen3OmniMoeThinkerForConditionalGeneration",
+        qwen3_omni_moe_thinker_config,
+        qwen3_omni_processor,
     ),
     "voxtral": Family(
         "VoxtralForConditionalGeneration", voxtral_config, voxtral_processor, voxtral_files
