@@ -25,10 +25,10 @@ pytest.importorskip("transformers")
 PROMPTS = ["Describe the sound in one sentence.", "Transcribe the input speech."]
 
 FAMILIES = {
-    # model_type: (clip seconds, N per clip at the first length)
-    "musicflamingo": ([3.0, 35.3], [75, 882]),
-    "glmasr": ([3.0, 35.3], [37, 441]),
-    "qwen2_5_omni_thinker": ([3.0, 7.3], [75, 182]),
+    # model_type: (clip seconds, N per clip, tokens per second where compression applies)
+    "musicflamingo": ([3.0, 35.3], [75, 882], 25.0),
+    "glmasr": ([3.0, 35.3], [37, 441], 12.5),
+    "qwen2_5_omni_thinker": ([3.0, 7.3], [75, 182], 25.0),
 }
 
 
@@ -43,7 +43,7 @@ def family(request, tmp_path_factory):
     model_type = request.param
     folder = save_model(model_type, tmp_path_factory.mktemp(model_type))
     pipe = ltbm.load(str(folder), method=None)
-    seconds, _ = FAMILIES[model_type]
+    seconds = FAMILIES[model_type][0]
     clips = [tone(s, 300.0 + 100 * i, seed=i) for i, s in enumerate(seconds)]
     texts = [pipe.render(p) for p in PROMPTS]
     return model_type, pipe, clips, texts
@@ -52,7 +52,8 @@ def family(request, tmp_path_factory):
 def test_load_detects_the_family(family):
     model_type, pipe, _, _ = family
     assert type(pipe) is pipeline_class(model_type)
-    assert pipe.describe()["model_type"] == model_type
+    info = pipe.describe()
+    assert (info["model_type"], info["frame_rate"]) == (model_type, FAMILIES[model_type][2])
 
 
 def test_three_lines_give_n_and_k(family):

@@ -132,6 +132,7 @@ class Compression:
         input_ids = inputs.get("input_ids")
         if input_ids is not None and input_ids.shape[-1] <= 1:
             return self._decoding_step(inputs)  # the audio is already in the cache
+        self._position_shift = None  # a new prompt: no shift until its audio is placed
         if features is None or input_ids is None or inputs.get("inputs_embeds") is not None:
             return None
         frame_mask = inputs.get(adapter.mask_key)
@@ -170,7 +171,6 @@ class Compression:
         kept, so the positions ``generate`` extends while decoding are shifted the same."""
         extra = self.adapter.llm_inputs(input_ids, attention_mask, audio)
         ours, given = extra.get("position_ids"), inputs.get("position_ids")
-        self._position_shift = None
         if ours is not None and given is not None and given.shape == ours.shape:
             self._position_shift = ours[..., -1:] - given[..., -1:]
         return extra

@@ -176,6 +176,7 @@ class HFPipeline:
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
             "method": self.method.params() if self.method is not None else None,
             "max_audio_seconds": self.max_seconds(),
+            "frame_rate": self.adapter.frame_rate,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
             "python": platform.python_version(),

@@ -25,7 +25,6 @@ from ltbm.backbones.adapter import (
     AudioAdapter,
     AudioEmbeddings,
     EncodedAudio,
-    encoder_token_count,
     pad_clips,
 )
 from ltbm.backbones.pipeline import HFPipeline
@@ -42,10 +41,12 @@ class Qwen25OmniAdapter(AudioAdapter):
     frame_rate = 25.0
     attention_scorer = False  # attention is per 2 s chunk of the flattened clips
     projector_name = "audio_tower"
+    projector_layer = "proj"
+    """The tower's first layer after its last norm: where the kept tokens enter."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
-        self.projector = self.tower.proj
+        self.projector = getattr(self.tower, self.projector_layer)
 
     def encode(
         self,
@@ -54,7 +55,7 @@ class Qwen25OmniAdapter(AudioAdapter):
         windows: Sequence[int],
         attention: bool,
     ) -> EncodedAudio:
-        device = self.tower.conv1.weight.device
+        device = self.projector.weight.device
         frame_mask = frame_mask.to(device)
         seen: list[torch.Tensor] = []
         hook = self.projector.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
@@ -62,7 +63,7 @@ class Qwen25OmniAdapter(AudioAdapter):
             self.inner.get_audio_features(features.to(device), frame_mask)
         finally:
             hook.remove()
-        lengths = encoder_token_count(frame_mask.sum(-1).long())
+        lengths = torch.tensor(self.window_tokens(frame_mask), device=device)
         return EncodedAudio(pad_clips(list(seen[0].split(lengths.tolist()))), lengths)
 
     def llm_inputs(

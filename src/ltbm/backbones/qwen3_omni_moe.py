@@ -14,11 +14,9 @@ position, text after the audio where it is without compression.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from ltbm.backbones.adapter import EncodedAudio, pad_clips
+from ltbm.backbones.adapter import EncodedAudio
 from ltbm.backbones.qwen2_5_omni import Qwen25OmniAdapter, Qwen25OmniPipeline
 from ltbm.methods.registry import Compressed
 
@@ -35,29 +33,7 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
 
     model_type = "qwen3_omni_moe_thinker"
     frame_rate = 12.5
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super(Qwen25OmniAdapter, self).__init__(model)
-        self.projector = self.tower.proj1
-
-    def encode(
-        self,
-        features: torch.Tensor,
-        frame_mask: torch.Tensor,
-        windows: Sequence[int],
-        attention: bool,
-    ) -> EncodedAudio:
-        device = self.tower.conv2d1.weight.device
-        frame_mask = frame_mask.to(device)
-        seen: list[torch.Tensor] = []
-        hook = self.projector.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
-        try:
-            self.inner.get_audio_features(features.to(device), frame_mask)
-        finally:
-            hook.remove()
-        chunk = 2 * int(self.tower.config.n_window)
-        lengths = qwen3_token_count(frame_mask.sum(-1).long(), chunk)
-        return EncodedAudio(pad_clips(list(seen[0].split(lengths.tolist()))), lengths)
+    projector_layer = "proj1"
 
     def project(self, tokens: torch.Tensor, encoded: EncodedAudio, compressed: Compressed | None):
         weight = self.tower.proj1.weight
