@@ -8,6 +8,7 @@ files with more checks."""
 from __future__ import annotations
 
 import pytest
+import torch
 from hf_checks import (
     assert_dropin_restores,
     assert_llm_gets_k,
@@ -99,3 +100,15 @@ def test_attention_scorer_works_or_is_refused_up_front(family):
     else:
         with pytest.raises(ValueError, match="scorer='norm'"):
             pipe.check_method(prune)
+
+
+def test_bfloat16_gives_k_tokens(family, tmp_path):
+    """GPU users load in bfloat16: every family's path keeps the dtype and the budget."""
+    model_type, _, clips, _ = family
+    folder = save_model(model_type, tmp_path / model_type)
+    pipe = ltbm.load(str(folder), method="ltbm", keep_ratio=0.25, torch_dtype="bfloat16")
+    batch = pipe.prepare(clips, PROMPTS)
+    assert batch.inputs_embeds.dtype == torch.bfloat16
+    assert batch.kept_tokens == [ltbm.kept_tokens(n, 0.25) for n in FAMILIES[model_type][1]]
+    [first, _] = pipe.generate(clips, PROMPTS, max_new_tokens=2)
+    assert first.kept_tokens == batch.kept_tokens[0]

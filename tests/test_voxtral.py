@@ -88,3 +88,11 @@ def test_chat_prompt_with_one_audio_item(pipe, clips):
 def test_dropin_is_refused_with_the_way_out(pipe):
     with pytest.raises(TypeError, match=r"ltbm.pipeline\(model, processor, method\)"):
         ltbm.compressed(pipe.model, pipe.processor, ltbm.get_method("pool", keep_ratio=0.5))
+
+
+def test_bfloat16_gives_k_tokens(pipe, clips, tmp_path):
+    folder = save_model("voxtral", tmp_path / "voxtral")
+    half = ltbm.load(str(folder), method="ltbm", keep_ratio=0.25, torch_dtype="bfloat16")
+    batch = half.prepare(clips, PROMPTS)
+    assert batch.inputs_embeds.dtype == torch.bfloat16
+    assert batch.kept_tokens == [94, 188]
