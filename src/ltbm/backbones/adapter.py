@@ -4,10 +4,13 @@ Every audio LLM in transformers runs an encoder, maps its output to the LLM's wi
 projector, and scatters the result into a run of placeholder tokens per clip. An adapter
 says only what differs: where the encoder output is taken (:meth:`AudioAdapter.encode`,
 which returns the tokens a method compresses, N per clip, at ``frame_rate`` tokens per
-second), how the kept tokens reach the LLM (:meth:`AudioAdapter.project`, where any frame
-stacking or time embedding applies), and how the processor's rows of features make clips
-(:meth:`AudioAdapter.clip_windows`). Compression, the budget check and the projection
-are shared here; placeholders and prompts are the pipeline's (:mod:`ltbm.backbones.pipeline`).
+second, after any frame stacking; ``EncodedAudio.projector_input`` when the projector takes
+something else, e.g. tokens with a time embedding), the projector
+(:meth:`AudioAdapter.project`), how the processor's rows of features make clips
+(:meth:`AudioAdapter.clip_windows`), extra LLM inputs (:meth:`AudioAdapter.llm_inputs`) and
+its limits (``attention_scorer``, ``dropin``). Compression, the budget check and the
+projection are shared here; placeholders and prompts are the pipeline's
+(:mod:`ltbm.backbones.pipeline`).
 """
 
 from __future__ import annotations
@@ -172,7 +175,7 @@ class AudioAdapter:
         window; ``windows`` says how many consecutive rows make each clip."""
         raise NotImplementedError
 
-    def project(self, tokens: torch.Tensor, encoded: EncodedAudio, compressed: Compressed | None):
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[C, K_max, H]``: the kept tokens in the LLM's embedding space."""
         device, dtype = module_device_dtype(self.projector)
         # With a device_map the projector may sit on another device than the encoder.
@@ -182,7 +185,7 @@ class AudioAdapter:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, audio: AudioEmbeddings
     ) -> dict[str, torch.Tensor]:
         """Extra inputs the LLM needs beside ``inputs_embeds`` for the prompt with K
-        placeholders per clip (the Omni thinkers: time-aligned positions). None by default."""
+        placeholders per clip (the Omni thinkers: time-aligned positions); none by default."""
         return {}
 
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
@@ -223,7 +226,7 @@ class AudioAdapter:
             encoded = self.encode(features, frame_mask, windows, needs_attention(method))
             compressed = compress_tokens(method, encoded)
             kept = encoded.lengths if compressed is None else compressed.lengths
-            projected = self.project(encoded.kept(compressed), encoded, compressed)
+            projected = self.project(encoded.kept(compressed))
         kept_list = [int(k) for k in kept.tolist()]
         return AudioEmbeddings(
             valid_rows(projected, kept_list),

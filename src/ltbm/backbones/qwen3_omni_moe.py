@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ltbm.backbones.adapter import EncodedAudio
 from ltbm.backbones.qwen2_5_omni import Qwen25OmniAdapter, Qwen25OmniPipeline
-from ltbm.methods.registry import Compressed
 
 
 def qwen3_token_count(mel_frames: torch.Tensor, chunk: int = 100) -> torch.Tensor:
@@ -35,7 +33,7 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
     frame_rate = 12.5
     projector_layer = "proj1"
 
-    def project(self, tokens: torch.Tensor, encoded: EncodedAudio, compressed: Compressed | None):
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
         weight = self.tower.proj1.weight
         hidden = self.tower.act(self.tower.proj1(tokens.to(weight.device, weight.dtype)))
         return self.tower.proj2(hidden)
