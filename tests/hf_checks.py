@@ -94,6 +94,7 @@ def assert_llm_gets_k(pipe, clips, prompts, method, text: torch.Tensor, monkeypa
         min_new_tokens=new,
         do_sample=False,
         return_dict_in_generate=True,
+        **batch.llm_inputs,
     )
     assert cache_length(output) == width + new - 1
 
@@ -119,7 +120,9 @@ def assert_parity_with_transformers(pipe, clips, prompts, texts, method) -> None
     with torch.no_grad():
         reference = pipe.model(**inputs).logits
         ours = pipe.model(
-            inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            **batch.llm_inputs,
         ).logits
     valid = inputs["attention_mask"].bool()
     assert torch.equal(reference[valid], ours[valid])
@@ -133,8 +136,63 @@ def assert_parity_with_transformers(pipe, clips, prompts, texts, method) -> None
         attention_mask=batch.attention_mask,
         max_new_tokens=new,
         do_sample=False,
+        **batch.llm_inputs,
     )
     assert torch.equal(tokens[:, batch.input_ids.shape[1] :], expected)
     results = pipe.generate(clips, prompts, method=method, max_new_tokens=new)
     decoded = pipe.processor.tokenizer.batch_decode(expected, skip_special_tokens=True)
     assert [r.text for r in results] == [d.strip() for d in decoded]
+
+
+LOGITS = {"do_sample": False, "return_dict_in_generate": True, "output_logits": True}
+
+
+def assert_dropin_restores(pipe, clips, prompts, texts, method) -> None:
+    """Inside ``ltbm.compressed`` the processor writes K placeholders per clip and the model's
+    own forward gives the pipeline's logits; after the block, inputs, logits and greedy tokens
+    are exactly those of before, and no hook or attribute is left behind."""
+    model, processor = pipe.model, pipe.processor
+    before_inputs = processor_inputs(processor, texts, clips)
+    with torch.no_grad():
+        before_logits = model(**before_inputs).logits
+    before_tokens = model.generate(**before_inputs, max_new_tokens=3, do_sample=False)
+
+    with ltbm.compressed(model, processor, method):
+        inputs = processor_inputs(processor, texts, clips)
+        with torch.no_grad():
+            inside = model(**inputs).logits
+        generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **LOGITS)
+        assert generated.sequences.shape[1] == inputs["input_ids"].shape[1] + 3
+
+    batch = pipe.prepare(clips, prompts, method=method)
+    token_id = model.config.audio_token_id
+    assert placeholder_counts(inputs["input_ids"], token_id) == batch.kept_tokens
+    with torch.no_grad():
+        expected = model(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            **batch.llm_inputs,
+        )
+    valid = inputs["attention_mask"].bool()
+    assert torch.equal(inside[valid], expected.logits[valid])
+    ours = model.generate(
+        input_ids=batch.input_ids,
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=3,
+        min_new_tokens=3,
+        **LOGITS,
+        **batch.llm_inputs,
+    )
+    assert torch.equal(generated.sequences[:, -3:], ours.sequences[:, -3:])
+    # Every decoding step's logits, so a step at the wrong position cannot pass.
+    assert all(torch.equal(a, b) for a, b in zip(generated.logits, ours.logits, strict=True))
+
+    after_inputs = processor_inputs(processor, texts, clips)
+    assert all(torch.equal(after_inputs[k], before_inputs[k]) for k in before_inputs)
+    with torch.no_grad():
+        assert torch.equal(model(**after_inputs).logits, before_logits)
+    after = model.generate(**after_inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(after, before_tokens)
+    assert "replace_audio_token" not in vars(processor)
+    assert not model._forward_pre_hooks

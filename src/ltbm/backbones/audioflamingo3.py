@@ -21,16 +21,14 @@ import numpy as np
 import torch
 
 from ltbm.audio import SAMPLE_RATE
-from ltbm.backbones.hf_common import (
-    AttentionCapture,
+from ltbm.backbones.adapter import (
     AudioAdapter,
     EncodedAudio,
-    HFPipeline,
     budget,
-    encoder_token_count,
-    last_attention,
     pad_clips,
 )
+from ltbm.backbones.attention_capture import AttentionCapture, last_attention
+from ltbm.backbones.pipeline import HFPipeline
 from ltbm.methods import Method
 from ltbm.methods.pruning import attention_received, pool_frames_to_tokens
 
@@ -113,6 +111,7 @@ class AudioFlamingo3Adapter(AudioAdapter):
 
     model_type = "audioflamingo3"
     mask_key = "input_features_mask"
+    frame_rate = 25.0
 
     def encode(
         self,
@@ -134,22 +133,35 @@ class AudioFlamingo3Adapter(AudioAdapter):
             queries, keys = capture.queries_keys()
         else:
             hidden = self._run_tower(features, frame_mask)
-        window_tokens = encoder_token_count(frame_mask.sum(-1).long())
+        window_tokens = torch.tensor(self.window_tokens(frame_mask), device=device)
         clips = self._join(hidden, window_tokens, windows)
         lengths = torch.tensor([clip.shape[0] for clip in clips], device=device)
         signals: dict[str, torch.Tensor] = {}
         if attention:
             scores = window_attention_scores(queries, keys, window_tokens)
             signals["scores"] = pad_clips(self._join(scores, window_tokens, windows))
-        return EncodedAudio(pad_clips(clips), lengths, signals)
+        timed = self.time_embedded(hidden, windows)
+        if timed is not None:
+            timed = pad_clips(self._join(timed, window_tokens, windows))
+        return EncodedAudio(pad_clips(clips), lengths, signals, timed)
+
+    def time_embedded(self, hidden: torch.Tensor, windows: Sequence[int]) -> torch.Tensor | None:
+        """The window rows as the projector takes them, when that differs from the encoder's
+        output (Music Flamingo adds a time embedding); None for AF3."""
+        return None
 
     def clip_windows(
         self, window_tokens: Sequence[int], placeholders: Sequence[int], method: Method | None
     ) -> list[int]:
-        full = int(self.tower.config.max_source_positions) // 2
+        full = self.full_window_tokens()
         return group_windows(window_tokens, placeholders, full, lambda n: budget([n], method)[0])
 
+    def full_window_tokens(self) -> int:
+        """Tokens of a full 30 s window."""
+        return int(self.tower.config.max_source_positions) // 2
+
     def _run_tower(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """``[windows, tokens, D]``: each window's tokens where compression applies."""
         output = self.tower(features, input_features_mask=frame_mask, return_dict=True)
         return output.last_hidden_state
 
@@ -179,7 +191,10 @@ class AudioFlamingo3Pipeline(HFPipeline):
     adapter_class = AudioFlamingo3Adapter
 
     def max_seconds(self) -> float:
-        return float(getattr(self.processor, "max_audio_len", MAX_SECONDS))
+        """The processor's ``max_audio_len``, in whole windows (it keeps only as many)."""
+        limit = float(getattr(self.processor, "max_audio_len", MAX_SECONDS))
+        window = self.window_samples() / SAMPLE_RATE
+        return window * int(limit // window)
 
     def window_samples(self) -> int:
         extractor = self.processor.feature_extractor

@@ -64,7 +64,7 @@ def backbone_identity(backbone: Backbone) -> dict[str, Any]:
     if callable(own):
         identity = dict(own())
     else:
-        from ltbm.backbones.hf_common import HFPipeline
+        from ltbm.backbones.pipeline import HFPipeline
 
         if isinstance(backbone, HFPipeline):
             from ltbm.backbones.loading import hf_identity

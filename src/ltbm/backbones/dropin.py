@@ -35,11 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ltbm.backbones.hf_common import (
-    AudioAdapter,
-    clip_runs,
-    merge_audio_embeddings,
-)
+from ltbm.backbones.adapter import AudioAdapter
+from ltbm.backbones.placeholders import clip_runs, merge_audio_embeddings
 from ltbm.budget import kept_tokens
 from ltbm.methods import Method
 
@@ -52,21 +49,28 @@ class Compression:
     be called directly when a ``with`` block does not fit the code."""
 
     def __init__(self, model: nn.Module, processor: Any, method: Method | None) -> None:
-        from ltbm.backbones.loading import pipeline_class
+        from ltbm.backbones.loading import pipeline_class, text_model
 
         if method is not None and not isinstance(method, Method):
             raise TypeError(
                 f"method must be an ltbm Method or None, got {type(method).__name__}; build "
                 "one with ltbm.get_method(name, keep_ratio=...)"
             )
-        self.model = model
+        self.model = text_model(model)
         self.processor = processor
         self.method = method
-        pipeline = pipeline_class(getattr(model.config, "model_type", None))
-        self.adapter: AudioAdapter = pipeline.adapter_class(model)
+        pipeline = pipeline_class(getattr(self.model.config, "model_type", None))
+        self.adapter: AudioAdapter = pipeline.adapter_class(self.model)
+        if not self.adapter.dropin:
+            raise TypeError(
+                f"ltbm.compressed cannot resize {self.adapter.model_type}'s audio placeholders "
+                "(its processor writes them outside transformers); use ltbm.pipeline(model, "
+                "processor, method) instead"
+            )
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._saved_replace: tuple[bool, Any] | None = None
-        self._parameters = _positional_names(model.forward)
+        self._position_shift: torch.Tensor | None = None
+        self._parameters = _positional_names(self.model.forward)
 
     # ------------------------------------------------------------------ attach
     def attach(self) -> Compression:
@@ -126,10 +130,11 @@ class Compression:
         adapter = self.adapter
         features = inputs.get(adapter.features_key)
         input_ids = inputs.get("input_ids")
+        if input_ids is not None and input_ids.shape[-1] <= 1:
+            return self._decoding_step(inputs)  # the audio is already in the cache
+        self._position_shift = None  # a new prompt: no shift until its audio is placed
         if features is None or input_ids is None or inputs.get("inputs_embeds") is not None:
             return None
-        if input_ids.shape[-1] <= 1:
-            return None  # a decoding step: the audio is already in the cache
         frame_mask = inputs.get(adapter.mask_key)
         if frame_mask is None:
             raise ValueError(f"compressed audio needs {adapter.mask_key!r} from the processor")
@@ -138,7 +143,8 @@ class Compression:
             attention_mask = torch.ones_like(input_ids)
         placeholders = clip_runs(input_ids, attention_mask, adapter.audio_token_id)
         windows = adapter.clip_windows(adapter.window_tokens(frame_mask), placeholders, self.method)
-        audio, lengths, kept = adapter.audio_embeddings(self.method, features, frame_mask, windows)
+        audio = adapter.audio_embeddings(self.method, features, frame_mask, windows)
+        lengths, kept = audio.audio_tokens, audio.kept_tokens
         if kept != placeholders:
             raise ValueError(
                 f"the prompts hold {placeholders} audio placeholders per clip, but compressing "
@@ -146,8 +152,9 @@ class Compression:
                 "processor inside ltbm.compressed(...), so that it emits K placeholders"
             )
         embeds = merge_audio_embeddings(
-            self.model.get_input_embeddings(), input_ids, adapter.audio_token_id, audio
+            self.model.get_input_embeddings(), input_ids, adapter.audio_token_id, audio.rows
         )
+        inputs.update(self._llm_inputs(input_ids, attention_mask, audio, inputs))
         inputs.update(
             {
                 "input_ids": None,
@@ -157,6 +164,22 @@ class Compression:
             }
         )
         return (), inputs
+
+    def _llm_inputs(self, input_ids, attention_mask, audio, inputs) -> dict[str, Any]:
+        """The family's extra LLM inputs. Time-aligned positions replace those ``generate``
+        computed for the K-placeholder prompt; the difference at the last prompt token is
+        kept, so the positions ``generate`` extends while decoding are shifted the same."""
+        extra = self.adapter.llm_inputs(input_ids, attention_mask, audio)
+        ours, given = extra.get("position_ids"), inputs.get("position_ids")
+        if ours is not None and given is not None and given.shape == ours.shape:
+            self._position_shift = ours[..., -1:] - given[..., -1:]
+        return extra
+
+    def _decoding_step(self, inputs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        given = inputs.get("position_ids")
+        if self._position_shift is None or given is None:
+            return None
+        return (), {**inputs, "position_ids": given + self._position_shift.to(given.device)}
 
 
 def compressed(model: nn.Module, processor: Any, method: Method | None) -> Compression:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ltbm.backbones.hf_common import HFPipeline
+from ltbm.backbones.pipeline import HFPipeline
 from ltbm.methods import METHODS, Method, get_method
 from ltbm.methods.registry import DEFAULT_WINDOW, method_parameters
 
@@ -25,8 +25,34 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "ltbm.backbones.audioflamingo3:AudioFlamingo3Pipeline",
         "AudioFlamingo3ForConditionalGeneration",
     ),
+    "musicflamingo": (
+        "ltbm.backbones.musicflamingo:MusicFlamingoPipeline",
+        "MusicFlamingoForConditionalGeneration",
+    ),
+    "glmasr": ("ltbm.backbones.glmasr:GlmAsrPipeline", "GlmAsrForConditionalGeneration"),
+    "voxtral": ("ltbm.backbones.voxtral:VoxtralPipeline", "VoxtralForConditionalGeneration"),
+    "qwen2_5_omni_thinker": (
+        "ltbm.backbones.qwen2_5_omni:Qwen25OmniPipeline",
+        "Qwen2_5OmniThinkerForConditionalGeneration",
+    ),
+    "qwen3_omni_moe_thinker": (
+        "ltbm.backbones.qwen3_omni_moe:Qwen3OmniPipeline",
+        "Qwen3OmniMoeThinkerForConditionalGeneration",
+    ),
+    "qwen3_omni_moe": (
+        "ltbm.backbones.qwen3_omni_moe:Qwen3OmniPipeline",
+        "Qwen3OmniMoeForConditionalGeneration",
+    ),
+    "qwen2_5_omni": (
+        "ltbm.backbones.qwen2_5_omni:Qwen25OmniPipeline",
+        "Qwen2_5OmniForConditionalGeneration",
+    ),
 }
 """config.model_type → (pipeline class, transformers model class)."""
+
+SPEAKING_MODELS = {"qwen2_5_omni", "qwen3_omni_moe"}
+"""Omni checkpoints whose text comes from their ``thinker``: loaded without the talker
+(``enable_audio_output=False``), and the pipeline drives the thinker."""
 
 
 def supported_model_types() -> list[str]:
@@ -38,7 +64,7 @@ def pipeline_class(model_type: str | None) -> type[HFPipeline]:
     if model_type not in BACKBONES:
         raise ValueError(
             f"ltbm does not support model_type {model_type!r}; supported: "
-            f"{', '.join(BACKBONES)} (Qwen2-Audio and Audio Flamingo 3 checkpoints)"
+            f"{', '.join(BACKBONES)} (see the Backbones table in the README)"
         )
     module_name, class_name = BACKBONES[model_type][0].split(":")
     return getattr(importlib.import_module(module_name), class_name)
@@ -104,14 +130,24 @@ def load(
         kwargs["dtype"] = _dtype(torch_dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if model_type in SPEAKING_MODELS:
+        kwargs.setdefault("enable_audio_output", False)
     model = model_class.from_pretrained(model_id_or_path, **kwargs)
     processor = transformers.AutoProcessor.from_pretrained(model_id_or_path)
-    return cls(model, processor, bound)
+    return cls(text_model(model), processor, bound)
 
 
 def pipeline(model: torch.nn.Module, processor: Any, method: Method | None = None) -> HFPipeline:
     """A pipeline around a model and processor the caller already holds."""
+    model = text_model(model)
     return pipeline_class(getattr(model.config, "model_type", None))(model, processor, method)
+
+
+def text_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The part that generates text: an Omni model's thinker, else the model itself."""
+    if getattr(model.config, "model_type", None) in SPEAKING_MODELS:
+        return model.thinker
+    return model
 
 
 def _dtype(value: str | torch.dtype) -> str | torch.dtype:
@@ -129,7 +165,7 @@ def hf_identity(pipeline: HFPipeline) -> dict[str, Any]:
     (names, sizes and the SHA-256 of the small JSON files; hashing gigabytes of weights at
     every run would cost minutes), dtype, device type, attention kernel and the generation
     config."""
-    from ltbm.backbones.hf_common import module_device_dtype
+    from ltbm.backbones.adapter import module_device_dtype
     from ltbm.run.identity import fingerprint
 
     model = pipeline.model

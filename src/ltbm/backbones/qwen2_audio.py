@@ -19,14 +19,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ltbm.backbones.hf_common import (
-    AttentionCapture,
-    AudioAdapter,
-    EncodedAudio,
-    HFPipeline,
-    encoder_token_count,
-    last_attention,
-)
+from ltbm.backbones.adapter import AudioAdapter, EncodedAudio, encoder_token_count
+from ltbm.backbones.attention_capture import AttentionCapture, last_attention
+from ltbm.backbones.pipeline import HFPipeline
 
 MAX_SECONDS = 30.0
 
@@ -36,6 +31,7 @@ class Qwen2AudioAdapter(AudioAdapter):
 
     model_type = "qwen2_audio"
     mask_key = "feature_attention_mask"
+    frame_rate = 25.0
 
     def encode(
         self,

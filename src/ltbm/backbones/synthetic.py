@@ -1,6 +1,6 @@
-"""Randomly initialised Qwen2-Audio and Audio Flamingo 3, built from the real transformers
-classes with no download: for the efficiency benchmark (compute does not depend on the
-weights) and for offline tests.
+"""Randomly initialised audio LLMs of every family ltbm adapts, built from the real
+transformers classes with no download: for the efficiency benchmark (compute does not depend
+on the weights) and for offline tests (``save_model(model_type, folder)``).
 
 ``full`` builds the published architectures (Qwen2-Audio-7B: Whisper-large-v3-style encoder
 and a 32-layer, 4096-wide Qwen LLM with 32 KV heads; Audio Flamingo 3: the same encoder and a
@@ -27,30 +27,46 @@ SPECIAL_TOKENS = [
     "<|audio_eos|>",
     "<sound>",
 ]
+EXTRA_SPECIAL_TOKENS = [
+    "<|sound_bos|>",
+    "<|sound_eos|>",
+    "<|pad|>",
+    "<|IMAGE|>",
+    "<|VIDEO|>",
+    "<|vision_bos|>",
+    "<|vision_eos|>",
+]
+"""Special tokens of the later families, after the words."""
 WORDS = (
     "[UNK] system user assistant You are a helpful assistant. Audio 1: 2: Generate the caption "
     "in English: Describe sound in one sentence. Transcribe input speech dog bark music rain"
 ).split()
 
-# Audio Flamingo 3's processor template: the sound placeholder first in a user turn.
-AF3_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "{% for m in messages if m['content'] is not none %}"
-    "<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% set audio = namespace(found=False) %}{% set text_buf = namespace(v='') %}"
-    "{% for c in m['content'] %}"
-    "{% if c.get('type') == 'audio' or 'audio' in c %}{% set audio.found = True %}"
-    "{% elif c.get('type') == 'text' or 'text' in c %}"
-    "{% set text_buf.v = text_buf.v + c['text'] %}{% endif %}"
-    "{% endfor %}"
-    "{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}"
-    "{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+
+def audio_first_template(marker: str) -> str:
+    """A chat template in the style of Audio Flamingo 3's processor: the audio ``marker``
+    first in a user turn, then its text."""
+    return (
+        "{% if messages[0]['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}"
+        "{% for m in messages if m['content'] is not none %}"
+        "<|im_start|>{{ m['role'] }}\n"
+        "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+        "{% set audio = namespace(found=False) %}{% set text_buf = namespace(v='') %}"
+        "{% for c in m['content'] %}"
+        "{% if c.get('type') == 'audio' or 'audio' in c %}{% set audio.found = True %}"
+        "{% elif c.get('type') == 'text' or 'text' in c %}"
+        "{% set text_buf.v = text_buf.v + c['text'] %}{% endif %}"
+        "{% endfor %}"
+        "{% if audio.found %}{{ '" + marker + "' }}{% endif %}{{ text_buf.v }}"
+        "{% endif %}<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+AF3_CHAT_TEMPLATE = audio_first_template("<sound>")
 
 # Published architecture sizes (the checkpoints' config.json files).
 FULL_ENCODER = {"layers": 32, "heads": 20, "ffn": 5120, "width": 1280}
@@ -87,7 +103,6 @@ TINY_TEXT = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 32768,
 }
-MODEL_TYPES = tuple(FULL_TEXT)
 
 
 def tiny_tokenizer():
@@ -95,21 +110,31 @@ def tiny_tokenizer():
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + WORDS)}
-    for index in range(64):
-        vocab[f"w{index}"] = len(vocab)
+    specials = SPECIAL_TOKENS + EXTRA_SPECIAL_TOKENS
+    words = [*SPECIAL_TOKENS, *WORDS, *(f"w{i}" for i in range(64)), *EXTRA_SPECIAL_TOKENS]
+    vocab: dict[str, int] = {}
+    for token in words:
+        vocab.setdefault(token, len(vocab))  # one id per distinct token, no gaps
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##")
-    backend.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
-    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<|endoftext|>",
         eos_token="<|im_end|>",
         unk_token="[UNK]",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=specials[1:],
+        # Named tokens the Omni processors read from their tokenizer.
+        extra_special_tokens={
+            "audio_token": "<|AUDIO|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+            "image_token": "<|IMAGE|>",
+            "video_token": "<|VIDEO|>",
+            "vision_bos_token": "<|vision_bos|>",
+            "vision_eos_token": "<|vision_eos|>",
+        },
     )
 
 
@@ -125,62 +150,34 @@ def text_config(model_type: str, size: str, tokenizer) -> dict[str, Any]:
 
 
 def model_config(model_type: str, size: str, tokenizer):
-    """The transformers config of a synthetic model (``size``: "full" or "tiny")."""
-    if model_type not in FULL_TEXT or size not in ("full", "tiny"):
+    """The transformers config of a synthetic model (``size``: "full" or "tiny"; "full" only
+    for the families the efficiency benchmark measures)."""
+    from ltbm.backbones.synthetic_families import FAMILIES, MODEL_TYPES
+
+    if (
+        model_type not in FAMILIES
+        or size not in ("full", "tiny")
+        or (size == "full" and model_type not in FULL_TEXT)
+    ):
         raise ValueError(
-            f"synthetic models exist for {', '.join(MODEL_TYPES)} in sizes full and tiny; got "
-            f"{model_type!r}, {size!r}"
+            f"synthetic models exist for {', '.join(MODEL_TYPES)} (tiny) and "
+            f"{', '.join(FULL_TEXT)} (full); got {model_type!r}, {size!r}"
         )
-    encoder = FULL_ENCODER if size == "full" else TINY_ENCODER
-    text = text_config(model_type, size, tokenizer)
-    if model_type == "qwen2_audio":
-        from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig
-
-        audio = Qwen2AudioEncoderConfig(
-            num_mel_bins=128,
-            encoder_layers=encoder["layers"],
-            encoder_attention_heads=encoder["heads"],
-            encoder_ffn_dim=encoder["ffn"],
-            d_model=encoder["width"],
-            max_source_positions=1500,
-        )
-        return Qwen2AudioConfig(
-            audio_config=audio.to_dict(),
-            text_config=text,
-            audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-        )
-    from transformers import AudioFlamingo3Config, AudioFlamingo3EncoderConfig
-
-    audio = AudioFlamingo3EncoderConfig(
-        num_mel_bins=128,
-        num_hidden_layers=encoder["layers"],
-        num_attention_heads=encoder["heads"],
-        intermediate_size=encoder["ffn"],
-        hidden_size=encoder["width"],
-        max_source_positions=1500,
-    )
-    return AudioFlamingo3Config(
-        audio_config=audio.to_dict(),
-        text_config=text,
-        audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"),
-    )
+    return FAMILIES[model_type].config(size, tokenizer)
 
 
 def processor_for(model_type: str, tokenizer):
-    from transformers import (
-        AudioFlamingo3Processor,
-        Qwen2AudioProcessor,
-        WhisperFeatureExtractor,
-    )
+    from ltbm.backbones.synthetic_families import FAMILIES
 
-    features = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=16000, return_attention_mask=True
-    )
-    if model_type == "qwen2_audio":
-        return Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer)
-    return AudioFlamingo3Processor(
-        feature_extractor=features, tokenizer=tokenizer, chat_template=AF3_CHAT_TEMPLATE
-    )
+    return FAMILIES[model_type].processor(tokenizer)
+
+
+def whisper_features(**kwargs):
+    """The 128-bin Whisper feature extractor (30 s windows) most families use."""
+    from transformers import WhisperFeatureExtractor
+
+    settings = {"feature_size": 128, "sampling_rate": 16000, "return_attention_mask": True}
+    return WhisperFeatureExtractor(**{**settings, **kwargs})
 
 
 def build_model(
@@ -191,18 +188,13 @@ def build_model(
     seed: int = 0,
 ):
     """(model, processor) with random weights, initialised directly on ``device``."""
-    from transformers import (
-        AudioFlamingo3ForConditionalGeneration,
-        Qwen2AudioForConditionalGeneration,
-    )
+    import transformers
+
+    from ltbm.backbones.synthetic_families import FAMILIES
 
     tokenizer = tiny_tokenizer()
     config = model_config(model_type, size, tokenizer)
-    model_class = (
-        Qwen2AudioForConditionalGeneration
-        if model_type == "qwen2_audio"
-        else AudioFlamingo3ForConditionalGeneration
-    )
+    model_class = getattr(transformers, FAMILIES[model_type].model_class)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -211,17 +203,22 @@ def build_model(
             model = model_class(config).eval()
     finally:
         torch.set_default_dtype(previous)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = processor_for(model_type, tokenizer)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.do_sample = False
     # The released checkpoints set a repetition penalty; parity must hold with it too.
     model.generation_config.repetition_penalty = 1.3
-    return model, processor_for(model_type, tokenizer)
+    return model, processor
 
 
 def save_model(model_type: str, path: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a synthetic checkpoint (model + processor) that ``ltbm.load`` reads back."""
     model, processor = build_model(model_type, size, seed=seed)
+    from ltbm.backbones.synthetic_families import FAMILIES
+
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    if FAMILIES[model_type].extra_files is not None:
+        FAMILIES[model_type].extra_files(path)
     return path

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltbm.backbones.hf_common import HFPipeline, compress_tokens, needs_attention
+from ltbm.backbones.adapter import compress_tokens
+from ltbm.backbones.attention_capture import needs_attention
+from ltbm.backbones.pipeline import HFPipeline
 from ltbm.budget import kept_tokens
 from ltbm.methods.registry import DEFAULT_WINDOW
 from ltbm.run.evaluate import Cell
