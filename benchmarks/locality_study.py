@@ -36,9 +36,10 @@ STAGES = (
     # The core comparison at 50 Hz, strongest compression first.
     Stage(50, "none,ltbm,global,pool", "0.15,0.25"),
     Stage(50, "ltbm,global,pool", "0.1"),
-    Stage(50, "ltbm", "0.15,0.25,0.1", windows="2,4"),
     # The ALMs' frame rate.
     Stage(25, "none,ltbm,global,pool", "0.25,0.5", windows="1,2"),
+    # How the window matters.
+    Stage(50, "ltbm", "0.15,0.25,0.1", windows="2,4"),
     # The rest of the issue's grid.
     Stage(50, "ltbm,global,pool", "0.5", windows="1,2,4"),
     Stage(50, "prune", "0.5,0.25,0.15,0.1"),
