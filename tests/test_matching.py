@@ -33,11 +33,11 @@ def test_banded_scores_agree_with_dense_scores(width, window, seed):
     """The band computes the same best partners as the dense matrix restricted to the band."""
     generator = torch.Generator().manual_seed(seed)
     metric = torch.randn(1, width, 6, generator=generator)
+    distances = [matching.max_distance(w) for w in range(1, window + 1)]
+    norms, dots = matching.norms_and_neighbour_dots(metric, distances, torch.float32)
+    length = torch.tensor([width])
+    score, partner = matching.banded_best_partners(norms, dots, length, window)
     a, b = metric[:, 0::2], metric[:, 1::2]
-    num_a = torch.tensor([a.shape[1]])
-    num_b = torch.tensor([b.shape[1]])
-    a_norm, b_norm = a.norm(dim=-1), b.norm(dim=-1)
-    score, partner = matching.banded_best_partners(a, b, a_norm, b_norm, num_a, num_b, window)
     dense = torch.nn.functional.cosine_similarity(a[0, :, None], b[0, None, :], dim=-1)
     a_pos = 2 * torch.arange(a.shape[1])[:, None]
     b_pos = 2 * torch.arange(b.shape[1])[None, :] + 1
