@@ -11,6 +11,8 @@ from ltbm.methods.selection import selection_plan, top_scoring
 from ltbm.plan import Plan
 
 SCORERS = ("attention", "norm")
+UNDERFLOW_NORM = 2.0**-60
+"""Below this norm, squares of the elements may have underflowed: recompute the row scaled."""
 BLOCK_ELEMENTS = 1 << 24
 """Attention probabilities held at once (64 MiB of float32), whatever batch and heads."""
 
@@ -42,14 +44,15 @@ def attention_received(
 
 def feature_norms(tokens: torch.Tensor) -> torch.Tensor:
     """L2 norm of every token in the working precision. Where the sum of squares overflows
-    (finite tokens near the top of the dtype's range), the row is divided by its largest
-    magnitude first, so the ranking does not depend on the tokens' scale."""
+    or underflows (finite tokens near the ends of the dtype's range), the row is divided by
+    its largest magnitude first, so the ranking does not depend on the tokens' scale."""
     norms = torch.linalg.vector_norm(tokens, dim=-1, dtype=working_dtype(tokens.dtype))
-    overflow = torch.isinf(norms)
-    if bool(overflow.any()):
-        rows = tokens[overflow].to(norms.dtype)
+    extreme = torch.isinf(norms) | (norms < UNDERFLOW_NORM)
+    if bool(extreme.any()):
+        rows = tokens[extreme].to(norms.dtype)
         largest = rows.abs().amax(dim=-1, keepdim=True)
-        norms[overflow] = torch.linalg.vector_norm(rows / largest, dim=-1) * largest[:, 0]
+        unit = rows / torch.where(largest > 0, largest, 1.0)
+        norms[extreme] = torch.linalg.vector_norm(unit, dim=-1) * largest[:, 0]
     return norms
 
 
