@@ -13,7 +13,9 @@ from functools import cached_property
 import torch
 
 from ltbm.inputs import working_dtype
+from ltbm.memory import fresh_empty
 from ltbm.scaling import times_power_of_two, unit_exponents
+from ltbm.slot_sums import sum_rows_into_slots
 
 APPLY_BLOCK_ELEMENTS = 1 << 17
 """Elements of a block of source rows widened at once by ``apply`` (512 KiB of float32)."""
@@ -116,6 +118,17 @@ class Plan:
         or no compression): then ``apply`` is an exact gather."""
         return self.unit_weights and bool((self.sizes[self.slot_mask] == 1).all())
 
+    @cached_property
+    def _first_sources(self) -> torch.Tensor:
+        positions = torch.arange(self.num_sources, device=self.slot_index.device)
+        positions = positions.expand_as(self.slot_index)
+        first = self._reduce(positions, "amin", self.num_sources)
+        return torch.where(self.slot_mask, first, 0)
+
+    def first_sources(self) -> torch.Tensor:
+        """``[B, K_max]`` long; the first source of each slot (0 on padding slots)."""
+        return self._first_sources
+
     def selected_sources(self) -> torch.Tensor:
         """``[B, K_max]`` long; for a selection plan, the source index of each slot (0 on
         padding slots, which ``apply`` zeroes)."""
@@ -149,9 +162,39 @@ class Plan:
         return out.to(x.dtype)
 
     def _weighted_means(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``[B, K_max, ...]`` weighted mean per slot in ``dtype``: every source added onto
-        its slot in source order (index_add over the flat rows, no expanded index), half
-        precision widened one block of rows at a time instead of copied whole."""
+        """``[B, K_max, ...]`` weighted mean per slot in ``dtype``: each slot's sources added
+        in source order (as gathers, see :mod:`ltbm.slot_sums`), half precision widened a
+        block of rows at a time instead of copied whole. Padding slots are zero."""
+        if not self.unit_weights:
+            return self._weighted_means_by_index_add(x, dtype)
+        batch, width, slots = self.batch_size, self.num_sources, self.num_slots
+        feature_shape = x.shape[2:]
+        out = fresh_empty((batch * slots, *feature_shape), dtype, x.device)
+        first = self.first_sources().to(x.device)
+        clip = torch.arange(batch, device=x.device)[:, None]
+        kept = self.slot_index.to(x.device) >= 0
+        is_first = kept & (
+            torch.arange(width, device=x.device)
+            == first.gather(1, self.slot_index.to(x.device).clamp(min=0))
+        )
+        extra_clip, extra_source = torch.nonzero(kept & ~is_first, as_tuple=True)
+        extra_slot = extra_clip * slots + self.slot_index.to(x.device)[extra_clip, extra_source]
+        sum_rows_into_slots(
+            out,
+            x.reshape(batch * width, *feature_shape),
+            (clip * width + first).reshape(-1),
+            extra_slot,
+            extra_clip * width + extra_source,
+        )
+        out = out.view(batch, slots, *feature_shape)
+        sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
+        out.div_(sizes.reshape(batch, slots, *([1] * len(feature_shape))))
+        if not bool(self.slot_mask.all()):
+            out[~self.slot_mask.to(x.device)] = 0
+        return out
+
+    def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The general case (weights other than one): weighted sources added per slot."""
         feature_shape = x.shape[2:]
         flat, dump = self._flat_index()
         flat = flat.to(x.device)
@@ -159,16 +202,11 @@ class Plan:
         values = x.reshape(-1, *feature_shape)
         # Not-kept sources (padding may hold anything, even NaN) land in the dump row only.
         total = torch.zeros((dump + 1, *feature_shape), dtype=dtype, device=x.device)
-        if self.unit_weights and values.dtype == dtype:
-            total.index_add_(0, flat, values)
-        else:
-            rows = max(1, APPLY_BLOCK_ELEMENTS // max(values[0].numel(), 1))
-            for start in range(0, values.shape[0], rows):
-                block = values[start : start + rows].to(dtype)
-                if not self.unit_weights:
-                    weight = weights[start : start + rows]
-                    block = block * weight.reshape(-1, *([1] * len(feature_shape)))
-                total.index_add_(0, flat[start : start + rows], block)
+        rows = max(1, APPLY_BLOCK_ELEMENTS // max(values[0].numel(), 1))
+        for start in range(0, values.shape[0], rows):
+            block = values[start : start + rows].to(dtype)
+            block = block * weights[start : start + rows].reshape(-1, *([1] * len(feature_shape)))
+            total.index_add_(0, flat[start : start + rows], block)
         weight_sum = torch.zeros(dump + 1, dtype=dtype, device=x.device)
         weight_sum.index_add_(0, flat, weights)
         weight_sum = weight_sum.clamp(min=torch.finfo(dtype).tiny)

@@ -31,8 +31,10 @@ from ltbm.inputs import (
     valid_mask,
     working_dtype,
 )
+from ltbm.memory import fresh_empty
 from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.scaling import times_power_of_two, unit_exponents
+from ltbm.slot_sums import sum_rows_into_slots
 
 DENSE_BLOCK_ELEMENTS = 1 << 20
 """How many A×B scores the dense path holds at once (4 MiB of float32, cache-sized)."""
@@ -197,12 +199,14 @@ class Workspaces:
         self.buffers: list[torch.Tensor | None] = [None, None]
         self.turn = 0
 
-    def take(self, batch: int, width: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+    def take(
+        self, batch: int, width: int, dim: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
         size = batch * width * dim
         self.turn = 1 - self.turn
         buffer = self.buffers[self.turn]
         if buffer is None or buffer.numel() < size:
-            buffer = self.buffers[self.turn] = like.new_empty(size)
+            buffer = self.buffers[self.turn] = fresh_empty((size,), dtype, device)
         return buffer[:size].view(batch, width, dim)
 
 
@@ -256,25 +260,22 @@ def _merge_round(
     if not bool((new_length > kept).any()):
         # Last round: the plan needs only the assignment, not the merged features.
         return None, *new, to_new, edges
-    # Survivors are gathered in their new order (rows past a clip's length are ignored
-    # later), then every merged A row is added onto its B row, in A order; unmerged A rows
-    # go to a spare last row. Rows are read in place, widened a block at a time.
-    merged = workspaces.take(batch, new_width + 1, dim, x.new_empty(0, dtype=dtype))
-    rows = max(1, ROW_BLOCK_ELEMENTS // max(dim, 1))
-    for clip in range(batch):
-        source, out = x[clip], merged[clip]
-        for start in range(0, new_width, rows):
-            stop = min(new_width, start + rows)
-            if x.dtype == dtype:
-                torch.index_select(source, 0, keep[clip, start:stop], out=out[start:stop])
-            else:
-                out[start:stop] = source.index_select(0, keep[clip, start:stop])
-        a_target = torch.where(merge_a[clip], to_new[clip, 0::2], new_width)
-        a_rows = source[0::2]
-        for start in range(0, a_rows.shape[0], rows):
-            stop = min(a_rows.shape[0], start + rows)
-            out.index_add_(0, a_target[start:stop], a_rows[start:stop].to(dtype))
-    return merged[:, :new_width], *new, to_new, edges
+    # Each new row is its survivor's row plus the rows merged into it, added in A order
+    # (rows past a clip's length are ignored later). Rows are read in place, as gathers.
+    merged = workspaces.take(batch, new_width, dim, dtype, x.device)
+    clip_rows = torch.arange(batch, device=x.device)[:, None]
+    first = (clip_rows * width + keep).reshape(-1)
+    a_clip, a_index = torch.nonzero(merge_a, as_tuple=True)
+    extra_slot = a_clip * new_width + to_new[a_clip, 2 * a_index]
+    extra_row = a_clip * width + 2 * a_index
+    sum_rows_into_slots(
+        merged.view(batch * new_width, dim),
+        x.reshape(batch * width, dim),
+        first,
+        extra_slot,
+        extra_row,
+    )
+    return merged, *new, to_new, edges
 
 
 def rescaled_tokens(
