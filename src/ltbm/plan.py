@@ -154,10 +154,13 @@ class Plan:
             out = torch.gather(x, 1, index.expand(-1, -1, *feature_shape))
             mask = self.slot_mask.reshape(*index.shape[:2], *([1] * len(feature_shape)))
             return torch.where(mask.to(x.device), out, torch.zeros((), dtype=x.dtype))
-        out = self._weighted_means(x, working_dtype(x.dtype))
-        if x.dtype != torch.float16 and not bool(torch.isfinite(out.sum())):
-            # Finite sources whose sum overflows (tokens near the dtype's largest value):
-            # average them scaled down by a power of two (exact), then scale back.
+        dtype = working_dtype(x.dtype)
+        out = self._weighted_means(x, dtype)
+        if not bool(torch.isfinite(out.sum())):
+            # Rare: non-finite sources (exact infinities need the slow path, the gathers
+            # would give NaN), or finite sources whose sum overflows (tokens near the
+            # dtype's largest value: averaged scaled down by a power of two, then back).
+            out = self._weighted_means_by_index_add(x, dtype)
             out = self._rescaled_means(x, out)
         return out.to(x.dtype)
 

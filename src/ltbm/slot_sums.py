@@ -9,6 +9,10 @@ so every layer is one row gather followed by an add, done in cache-sized blocks 
 The additions happen in exactly the order ``index_add_`` would make them, so the results
 are identical bit for bit. When a few slots hold very many rows (so most layers would be
 nearly empty), ``index_add_`` is used after all.
+
+Slots without a row in some layer add their first row times zero: exact for finite rows,
+but a slot whose first row is infinite comes out NaN. Callers whose rows may not be finite
+check the result and recompute such slots another way (``Plan.apply`` does).
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ def sum_rows_into_slots(
         chosen = layer_of == layer
         row = first.clone()
         row[extra_slot[chosen]] = extra_row[chosen]
-        mask = torch.zeros(slots, dtype=torch.bool, device=out.device)
-        mask[extra_slot[chosen]] = True
+        mask = torch.zeros(slots, dtype=out.dtype, device=out.device)
+        mask[extra_slot[chosen]] = 1
         rows.append(row)
         present.append(mask)
     block = max(1, BLOCK_ELEMENTS // max(out[0].numel(), 1))
@@ -65,11 +69,8 @@ def sum_rows_into_slots(
         for row, mask in zip(rows, present, strict=True):
             extra = gathered[: stop - start]
             _copy_rows(extra, source, row[start:stop])
-            # Slots without a row in this layer add exact zeros (a masked fill, not a
-            # product, so an infinite source row cannot turn into NaN).
-            absent = ~mask[start:stop].reshape(-1, *([1] * (out.dim() - 1)))
-            extra.masked_fill_(absent, 0.0)
-            target.add_(extra)
+            # Slots without a row in this layer gathered their first row again, times 0.
+            target.addcmul_(extra, mask[start:stop].reshape(-1, *([1] * (out.dim() - 1))))
 
 
 def _copy_rows(out: torch.Tensor, source: torch.Tensor, index: torch.Tensor) -> None:
