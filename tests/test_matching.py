@@ -146,3 +146,23 @@ def test_every_window_is_a_distinct_setting():
     for i in range(len(plans)):
         for j in range(i + 1, len(plans)):
             assert not torch.equal(plans[i].slot_index, plans[j].slot_index), (i + 1, j + 1)
+
+
+@pytest.mark.parametrize("window", [1, 3, None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_sizes_do_not_change_results(monkeypatch, window, dtype):
+    """The kernel works in cache-sized blocks of rows and slots; tiny blocks (many of them,
+    with pairs and merges crossing block edges) give exactly the same plan and tokens."""
+    from ltbm import slot_sums
+
+    tokens = torch.randn(3, 257, 24, generator=torch.Generator().manual_seed(11)).to(dtype)
+    tokens[:, 5::7] = tokens[:, 3:4]  # exact ties
+    lengths = torch.tensor([257, 130, 9])
+    method, params = ("global", {}) if window is None else ("ltbm", {"window": window})
+    large = ltbm.compress(tokens, lengths, method, 0.15, **params)
+    monkeypatch.setattr(matching, "ROW_BLOCK_ELEMENTS", 3 * 24 * 5)
+    monkeypatch.setattr(matching, "DENSE_BLOCK_ELEMENTS", 50)
+    monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", 24 * 7)
+    small = ltbm.compress(tokens, lengths, method, 0.15, **params)
+    assert torch.equal(large.plan.slot_index, small.plan.slot_index)
+    assert torch.equal(large.tokens, small.tokens)

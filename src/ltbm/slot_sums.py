@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-BLOCK_ELEMENTS = 1 << 18
-"""Elements of the output written per block (1 MiB of float32): the block stays in cache
+BLOCK_ELEMENTS = 1 << 20
+"""Elements of the output written per block (4 MiB of float32): the block stays in cache
 while each layer is added onto it."""
 
 MAX_WASTE = 2
@@ -61,6 +61,8 @@ def sum_rows_into_slots(
         rows.append(row)
         present.append(mask)
     block = max(1, BLOCK_ELEMENTS // max(out[0].numel(), 1))
+    if out.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
+        block = max(slots, 1)
     gathered = out.new_empty(min(block, slots), *out.shape[1:])
     for start in range(0, slots, block):
         stop = min(slots, start + block)

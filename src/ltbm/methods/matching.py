@@ -36,11 +36,13 @@ from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.scaling import times_power_of_two, unit_exponents
 from ltbm.slot_sums import sum_rows_into_slots
 
-DENSE_BLOCK_ELEMENTS = 1 << 20
-"""How many A×B scores the dense path holds at once (4 MiB of float32, cache-sized)."""
+DENSE_BLOCK_ELEMENTS = 1 << 22
+"""How many A×B scores the dense path holds at once (16 MiB of float32, cache-sized)."""
 
-ROW_BLOCK_ELEMENTS = 1 << 17
-"""Elements in a row block of the banded pass (512 KiB of float32: stays in L2 cache)."""
+ROW_BLOCK_ELEMENTS = 1 << 21
+"""Elements in a row block of the banded pass (8 MiB of float32: stays in a CPU's last-level
+cache). Blocks much smaller than this were no faster on one thread and much slower on
+several threads of a busy machine, where every operation waits for all its threads."""
 
 SAFE_NORMS = (2.0**-20, 2.0**40)
 """Largest token norm of a clip for which no rescaling is needed: dot products of merged
@@ -78,6 +80,8 @@ def norms_and_neighbour_dots(
     batch, width, dim = x.shape
     reach = max(distances, default=0)
     rows = max(1, ROW_BLOCK_ELEMENTS // max(batch * dim, 1))
+    if x.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
+        rows = max(width, 1)
     norms = torch.empty(batch, width, dtype=dtype, device=x.device)
     dots = {d: torch.zeros(batch, width, dtype=dtype, device=x.device) for d in distances}
     widen = x.dtype != dtype
@@ -155,7 +159,8 @@ def dense_best_partners(
         num_a, num_b = (n + 1) // 2, n // 2
         if num_b == 0:
             continue
-        b_columns = x[clip, 1 : 2 * num_b : 2].to(dtype).T.contiguous()
+        b_columns = torch.empty(x.shape[2], num_b, dtype=dtype, device=x.device)
+        b_columns.copy_(x[clip, 1 : 2 * num_b : 2].T)
         b_norm = norms[clip, 1 : 2 * num_b : 2]
         rows = max(1, DENSE_BLOCK_ELEMENTS // num_b)
         scores = torch.empty(min(rows, num_a), num_b, dtype=dtype, device=x.device)
