@@ -166,3 +166,17 @@ def test_block_sizes_do_not_change_results(monkeypatch, window, dtype):
     small = ltbm.compress(tokens, lengths, method, 0.15, **params)
     assert torch.equal(large.plan.slot_index, small.plan.slot_index)
     assert torch.equal(large.tokens, small.tokens)
+
+
+@pytest.mark.parametrize("method", ["ltbm", "global", "pool"])
+def test_slot_sums_by_index_add_agree_with_layered_gathers(monkeypatch, method):
+    """Slots with very many sources fall back to index_add_: same additions, same tokens."""
+    from ltbm import slot_sums
+
+    tokens = torch.randn(2, 120, 16, generator=torch.Generator().manual_seed(4))
+    lengths = torch.tensor([120, 77])
+    layered = ltbm.compress(tokens, lengths, method, 0.1)
+    monkeypatch.setattr(slot_sums, "MAX_WASTE", 0)
+    by_index_add = ltbm.compress(tokens, lengths, method, 0.1)
+    assert torch.equal(layered.plan.slot_index, by_index_add.plan.slot_index)
+    assert torch.equal(layered.tokens, by_index_add.tokens)
