@@ -121,8 +121,9 @@ def banded_best_partners(
     num_a, num_b = (length + 1) // 2, length // 2
     a_norm, b_norm = norms[:, 0::2], norms[:, 1::2]
     offsets = band_offsets(window)
-    scores = torch.full((batch, na, len(offsets)), float("-inf"), dtype=norms.dtype)
-    scores = scores.to(norms.device)
+    scores = torch.full(
+        (batch, na, len(offsets)), float("-inf"), dtype=norms.dtype, device=norms.device
+    )
     a_index = torch.arange(na, device=norms.device)
     for column, offset in enumerate(offsets):
         lo, hi = max(0, -offset), min(na, nb - offset)
