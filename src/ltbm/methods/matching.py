@@ -39,9 +39,9 @@ from ltbm.slot_sums import sum_rows_into_slots
 DENSE_BLOCK_ELEMENTS = 1 << 22
 """How many A×B scores the dense path holds at once (16 MiB of float32, cache-sized)."""
 
-ROW_BLOCK_ELEMENTS = 1 << 21
-"""Elements in a row block of the banded pass (8 MiB of float32: stays in a CPU's last-level
-cache). Blocks much smaller than this were no faster on one thread and much slower on
+ROW_BLOCK_ELEMENTS = 1 << 19
+"""Elements per thread in a row block of the banded pass (2 MiB of float32 per thread: stays
+in cache). Blocks grow with the thread count: many small operations were much slower on
 several threads of a busy machine, where every operation waits for all its threads."""
 
 SAFE_NORMS = (2.0**-20, 2.0**40)
@@ -79,7 +79,8 @@ def norms_and_neighbour_dots(
     """
     batch, width, dim = x.shape
     reach = max(distances, default=0)
-    rows = max(1, ROW_BLOCK_ELEMENTS // max(batch * dim, 1))
+    elements = ROW_BLOCK_ELEMENTS * max(1, torch.get_num_threads())
+    rows = max(1, elements // max(batch * dim, 1))
     if x.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
         rows = max(width, 1)
     norms = torch.empty(batch, width, dtype=dtype, device=x.device)
