@@ -159,3 +159,17 @@ def test_random_accepts_integer_seeds_of_any_integer_type():
 def test_windows_that_are_not_positive_integers_are_refused(window):
     with pytest.raises(ValueError, match="window must be a positive integer"):
         ltbm.LTBM(0.5, window=window)
+
+
+@pytest.mark.parametrize("name", ["ltbm", "global", "pool"])
+def test_gradients_flow_through_apply(name):
+    """Each source's gradient of the summed output is 1 / (size of its slot)."""
+    tokens = random_tokens().requires_grad_()
+    result = ltbm.compress(tokens, LENGTHS, name, 0.25)
+    result.tokens.sum().backward()
+    plan = result.plan
+    sizes = plan.sizes.gather(1, plan.slot_index.clamp(min=0)).double()
+    expected = torch.where(plan.slot_index >= 0, 1.0 / sizes, 0.0)
+    assert torch.allclose(tokens.grad.double(), expected[:, :, None].expand_as(tokens.grad))
+    plain = ltbm.compress(tokens.detach(), LENGTHS, name, 0.25)
+    assert torch.equal(result.tokens.detach(), plain.tokens)

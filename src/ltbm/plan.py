@@ -168,7 +168,9 @@ class Plan:
         """``[B, K_max, ...]`` weighted mean per slot in ``dtype``: each slot's sources added
         in source order (as gathers, see :mod:`ltbm.slot_sums`), half precision widened a
         block of rows at a time instead of copied whole. Padding slots are zero."""
-        if not self.unit_weights:
+        if not self.unit_weights or (x.requires_grad and torch.is_grad_enabled()):
+            # Weights other than one, or gradients wanted (the gathers write into buffers,
+            # which autograd cannot follow): the index_add_ path, same sums.
             return self._weighted_means_by_index_add(x, dtype)
         batch, width, slots = self.batch_size, self.num_sources, self.num_slots
         feature_shape = x.shape[2:]
