@@ -1,18 +1,34 @@
-"""Time every compression method on CPU and write the figures as JSON.
+"""Time every compression method on CPU, in read passes and peak memory, and write JSON.
 
 Run: ``python benchmarks/methods.py --out benchmarks/results/methods.json``
 
-Tokens are random ``[B, N, D]`` float32 with D = 1280 (the Qwen2-Audio / Audio Flamingo 3
-encoder width). Every cell runs in this one process, so the ratios it reports (LTBM versus
-Global at N = 15000; LTBM's growth from N = 750 to N = 15000) compare like with like.
+Tokens are random ``[B, N, D]`` with D = 1280 (the Qwen2-Audio / Audio Flamingo 3 encoder
+width). Each cell (method, B, N, dtype, threads) runs in a fresh subprocess, and reports:
+
+- **read passes**: the time of ``compress`` (plan + apply) divided by the time of one
+  ``tokens.sum()`` over the same tensor, timed alternately in the same process with the same
+  thread count; the median of the per-repeat ratios. One pass is the floor: reading the input
+  once. Ratios measured side by side are robust to a busy machine; absolute times are not.
+- **peak extra memory**: the resident-set high-water mark (``VmHWM``, reset through
+  ``/proc/self/clear_refs`` just before the call) minus the resident set before it, over the
+  input's size, for the first call of the cell (every page the call touches counts, whatever
+  allocates it: torch, numpy, Python). Linux only.
+
+``tome`` is ToMe's bipartite soft matching with its size-weighted merge, applied in rounds
+until K remain (``benchmarks/tome_rounds.py``), so ``global`` is compared with the reference
+it generalises in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,81 +37,149 @@ import torch
 import ltbm
 
 DEFAULT_METHODS = {
-    "ltbm": {"window": 2},
+    "ltbm": {"window": 1},
     "global": {},
+    "tome": {},
     "pool": {},
     "prune": {"scorer": "norm"},
     "uniform": {},
     "random": {},
 }
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def time_method(
-    name: str, params: dict, tokens: torch.Tensor, keep_ratio: float, repeats: int, budget_s: float
-) -> dict:
-    """Median wall time of ``compress`` (plan + apply) over up to ``repeats`` runs; stops
-    repeating once ``budget_s`` is spent so the slow global cells stay bounded."""
+def memory_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in KiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
+
+
+def compressor(name: str, params: dict, keep_ratio: float):
+    """The call a cell times: ``compress`` of a method, or ToMe in rounds."""
+    if name == "tome":
+        from tome_rounds import tome_rounds
+
+        return lambda tokens: tome_rounds(tokens, ltbm.kept_tokens(tokens.shape[1], keep_ratio))
     method = ltbm.get_method(name, keep_ratio=keep_ratio, **params)
-    method(tokens)  # warm-up at full size: the allocator's first large pages are not timed
-    times = []
-    while len(times) < repeats and (not times or sum(times) < budget_s):
+    return lambda tokens: method(tokens).tokens
+
+
+def measure_cell(cell: dict) -> dict:
+    """Passes and peak memory of one cell, in this process."""
+    torch.set_num_threads(cell["threads"])
+    generator = torch.Generator().manual_seed(0)
+    shape = (cell["batch"], cell["n"], cell["dim"])
+    tokens = torch.randn(shape, generator=generator).to(DTYPES[cell["dtype"]])
+    call = compressor(cell["method"], cell["params"], cell["keep_ratio"])
+    input_bytes = tokens.numel() * tokens.element_size()
+
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to now
+    before = memory_kib("VmRSS")
+    out = call(tokens)  # also the warm-up
+    peak_extra = (memory_kib("VmHWM") - before) * 1024
+    kept = out.shape[1]
+    del out
+
+    method_s, sum_s, ratios = [], [], []
+    while len(method_s) < cell["repeats"] and (not method_s or sum(method_s) < cell["budget_s"]):
         start = time.perf_counter()
-        result = method(tokens)
-        times.append(time.perf_counter() - start)
+        tokens.sum()
+        read = time.perf_counter() - start
+        start = time.perf_counter()
+        call(tokens)
+        took = time.perf_counter() - start
+        method_s.append(took)
+        sum_s.append(read)
+        ratios.append(took / read)
     return {
-        "method": name,
-        "params": params,
-        "median_s": statistics.median(times),
-        "runs": len(times),
-        "kept": int(result.lengths[0]),
+        **cell,
+        "kept": kept,
+        "median_s": statistics.median(method_s),
+        "sum_median_s": statistics.median(sum_s),
+        "passes": statistics.median(ratios),
+        "passes_all": ratios,
+        "runs": len(method_s),
+        "input_bytes": input_bytes,
+        "peak_extra_bytes": peak_extra,
+        "peak_extra_over_input": peak_extra / input_bytes,
     }
 
 
-def run(
-    sizes: list[int],
-    batches: list[int],
-    dim: int,
-    keep_ratio: float,
-    repeats: int,
-    budget_s: float,
-    methods: dict[str, dict],
-) -> dict:
+def run_cell_in_subprocess(cell: dict) -> dict:
+    """A fresh process per cell: no heap left over from another cell hides its memory."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(cell["threads"])}
+    done = subprocess.run(
+        [sys.executable, __file__, "--cell", json.dumps(cell)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def grid(args: argparse.Namespace) -> list[dict]:
+    """The float32 grid of every method, then the half-precision cells of the merging ones."""
+    base = {
+        "dim": args.dim,
+        "keep_ratio": args.keep_ratio,
+        "repeats": args.repeats,
+        "budget_s": args.budget_s,
+    }
     cells = []
-    for batch in batches:
-        for n in sizes:
-            tokens = torch.randn(batch, n, dim, generator=torch.Generator().manual_seed(0))
-            for name, params in methods.items():
-                cell = time_method(name, params, tokens, keep_ratio, repeats, budget_s)
-                cell.update(batch=batch, n=n, dim=dim)
-                print(
-                    f"B={batch:2d} N={n:6d} {name:8s} {cell['median_s'] * 1e3:10.1f} ms", flush=True
+    for threads in args.threads:
+        for batch in args.batches:
+            for n in args.sizes:
+                for name in args.methods:
+                    params = DEFAULT_METHODS.get(name, {})
+                    cells.append(
+                        {**base, "method": name, "params": params, "batch": batch, "n": n}
+                        | {"dtype": "float32", "threads": threads}
+                    )
+        for dtype in args.half_dtypes:
+            for name in args.half_methods:
+                params = DEFAULT_METHODS.get(name, {})
+                cells.append(
+                    {**base, "method": name, "params": params, "batch": max(args.batches)}
+                    | {"n": max(args.sizes), "dtype": dtype, "threads": threads}
                 )
-                cells.append(cell)
-    return {"cells": cells, "ratios": ratios(cells, sizes, batches)}
+    return cells
 
 
-def ratios(cells: list[dict], sizes: list[int], batches: list[int]) -> dict:
-    """The issue's targets, as ratios from this run."""
-    time_of = {(c["method"], c["batch"], c["n"]): c["median_s"] for c in cells}
+def summary(cells: list[dict]) -> dict:
+    """The issue's targets, as ratios from this run (float32 unless named)."""
+    time_of = {
+        (c["method"], c["batch"], c["n"], c["threads"], c["dtype"]): c["median_s"] for c in cells
+    }
     out = {}
-    small, large = min(sizes), max(sizes)
-    for batch in batches:
-        local = time_of.get(("ltbm", batch, large))
-        global_ = time_of.get(("global", batch, large))
-        if local and global_:
-            out[f"global_over_ltbm_B{batch}_N{large}"] = global_ / local
-        if local and time_of.get(("ltbm", batch, small)):
-            out[f"ltbm_growth_B{batch}_N{small}_to_N{large}"] = (
-                local / time_of[("ltbm", batch, small)]
-            )
+    sizes = sorted({c["n"] for c in cells})
+    small, large = sizes[0], sizes[-1]
+    for batch in sorted({c["batch"] for c in cells}):
+        for threads in sorted({c["threads"] for c in cells}):
+            tag = f"B{batch}_N{large}_threads{threads}"
+
+            def get(method, n=large, batch=batch, threads=threads):
+                return time_of.get((method, batch, n, threads, "float32"))
+
+            if get("ltbm") and get("global"):
+                out[f"global_over_ltbm_{tag}"] = get("global") / get("ltbm")
+            if get("tome") and get("global"):
+                out[f"global_speed_over_tome_{tag}"] = get("tome") / get("global")
+            if get("ltbm") and get("ltbm", small):
+                out[f"ltbm_growth_N{small}_to_{tag}"] = get("ltbm") / get("ltbm", small)
     return out
 
 
 def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        cpu = found.group(1).strip() if found else cpu
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "ltbm": ltbm.__version__,
     }
@@ -107,25 +191,35 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--keep-ratio", type=float, default=0.25)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
-        "--budget-s",
-        type=float,
-        default=20.0,
-        help="stop repeating a cell once this many seconds are spent",
+        "--budget-s", type=float, default=20.0, help="stop repeating a cell after this many s"
     )
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument("--half-methods", nargs="+", default=["ltbm", "global"])
+    parser.add_argument("--half-dtypes", nargs="+", default=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods.json"))
+    parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cell:
+        print(json.dumps(measure_cell(json.loads(args.cell))))
+        return
 
-    methods = {name: DEFAULT_METHODS.get(name, {}) for name in args.methods}
-    result = run(
-        args.sizes, args.batches, args.dim, args.keep_ratio, args.repeats, args.budget_s, methods
-    )
-    result.update(machine=machine(), keep_ratio=args.keep_ratio)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result["ratios"], indent=2))
+    cells = []
+    for cell in grid(args):
+        result = run_cell_in_subprocess(cell)
+        cells.append(result)
+        print(
+            f"threads={cell['threads']} {cell['dtype']:8s} B={cell['batch']:2d} "
+            f"N={cell['n']:6d} {cell['method']:8s} {result['median_s'] * 1e3:10.1f} ms "
+            f"{result['passes']:7.1f} passes  peak +{result['peak_extra_over_input']:.2f}x",
+            flush=True,
+        )
+        output = {"cells": cells, "summary": summary(cells), "machine": machine()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(output, indent=2))
+    print(json.dumps(summary(cells), indent=2))
     print(f"wrote {args.out}")
 
 

@@ -33,11 +33,11 @@ def test_banded_scores_agree_with_dense_scores(width, window, seed):
     """The band computes the same best partners as the dense matrix restricted to the band."""
     generator = torch.Generator().manual_seed(seed)
     metric = torch.randn(1, width, 6, generator=generator)
+    distances = [matching.max_distance(w) for w in range(1, window + 1)]
+    norms, dots = matching.norms_and_neighbour_dots(metric, distances, torch.float32)
+    length = torch.tensor([width])
+    score, partner = matching.banded_best_partners(norms, dots, length, window)
     a, b = metric[:, 0::2], metric[:, 1::2]
-    num_a = torch.tensor([a.shape[1]])
-    num_b = torch.tensor([b.shape[1]])
-    a_norm, b_norm = a.norm(dim=-1), b.norm(dim=-1)
-    score, partner = matching.banded_best_partners(a, b, a_norm, b_norm, num_a, num_b, window)
     dense = torch.nn.functional.cosine_similarity(a[0, :, None], b[0, None, :], dim=-1)
     a_pos = 2 * torch.arange(a.shape[1])[:, None]
     b_pos = 2 * torch.arange(b.shape[1])[None, :] + 1
@@ -146,3 +146,37 @@ def test_every_window_is_a_distinct_setting():
     for i in range(len(plans)):
         for j in range(i + 1, len(plans)):
             assert not torch.equal(plans[i].slot_index, plans[j].slot_index), (i + 1, j + 1)
+
+
+@pytest.mark.parametrize("window", [1, 3, None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_sizes_do_not_change_results(monkeypatch, window, dtype):
+    """The kernel works in cache-sized blocks of rows and slots; tiny blocks (many of them,
+    with pairs and merges crossing block edges) give exactly the same plan and tokens."""
+    from ltbm import slot_sums
+
+    tokens = torch.randn(3, 257, 24, generator=torch.Generator().manual_seed(11)).to(dtype)
+    tokens[:, 5::7] = tokens[:, 3:4]  # exact ties
+    lengths = torch.tensor([257, 130, 9])
+    method, params = ("global", {}) if window is None else ("ltbm", {"window": window})
+    large = ltbm.compress(tokens, lengths, method, 0.15, **params)
+    monkeypatch.setattr(matching, "ROW_BLOCK_ELEMENTS", 3 * 24 * 5 // torch.get_num_threads())
+    monkeypatch.setattr(matching, "DENSE_BLOCK_ELEMENTS", 50)
+    monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", 24 * 7)
+    small = ltbm.compress(tokens, lengths, method, 0.15, **params)
+    assert torch.equal(large.plan.slot_index, small.plan.slot_index)
+    assert torch.equal(large.tokens, small.tokens)
+
+
+@pytest.mark.parametrize("method", ["ltbm", "global", "pool"])
+def test_slot_sums_by_index_add_agree_with_layered_gathers(monkeypatch, method):
+    """Slots with very many sources fall back to index_add_: same additions, same tokens."""
+    from ltbm import slot_sums
+
+    tokens = torch.randn(2, 120, 16, generator=torch.Generator().manual_seed(4))
+    lengths = torch.tensor([120, 77])
+    layered = ltbm.compress(tokens, lengths, method, 0.1)
+    monkeypatch.setattr(slot_sums, "MAX_WASTE", 0)
+    by_index_add = ltbm.compress(tokens, lengths, method, 0.1)
+    assert torch.equal(layered.plan.slot_index, by_index_add.plan.slot_index)
+    assert torch.equal(layered.tokens, by_index_add.tokens)

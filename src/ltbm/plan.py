@@ -12,6 +12,14 @@ from functools import cached_property
 
 import torch
 
+from ltbm.inputs import working_dtype
+from ltbm.memory import fresh_empty
+from ltbm.scaling import times_power_of_two, unit_exponents
+from ltbm.slot_sums import sum_rows_into_slots
+
+APPLY_BLOCK_ELEMENTS = 1 << 17
+"""Elements of a block of source rows widened at once by ``apply`` (512 KiB of float32)."""
+
 NOT_KEPT = -1
 """Slot index of a source that feeds no output slot (pruned, or padding)."""
 
@@ -110,6 +118,17 @@ class Plan:
         or no compression): then ``apply`` is an exact gather."""
         return self.unit_weights and bool((self.sizes[self.slot_mask] == 1).all())
 
+    @cached_property
+    def _first_sources(self) -> torch.Tensor:
+        positions = torch.arange(self.num_sources, device=self.slot_index.device)
+        positions = positions.expand_as(self.slot_index)
+        first = self._reduce(positions, "amin", self.num_sources)
+        return torch.where(self.slot_mask, first, 0)
+
+    def first_sources(self) -> torch.Tensor:
+        """``[B, K_max]`` long; the first source of each slot (0 on padding slots)."""
+        return self._first_sources
+
     def selected_sources(self) -> torch.Tensor:
         """``[B, K_max]`` long; for a selection plan, the source index of each slot (0 on
         padding slots, which ``apply`` zeroes)."""
@@ -120,7 +139,8 @@ class Plan:
     # ------------------------------------------------------------------ apply
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Compress ``x`` ``[B, N, ...]`` to ``[B, K_max, ...]``: the weighted mean of each
-        slot's sources, accumulated in float32 and returned in ``x``'s dtype. Padding slots
+        slot's sources, accumulated in float32 (float64 for float64 ``x``) and returned in
+        ``x``'s dtype. Padding slots
         are zero. A selection plan gathers, so keep_ratio = 1 is the identity bit for bit."""
         if x.shape[:2] != self.slot_index.shape:
             raise ValueError(
@@ -134,21 +154,84 @@ class Plan:
             out = torch.gather(x, 1, index.expand(-1, -1, *feature_shape))
             mask = self.slot_mask.reshape(*index.shape[:2], *([1] * len(feature_shape)))
             return torch.where(mask.to(x.device), out, torch.zeros((), dtype=x.dtype))
+        dtype = working_dtype(x.dtype)
+        out = self._weighted_means(x, dtype)
+        if not bool(torch.isfinite(out.sum())):
+            # Rare: non-finite sources (exact infinities need the slow path, the gathers
+            # would give NaN), or finite sources whose sum overflows (tokens near the
+            # dtype's largest value: averaged scaled down by a power of two, then back).
+            out = self._weighted_means_by_index_add(x, dtype)
+            out = self._rescaled_means(x, out)
+        return out.to(x.dtype)
+
+    def _weighted_means(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[B, K_max, ...]`` weighted mean per slot in ``dtype``: each slot's sources added
+        in source order (as gathers, see :mod:`ltbm.slot_sums`), half precision widened a
+        block of rows at a time instead of copied whole. Padding slots are zero."""
+        if not self.unit_weights or (x.requires_grad and torch.is_grad_enabled()):
+            # Weights other than one, or gradients wanted (the gathers write into buffers,
+            # which autograd cannot follow): the index_add_ path, same sums.
+            return self._weighted_means_by_index_add(x, dtype)
+        batch, width, slots = self.batch_size, self.num_sources, self.num_slots
+        feature_shape = x.shape[2:]
+        out = fresh_empty((batch * slots, *feature_shape), dtype, x.device)
+        first = self.first_sources().to(x.device)
+        clip = torch.arange(batch, device=x.device)[:, None]
+        kept = self.slot_index.to(x.device) >= 0
+        is_first = kept & (
+            torch.arange(width, device=x.device)
+            == first.gather(1, self.slot_index.to(x.device).clamp(min=0))
+        )
+        extra_clip, extra_source = torch.nonzero(kept & ~is_first, as_tuple=True)
+        extra_slot = extra_clip * slots + self.slot_index.to(x.device)[extra_clip, extra_source]
+        sum_rows_into_slots(
+            out,
+            x.reshape(batch * width, *feature_shape),
+            (clip * width + first).reshape(-1),
+            extra_slot,
+            extra_clip * width + extra_source,
+        )
+        out = out.view(batch, slots, *feature_shape)
+        sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
+        out.div_(sizes.reshape(batch, slots, *([1] * len(feature_shape))))
+        if not bool(self.slot_mask.all()):
+            out[~self.slot_mask.to(x.device)] = 0
+        return out
+
+    def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The general case (weights other than one): weighted sources added per slot."""
+        feature_shape = x.shape[2:]
         flat, dump = self._flat_index()
         flat = flat.to(x.device)
-        weights = self.weights.reshape(-1).to(x.device)
-        broadcast = weights.reshape(-1, *([1] * len(feature_shape)))
-        values = x.reshape(-1, *feature_shape).float()
+        weights = self.weights.reshape(-1).to(device=x.device, dtype=dtype)
+        values = x.reshape(-1, *feature_shape)
         # Not-kept sources (padding may hold anything, even NaN) land in the dump row only.
-        if not self.unit_weights:
-            values = values * broadcast
-        total = torch.zeros((dump + 1, *feature_shape), dtype=torch.float32, device=x.device)
-        total.index_add_(0, flat, values)
-        weight_sum = torch.zeros(dump + 1, dtype=torch.float32, device=x.device)
+        total = torch.zeros((dump + 1, *feature_shape), dtype=dtype, device=x.device)
+        rows = max(1, APPLY_BLOCK_ELEMENTS // max(values[0].numel(), 1))
+        for start in range(0, values.shape[0], rows):
+            block = values[start : start + rows].to(dtype)
+            block = block * weights[start : start + rows].reshape(-1, *([1] * len(feature_shape)))
+            total.index_add_(0, flat[start : start + rows], block)
+        weight_sum = torch.zeros(dump + 1, dtype=dtype, device=x.device)
         weight_sum.index_add_(0, flat, weights)
-        weight_sum = weight_sum.clamp(min=torch.finfo(torch.float32).tiny)
+        weight_sum = weight_sum.clamp(min=torch.finfo(dtype).tiny)
         total.div_(weight_sum.reshape(-1, *([1] * len(feature_shape))))
-        return total[:dump].reshape(self.batch_size, self.num_slots, *feature_shape).to(x.dtype)
+        return total[:dump].reshape(self.batch_size, self.num_slots, *feature_shape)
+
+    def _rescaled_means(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Means of clips whose sums overflowed, computed on the clip scaled so that its
+        largest kept magnitude lies in [0.5, 1). Sources that are themselves NaN or infinite
+        leave the result as it was (non-finite, as it should be)."""
+        dtype = out.dtype
+        kept = (self.slot_index >= 0).to(x.device).reshape(*x.shape[:2], *([1] * (x.dim() - 2)))
+        magnitudes = torch.where(kept, x.to(dtype).abs(), 0.0)
+        largest = magnitudes.reshape(x.shape[0], -1).amax(dim=1)
+        if not bool(torch.isfinite(largest).all()):
+            return out
+        shape = (-1, *([1] * (x.dim() - 1)))
+        exponents = unit_exponents(largest).reshape(shape)
+        scaled = times_power_of_two(x.to(dtype), -exponents)
+        return times_power_of_two(self._weighted_means(scaled, dtype), exponents)
 
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:
         """Broadcast slots ``[B, K_max, ...]`` back to sources ``[B, N, ...]``; sources that

@@ -4,23 +4,50 @@ Each round splits the current sequence by position into A (even) and B (odd). Ev
 finds its most similar B token (cosine similarity of the merged features), either among the
 ``window`` nearest B tokens on either side, at most 2·window − 1 positions away (LTBM), or
 among all of them (Global Merge). The ``r = min(n - K, |A|)`` best edges merge A into B (a
-size-weighted mean, so a slot is the plain mean of its source frames), survivors are put back
-in temporal order (by their mean source frame), and rounds repeat until exactly K tokens remain.
+size-weighted mean, so a slot is the plain mean of its source frames), survivors are put
+back in temporal order (by their mean source frame), and rounds repeat until exactly K
+tokens remain.
 
 With a window, scores outside the band are never computed: time and memory are
-O(N · window · D), linear in the audio length. Without one, scores come from a dense A×B
-matrix computed in row blocks, so memory stays bounded while time is quadratic.
+O(N · window · D), linear in the audio length. Without one, scores come from cache-sized
+blocks of the A×B matrix, so memory stays bounded while time is quadratic.
+
+The kernel is written to read its input as few times as possible (it exists to save
+time): the first round reads the input tokens in place, in row blocks that stay in cache
+while their norms and band dot products are computed (half precision is widened one block
+at a time), and the finiteness check is read off those norms. Merged features are written
+to workspaces that later rounds reuse.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ltbm.inputs import budgets, check_tokens, check_window, valid_mask
+from ltbm.inputs import (
+    budgets,
+    check_tokens,
+    check_window,
+    refuse_non_finite,
+    valid_mask,
+    working_dtype,
+)
+from ltbm.memory import fresh_empty
 from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
+from ltbm.scaling import times_power_of_two, unit_exponents
+from ltbm.slot_sums import sum_rows_into_slots
 
-DENSE_BLOCK_ELEMENTS = 1 << 24
-"""How many A×B scores the dense path holds at once (64 MiB of float32)."""
+DENSE_BLOCK_ELEMENTS = 1 << 22
+"""How many A×B scores the dense path holds at once (16 MiB of float32, cache-sized)."""
+
+ROW_BLOCK_ELEMENTS = 1 << 19
+"""Elements per thread in a row block of the banded pass (2 MiB of float32 per thread: stays
+in cache). Blocks grow with the thread count: many small operations were much slower on
+several threads of a busy machine, where every operation waits for all its threads."""
+
+SAFE_NORMS = (2.0**-20, 2.0**40)
+"""Largest token norm of a clip for which no rescaling is needed: dot products of merged
+tokens then stay far from overflow and underflow in float32. Outside it, the clip is scaled
+by a power of two first (exact), so the plan does not depend on the tokens' scale."""
 
 
 def band_offsets(window: int) -> range:
@@ -39,109 +66,177 @@ def max_distance(window: int) -> int:
     return 2 * window - 1
 
 
-def banded_best_partners(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    a_norm: torch.Tensor,
-    b_norm: torch.Tensor,
-    num_a: torch.Tensor,
-    num_b: torch.Tensor,
-    window: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best B partner of every A token within the band, without forming the A×B matrix.
+def norms_and_neighbour_dots(
+    x: torch.Tensor, distances: list[int], dtype: torch.dtype
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Row norms ``[B, n]`` of ``x [B, n, D]`` and, for every distance d, the dot products
+    ``x_t · x_{t+d}`` ``[B, n]`` (zero where t + d ≥ n), in ``dtype``.
 
-    ``a [B, na, D]`` and ``b [B, nb, D]`` are features with their norms ``[B, na]``,
-    ``[B, nb]``; ``num_a``/``num_b`` count the valid rows per clip. Scores are cosine
-    similarities. Returns the best score (``-inf`` where there is no valid partner) and the
-    B index. Ties go to the earliest B token.
+    One sweep over row blocks: each block (with the few rows after it that its pairs reach)
+    is widened to ``dtype`` once if needed, and its norms and pair products are computed
+    while it is in cache. Products are multiplied into one reused buffer and summed per
+    row, which reads strided rows in place (no per-row matrix multiplies, no copies).
     """
-    batch, na, _ = a.shape
-    nb = b.shape[1]
-    a_index = torch.arange(na, device=a.device)
-    scores, partners = [], []
-    for offset in band_offsets(window):
-        b_index = a_index + offset
+    batch, width, dim = x.shape
+    reach = max(distances, default=0)
+    elements = ROW_BLOCK_ELEMENTS * max(1, torch.get_num_threads())
+    rows = max(1, elements // max(batch * dim, 1))
+    if x.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
+        rows = max(width, 1)
+    norms = torch.empty(batch, width, dtype=dtype, device=x.device)
+    dots = {d: torch.zeros(batch, width, dtype=dtype, device=x.device) for d in distances}
+    widen = x.dtype != dtype
+    block = torch.empty(batch, rows + reach, dim, dtype=dtype, device=x.device) if widen else None
+    product = torch.empty(batch, rows, dim, dtype=dtype, device=x.device) if distances else None
+    for start in range(0, width, rows):
+        stop = min(width, start + rows)
+        end = min(width, stop + reach)
+        if widen:
+            rows_here = block[:, : end - start]
+            rows_here.copy_(x[:, start:end])
+        else:
+            rows_here = x[:, start:end]
+        norms[:, start:stop] = torch.linalg.vector_norm(rows_here[:, : stop - start], dim=-1)
+        for d in distances:
+            count = min(stop, width - d) - start
+            if count <= 0:
+                continue
+            out = product[:, :count]
+            torch.mul(rows_here[:, :count], rows_here[:, d : d + count], out=out)
+            dots[d][:, start : start + count] = out.sum(-1)
+    return norms, dots
+
+
+def banded_best_partners(
+    norms: torch.Tensor, dots: dict[int, torch.Tensor], length: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best B partner of every A token within the band, from the neighbour dot products.
+
+    A token i (position 2i) and B token j = i + o (position 2i + 2o + 1) are ``d = |2o + 1|``
+    apart: their dot product is ``dots[d]`` at the earlier of the two positions. Scores are
+    cosine similarities. Returns the best score (``-inf`` where there is no valid partner)
+    and the B index. Ties go to the earliest B token.
+    """
+    batch, width = norms.shape
+    na, nb = (width + 1) // 2, width // 2
+    num_a, num_b = (length + 1) // 2, length // 2
+    a_norm, b_norm = norms[:, 0::2], norms[:, 1::2]
+    offsets = band_offsets(window)
+    scores = torch.full(
+        (batch, na, len(offsets)), float("-inf"), dtype=norms.dtype, device=norms.device
+    )
+    a_index = torch.arange(na, device=norms.device)
+    for column, offset in enumerate(offsets):
         lo, hi = max(0, -offset), min(na, nb - offset)
-        score = torch.full((batch, na), float("-inf"), device=a.device)
-        if hi > lo:
-            dots = _row_dots(a[:, lo:hi], b[:, lo + offset : hi + offset])
-            score[:, lo:hi] = dots / (a_norm[:, lo:hi] * b_norm[:, lo + offset : hi + offset])
-        valid = (b_index[None, :] >= 0) & (b_index[None, :] < num_b[:, None])
-        scores.append(score.masked_fill(~valid, float("-inf")))
-        partners.append(b_index.clamp(0, max(nb - 1, 0)).expand(batch, na))
-    stacked = torch.stack(scores, dim=-1)
-    best = stacked.argmax(dim=-1, keepdim=True)
-    best_score = stacked.gather(-1, best).squeeze(-1)
-    best_b = torch.stack(partners, dim=-1).gather(-1, best).squeeze(-1)
-    a_valid = a_index[None, :] < num_a[:, None]
-    return best_score.masked_fill(~a_valid, float("-inf")), best_b
-
-
-def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot products ``[B, m]`` of two ``[B, m, D]`` strided views. One einsum per
-    clip: a 2-D einsum reads strided rows in place, a batched one copies them first."""
-    return torch.stack([torch.einsum("nd,nd->n", a[i], b[i]) for i in range(a.shape[0])])
+        if hi <= lo:
+            continue
+        distance = abs(2 * offset + 1)
+        # Forward pairs start at the A position (even), backward pairs at the B one (odd).
+        pair_dots = dots[distance][:, 0::2] if offset >= 0 else dots[distance][:, 1::2]
+        first = lo if offset >= 0 else lo + offset
+        dot = pair_dots[:, first : first + hi - lo]
+        norm = a_norm[:, lo:hi] * b_norm[:, lo + offset : hi + offset]
+        b_index = a_index[lo:hi] + offset
+        valid = (b_index[None, :] < num_b[:, None]) & (a_index[None, lo:hi] < num_a[:, None])
+        scores[:, lo:hi, column] = (dot / norm).masked_fill(~valid, float("-inf"))
+    best_score, best = scores.max(dim=-1)
+    best_b = (a_index[None, :] + best + offsets.start).clamp(0, max(nb - 1, 0))
+    return best_score, best_b
 
 
 def dense_best_partners(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    a_norm: torch.Tensor,
-    b_norm: torch.Tensor,
-    num_a: torch.Tensor,
-    num_b: torch.Tensor,
+    x: torch.Tensor, norms: torch.Tensor, length: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best B partner of every A token among all B tokens (Global Merge), in row blocks."""
-    batch, na, _ = a.shape
-    nb = b.shape[1]
-    b_columns = b.transpose(1, 2).contiguous()
-    b_valid = torch.arange(nb, device=a.device)[None, None, :] < num_b[:, None, None]
-    rows = max(1, DENSE_BLOCK_ELEMENTS // max(batch * nb, 1))
-    best_score = torch.full((batch, na), float("-inf"), device=a.device)
-    best_b = torch.zeros((batch, na), dtype=torch.long, device=a.device)
-    for start in range(0, na if nb else 0, rows):
-        block = torch.bmm(a[:, start : start + rows], b_columns)
-        block = block / (a_norm[:, start : start + rows, None] * b_norm[:, None, :])
-        block = block.masked_fill(~b_valid, float("-inf"))
-        index = block.argmax(dim=-1, keepdim=True)
-        best_score[:, start : start + rows] = block.gather(-1, index).squeeze(-1)
-        best_b[:, start : start + rows] = index.squeeze(-1)
-    a_valid = torch.arange(na, device=a.device)[None, :] < num_a[:, None]
-    return best_score.masked_fill(~a_valid, float("-inf")), best_b
+    """Best B partner of every A token among all B tokens of its clip (Global Merge).
+
+    Per clip, only its valid rows take part (no padding columns to mask); A×B dot products
+    are computed in cache-sized row blocks and divided in place by |a|·|b|.
+    """
+    batch, width, _ = x.shape
+    na = (width + 1) // 2
+    dtype = norms.dtype
+    best_score = torch.full((batch, na), float("-inf"), dtype=dtype, device=x.device)
+    best_b = torch.zeros((batch, na), dtype=torch.long, device=x.device)
+    for clip, n in enumerate(length.tolist()):
+        num_a, num_b = (n + 1) // 2, n // 2
+        if num_b == 0:
+            continue
+        b_columns = torch.empty(x.shape[2], num_b, dtype=dtype, device=x.device)
+        b_columns.copy_(x[clip, 1 : 2 * num_b : 2].T)
+        b_norm = norms[clip, 1 : 2 * num_b : 2]
+        rows = max(1, DENSE_BLOCK_ELEMENTS // num_b)
+        scores = torch.empty(min(rows, num_a), num_b, dtype=dtype, device=x.device)
+        denominators = torch.empty_like(scores)
+        for start in range(0, num_a, rows):
+            stop = min(num_a, start + rows)
+            block, denominator = scores[: stop - start], denominators[: stop - start]
+            torch.mm(x[clip, 2 * start : 2 * stop : 2].to(dtype), b_columns, out=block)
+            a_norm = norms[clip, 2 * start : 2 * stop : 2]
+            torch.mul(a_norm[:, None], b_norm[None, :], out=denominator)
+            score, index = block.div_(denominator).max(dim=-1)
+            best_score[clip, start:stop] = score
+            best_b[clip, start:stop] = index
+    return best_score, best_b
 
 
 def best_partners(
-    sums: torch.Tensor, length: torch.Tensor, window: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best B partner (score, B index) of every A token of the current sequences."""
-    # Dividing dot products by norms avoids writing a normalised copy of every token; the
-    # floor makes an all-zero token score 0 instead of NaN.
-    norms = torch.linalg.vector_norm(sums, dim=-1).clamp(min=1e-12)
-    a, b = sums[:, 0::2], sums[:, 1::2]
-    a_norm, b_norm = norms[:, 0::2], norms[:, 1::2]
-    num_a, num_b = (length + 1) // 2, length // 2
-    if window is None or window >= sums.shape[1]:
-        return dense_best_partners(a, b, a_norm, b_norm, num_a, num_b)
-    return banded_best_partners(a, b, a_norm, b_norm, num_a, num_b, window)
+    x: torch.Tensor,
+    length: torch.Tensor,
+    window: int | None,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row norms and the best B partner (score, B index) of every A token of ``x``."""
+    dense = window is None or window >= x.shape[1]
+    distances = [] if dense else [max_distance(w) for w in range(1, window + 1)]
+    norms, dots = norms_and_neighbour_dots(x, distances, dtype)
+    # The floor makes an all-zero token score 0 instead of NaN.
+    norms.clamp_(min=1e-12)
+    if dense:
+        score, partner = dense_best_partners(x, norms, length)
+    else:
+        score, partner = banded_best_partners(norms, dots, length, window)
+    return norms, score, partner
+
+
+class Workspaces:
+    """Merged features of successive rounds: each round writes into the buffer the round
+    before last used (the sequence only shrinks), so fresh memory is paged in only twice."""
+
+    def __init__(self) -> None:
+        self.buffers: list[torch.Tensor | None] = [None, None]
+        self.turn = 0
+
+    def take(
+        self, batch: int, width: int, dim: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        size = batch * width * dim
+        self.turn = 1 - self.turn
+        buffer = self.buffers[self.turn]
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[self.turn] = fresh_empty((size,), dtype, device)
+        return buffer[:size].view(batch, width, dim)
 
 
 def _merge_round(
-    sums: torch.Tensor,
+    x: torch.Tensor,
     sizes: torch.Tensor,
     frame_sums: torch.Tensor,
     length: torch.Tensor,
     kept: torch.Tensor,
-    window: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One round of bipartite merging on the current sequences.
+    best_score: torch.Tensor,
+    best_b: torch.Tensor,
+    workspaces: Workspaces,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One round of bipartite merging on the current sequences ``x``, given each A token's
+    best partner.
 
-    Returns the new (sums, sizes, frame_sums, length), the map from current positions to
-    new positions ``[B, n]`` and the merged edges ``[E, 3]`` (clip, a_pos, b_pos). After the
-    last round the features are not needed and come back as None.
+    Returns the new (features, sizes, frame_sums, length), the map from current positions
+    to new positions ``[B, n]`` and the merged edges ``[E, 3]`` (clip, a_pos, b_pos). After
+    the last round the features are not needed and come back as None.
     """
-    batch, width, dim = sums.shape
+    batch, width, dim = x.shape
     merges = torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
-    best_score, best_b = best_partners(sums, length, window)
 
     # The r best edges of each clip; a stable sort breaks ties by position.
     order = torch.sort(best_score, dim=1, descending=True, stable=True).indices
@@ -150,7 +245,7 @@ def _merge_round(
     )
     merge_a = rank < merges[:, None]
 
-    positions = torch.arange(width, device=sums.device).expand(batch, width)
+    positions = torch.arange(width, device=x.device).expand(batch, width)
     target = positions.clone()
     target[:, 0::2] = torch.where(merge_a, 2 * best_b + 1, positions[:, 0::2])
     edges = torch.nonzero(merge_a)
@@ -168,25 +263,53 @@ def _merge_round(
     new_length = length - merges
     new_width = int(new_length.max()) if batch else 0
     keep = order[:, :new_width]
+    new = (merged_sizes.gather(1, keep), merged_frames.gather(1, keep), new_length)
     if not bool((new_length > kept).any()):
         # Last round: the plan needs only the assignment, not the merged features.
-        return None, None, None, new_length, to_new, edges
-    # Per clip, survivors are gathered in their new order (rows past a clip's length are
-    # ignored later), then every merged A row is added onto its B row; unmerged A rows go
-    # to a spare last row. Both read the current rows in place: no temporary copies.
-    new_sums = sums.new_empty(batch, new_width + 1, dim)
-    for clip in range(batch):
-        torch.index_select(sums[clip], 0, keep[clip], out=new_sums[clip, :new_width])
-        a_target = torch.where(merge_a[clip], to_new[clip, 0::2], new_width)
-        new_sums[clip].index_add_(0, a_target, sums[clip, 0::2])
-    return (
-        new_sums[:, :new_width],
-        merged_sizes.gather(1, keep),
-        merged_frames.gather(1, keep),
-        new_length,
-        to_new,
-        edges,
+        return None, *new, to_new, edges
+    # Each new row is its survivor's row plus the rows merged into it, added in A order
+    # (rows past a clip's length are ignored later). Rows are read in place, as gathers.
+    merged = workspaces.take(batch, new_width, dim, dtype, x.device)
+    clip_rows = torch.arange(batch, device=x.device)[:, None]
+    first = (clip_rows * width + keep).reshape(-1)
+    a_clip, a_index = torch.nonzero(merge_a, as_tuple=True)
+    extra_slot = a_clip * new_width + to_new[a_clip, 2 * a_index]
+    extra_row = a_clip * width + 2 * a_index
+    sum_rows_into_slots(
+        merged.view(batch * new_width, dim),
+        x.reshape(batch * width, dim),
+        first,
+        extra_slot,
+        extra_row,
     )
+    return merged, *new, to_new, edges
+
+
+def rescaled_tokens(
+    tokens: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype, clips: list[int]
+) -> torch.Tensor:
+    """A working copy of the tokens in which each listed clip is scaled by a power of two
+    (exactly) so that its largest magnitude lies in [0.5, 1); padding is zeroed."""
+    x = tokens.to(dtype).masked_fill(~valid_mask(lengths, tokens.shape[1])[:, :, None], 0.0)
+    largest = torch.zeros(tokens.shape[0], dtype=dtype, device=tokens.device)
+    for clip in clips:
+        if int(lengths[clip]):
+            largest[clip] = x[clip, : int(lengths[clip])].abs().amax()
+    return times_power_of_two(x, -unit_exponents(largest)[:, None, None])
+
+
+def clips_to_rescale(norms: torch.Tensor, lengths: torch.Tensor) -> list[int]:
+    """Clips whose largest valid token norm is not finite (NaN, Inf, or an overflow of
+    finite values) or lies outside :data:`SAFE_NORMS`."""
+    valid = valid_mask(lengths, norms.shape[1])
+    largest = torch.where(valid, norms, 0.0).amax(dim=1) if norms.shape[1] else None
+    if largest is None:
+        return []
+    finite_nan = torch.where(valid, norms, 0.0).isnan().any(dim=1)
+    low, high = SAFE_NORMS
+    outside = ~torch.isfinite(largest) | finite_nan | (largest > high)
+    outside |= (largest > 0) & (largest < low)
+    return torch.nonzero(outside)[:, 0].tolist()
 
 
 @torch.no_grad()
@@ -198,36 +321,47 @@ def bipartite_merge_plan(
 ) -> Plan:
     """Plan for merging each clip down to ``kept_tokens(length, keep_ratio)`` tokens.
 
-    ``window=None`` is Global Merge; an integer w restricts matches to the w nearest B tokens
-    on either side in the current sequence, at most 2w − 1 positions away (LTBM). A window
-    that covers the whole sequence is the same as none.
+    ``window=None`` is Global Merge; an integer w restricts matches to the w nearest B
+    tokens on either side in the current sequence, at most 2w − 1 positions away (LTBM).
+    A window that covers the whole sequence is the same as none.
     """
     window = check_window(window)
-    lengths = check_tokens(tokens, lengths)
+    lengths = check_tokens(tokens, lengths, check_finite=False)
     kept = budgets(lengths, keep_ratio)
     batch, width, _ = tokens.shape
+    dtype = working_dtype(tokens.dtype)
     valid = valid_mask(lengths, width)
 
-    sums = tokens.float().contiguous()
-    if bool((lengths < width).any()):  # padding may hold anything: zero it once
-        sums = sums.masked_fill(~valid[:, :, None], 0.0)
     sizes = valid.long()
     frames = torch.arange(width, device=tokens.device, dtype=torch.float64)
     frame_sums = torch.where(valid, frames, 0.0)
     where = torch.where(valid, torch.arange(width, device=tokens.device), NOT_KEPT)
     length = lengths.clone()
     history = []
+    x, workspaces = tokens, Workspaces()
+    first_round = True
     while bool((length > kept).any()):
-        sums, sizes, frame_sums, length, to_new, edges = _merge_round(
-            sums, sizes, frame_sums, length, kept, window
+        norms, best_score, best_b = best_partners(x, length, window, dtype)
+        if first_round:
+            rescale = clips_to_rescale(norms, length)
+            if rescale:
+                # Rare: NaN/Inf (refused here) or extreme scales; rescale, then start over.
+                refuse_non_finite(tokens, lengths)
+                x = rescaled_tokens(tokens, lengths, dtype, rescale)
+                norms, best_score, best_b = best_partners(x, length, window, dtype)
+            first_round = False
+        x, sizes, frame_sums, length, to_new, edges = _merge_round(
+            x, sizes, frame_sums, length, kept, best_score, best_b, workspaces, dtype
         )
         where = torch.where(where >= 0, to_new.gather(1, where.clamp(min=0)), NOT_KEPT)
         history.append(edges)
+    if first_round:  # no round ran (keep ratio 1, or clips of at most two tokens)
+        refuse_non_finite(tokens, lengths)
     return plan_from_slots(where, kept, history)
 
 
 def ltbm_plan(
-    tokens: torch.Tensor, lengths: torch.Tensor | None, keep_ratio: float, window: int = 2
+    tokens: torch.Tensor, lengths: torch.Tensor | None, keep_ratio: float, window: int = 1
 ) -> Plan:
     """Local Temporal Bipartite Merging: each A token matches only its ``window`` nearest B
     tokens on either side (positions ±1, ±3, …, ±(2·window − 1))."""

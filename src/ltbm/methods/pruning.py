@@ -6,11 +6,13 @@ import math
 
 import torch
 
-from ltbm.inputs import budgets, check_tokens, valid_mask
+from ltbm.inputs import budgets, check_tokens, valid_mask, working_dtype
 from ltbm.methods.selection import selection_plan, top_scoring
 from ltbm.plan import Plan
 
 SCORERS = ("attention", "norm")
+UNDERFLOW_NORM = 2.0**-60
+"""Below this norm, squares of the elements may have underflowed: recompute the row scaled."""
 BLOCK_ELEMENTS = 1 << 24
 """Attention probabilities held at once (64 MiB of float32), whatever batch and heads."""
 
@@ -22,11 +24,7 @@ def attention_received(
     """Mean attention each key frame receives: softmax(QKᵀ/√d) over valid keys, averaged over
     heads and valid queries. ``queries``/``keys`` are ``[B, H, F, d]`` from the encoder's last
     layer; computed in query blocks so the F×F matrix is never held whole."""
-    if queries.shape != keys.shape or queries.dim() != 4:
-        raise ValueError(
-            "attention scoring needs queries and keys of the same shape [B, heads, frames, "
-            f"head_dim], got {list(queries.shape)} and {list(keys.shape)}"
-        )
+    check_attention_inputs(queries, keys, frame_lengths)
     batch, heads, frames, head_dim = keys.shape
     key_valid = valid_mask(frame_lengths, frames)
     received = torch.zeros(batch, frames, dtype=torch.float32, device=keys.device)
@@ -42,6 +40,20 @@ def attention_received(
         probs = probs * query_valid[:, None, :, None]
         received += probs.sum(dim=(1, 2))
     return received / (heads * frame_lengths.clamp(min=1)[:, None])
+
+
+def feature_norms(tokens: torch.Tensor) -> torch.Tensor:
+    """L2 norm of every token in the working precision. Where the sum of squares overflows
+    or underflows (finite tokens near the ends of the dtype's range), the row is divided by
+    its largest magnitude first, so the ranking does not depend on the tokens' scale."""
+    norms = torch.linalg.vector_norm(tokens, dim=-1, dtype=working_dtype(tokens.dtype))
+    extreme = torch.isinf(norms) | (norms < UNDERFLOW_NORM)
+    if bool(extreme.any()):
+        rows = tokens[extreme].to(norms.dtype)
+        largest = rows.abs().amax(dim=-1, keepdim=True)
+        unit = rows / torch.where(largest > 0, largest, 1.0)
+        norms[extreme] = torch.linalg.vector_norm(unit, dim=-1) * largest[:, 0]
+    return norms
 
 
 def pool_frames_to_tokens(frame_scores: torch.Tensor, width: int) -> torch.Tensor:
@@ -76,12 +88,46 @@ def prune_plan(
     width = tokens.shape[1]
     if scores is None:
         scores = token_scores(tokens, lengths, scorer, queries, keys)
-    elif scores.shape != tokens.shape[:2]:
+    else:
+        check_scores(scores, tokens, lengths)
+    chosen = top_scoring(scores, valid_mask(lengths, width), kept)
+    return selection_plan(chosen, kept, width)
+
+
+def check_scores(scores: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Caller-given scores: a real-valued ``[B, N]`` tensor without NaN at valid positions
+    (a NaN would rank nowhere and silently keep the first K tokens)."""
+    if not isinstance(scores, torch.Tensor) or scores.is_meta:
+        raise TypeError(f"scores must be a [B, N] tensor with data, got {type(scores).__name__}")
+    if scores.shape != tokens.shape[:2]:
         raise ValueError(
             f"scores must be [B, N] = {list(tokens.shape[:2])}, got {list(scores.shape)}"
         )
-    chosen = top_scoring(scores, valid_mask(lengths, width), kept)
-    return selection_plan(chosen, kept, width)
+    if scores.is_complex() or scores.dtype == torch.bool:
+        raise TypeError(f"scores must be real numbers, got {scores.dtype}")
+    valid = valid_mask(lengths.to(scores.device), scores.shape[1])
+    if bool(torch.isnan(scores.float()[valid]).any()):
+        raise ValueError("scores hold NaN at valid positions; give every valid token a score")
+
+
+def check_attention_inputs(queries: torch.Tensor, keys: torch.Tensor, frame_lengths) -> None:
+    """Queries and keys: same ``[B, H, F, d]`` shape, data, finite on the valid frames (a NaN
+    would turn every attention weight of its clip into NaN, then into zero scores)."""
+    for name, value in (("queries", queries), ("keys", keys)):
+        if not isinstance(value, torch.Tensor) or value.is_meta or not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor with data [B, heads, F, d]")
+    if queries.shape != keys.shape or queries.dim() != 4:
+        raise ValueError(
+            "attention scoring needs queries and keys of the same shape [B, heads, frames, "
+            f"head_dim], got {list(queries.shape)} and {list(keys.shape)}"
+        )
+    for clip, frames in enumerate(frame_lengths.tolist()):
+        for name, value in (("queries", queries), ("keys", keys)):
+            if not bool(torch.isfinite(value[clip, :, :frames]).all()):
+                raise ValueError(
+                    f"{name} hold NaN or Inf in the valid frames of clip {clip}; check the "
+                    "encoder's last attention layer (float16 overflow is a common cause)"
+                )
 
 
 def token_scores(
@@ -93,7 +139,7 @@ def token_scores(
 ) -> torch.Tensor:
     """Importance score of every token under the named scorer."""
     if scorer == "norm":
-        return tokens.float().norm(dim=-1)
+        return feature_norms(tokens)
     if scorer == "attention":
         if queries is None or keys is None:
             raise ValueError(

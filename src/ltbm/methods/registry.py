@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from ltbm.budget import check_keep_ratio
-from ltbm.inputs import check_window
+from ltbm.inputs import check_seed, check_window
 from ltbm.methods.matching import bipartite_merge_plan
 from ltbm.methods.pooling import pool_plan
 from ltbm.methods.pruning import SCORERS, prune_plan
@@ -142,7 +142,7 @@ class Random(Method):
 
     def __init__(self, keep_ratio: float = 0.25, seed: int = 0) -> None:
         super().__init__(keep_ratio)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
 
     def plan(self, tokens, lengths=None, **signals) -> Plan:
         return random_plan(tokens, lengths, self.keep_ratio, self.seed)
