@@ -31,7 +31,8 @@ def methods() -> None:
     table = Table("method", "parameters", "what it does")
     for name, cls in METHODS.items():
         params = ", ".join(["keep_ratio", *method_parameters(name)])
-        table.add_row(name, params, (cls.__doc__ or "").strip().splitlines()[0])
+        first_paragraph = (cls.__doc__ or "").strip().split("\n\n")[0]
+        table.add_row(name, params, " ".join(first_paragraph.split()))
     console.print(table)
 
 
