@@ -175,3 +175,19 @@ def test_registered_method_is_usable_by_name(monkeypatch):
     assert isinstance(ltbm.get_method("first", keep_ratio=0.5), FirstK)
     with pytest.raises(TypeError, match="class attribute `name`"):
         ltbm.register(type("Nameless", (), {}))
+
+
+def test_methods_command_lists_every_method_with_its_whole_summary():
+    from typer.testing import CliRunner
+
+    from ltbm.cli import app
+
+    from ltbm.methods.registry import METHODS
+
+    result = CliRunner().invoke(app, ["methods"])
+    assert result.exit_code == 0, result.output
+    # Undo the table's wrapping: continuation lines hold only the last column's text.
+    text = " ".join(result.output.replace("│", " ").split())
+    for name in METHODS:
+        assert f" {name} " in text
+    assert "until K tokens remain." in text, "LTBM's summary is cut short"
