@@ -181,7 +181,6 @@ def test_methods_command_lists_every_method_with_its_whole_summary():
     from typer.testing import CliRunner
 
     from ltbm.cli import app
-
     from ltbm.methods.registry import METHODS
 
     result = CliRunner().invoke(app, ["methods"])
