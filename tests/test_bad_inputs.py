@@ -60,3 +60,36 @@ def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path):
     manifest = folder / "manifest.tsv"
     manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
     assert len(SpeechTask(folder).items()) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("{file}", "is a file"),
+        ("{missing}", "does not exist"),
+        ("{empty}", "holds no config.json"),
+    ],
+)
+def test_a_checkpoint_path_that_is_not_a_checkpoint_folder_is_named(tmp_path, model, expected):
+    import ltbm
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    model = model.format(
+        file=tmp_path / "file", missing=tmp_path / "nope", empty=tmp_path / "empty"
+    )
+    with pytest.raises(ValueError, match=expected):
+        ltbm.load(model)
+    message = one_line_error(
+        run(*eval_args(tmp_path / "runs"), "--backbone", "hf", "--model", model)
+    )
+    assert expected in message and "config.json" in message
+
+
+def test_an_unusable_whisper_device_is_one_line(tmp_path):
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("CUDA works here")
+    message = one_line_error(run(*eval_args(tmp_path / "runs"), "--device", "cuda"))
+    assert "cannot start on device cuda" in message and "--device cpu" in message
