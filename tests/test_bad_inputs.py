@@ -93,3 +93,15 @@ def test_an_unusable_whisper_device_is_one_line(tmp_path):
         pytest.skip("CUDA works here")
     message = one_line_error(run(*eval_args(tmp_path / "runs"), "--device", "cuda"))
     assert "cannot start on device cuda" in message and "--device cpu" in message
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), "99999999999999999999999"])
+def test_a_seed_outside_the_generators_range_is_refused_before_any_item(tmp_path, seed):
+    out = tmp_path / "runs"
+    message = one_line_error(run(*eval_args(out), "--method", "random", "--seed", seed))
+    assert "--seed must be a whole number from 0 to 2**63 - 1" in message
+    assert not out.exists() or not list(out.rglob("items.jsonl"))
+    config = tmp_path / "grid.json"
+    config.write_text(json.dumps({"methods": ["random"], "seed": int(seed)}))
+    sweep = ["sweep", "--config", str(config), "--limit", "1", "--out", str(out)]
+    assert "seed must be a whole number" in one_line_error(run(*sweep))

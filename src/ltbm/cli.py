@@ -234,6 +234,7 @@ def eval_command(
 
     from ltbm.methods.registry import DEFAULT_WINDOW
     from ltbm.run.evaluate import Cell, evaluate
+    from ltbm.run.options import check_seed
 
     if method == "ltbm" and window is None:
         window = DEFAULT_WINDOW  # named in the run's folder, like every other parameter
@@ -243,6 +244,7 @@ def eval_command(
         raise typer.BadParameter("--limit and --subset exclude each other: pick one")
     if seed is not None and subset is None and method != "random":
         raise typer.BadParameter("--seed seeds --subset's sample and the random method: add one")
+    check_seed("--seed", seed)
     cell_seed = seed if method == "random" else None
     cell = Cell(method, 1.0 if method == "none" else keep_ratio, window, scorer, cell_seed)
     cell.build()  # refuse bad parameters before any model loads
@@ -338,9 +340,11 @@ def sweep(
     """Run the paper's grid (methods × keep ratios × windows), reusing finished cells,
     then write the report."""
     from ltbm.report import write_report
+    from ltbm.run.options import check_seed
     from ltbm.run.sweep import GRID_KEYS, Grid, merge_settings, read_sweep_config
     from ltbm.run.sweep import sweep as run_sweep
 
+    check_seed("--seed", seed)
     flags = {
         "methods": _names(methods, "--methods"),
         "keep_ratios": _floats(keep_ratios, "--keep-ratios"),

@@ -30,6 +30,17 @@ def check_whole(option: str, value: int | None, low: int = 1) -> None:
         raise ValueError(f"{option} must be ≥ {low}, got {value}")
 
 
+SEED_MAX = 2**63 - 1
+"""The largest seed every generator ltbm seeds (torch, numpy) takes."""
+
+
+def check_seed(option: str, value: int | None) -> None:
+    """``value`` is None or a seed in [0, :data:`SEED_MAX`]: a larger one fails inside the
+    generator on every item, a negative one is refused by numpy's."""
+    if value is not None and not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{option} must be a whole number from 0 to 2**63 - 1, got {value}")
+
+
 def check_out_dir(out: Path, option: str = "--out") -> None:
     """``out`` is a folder or can become one (it is created now, so a read-only parent
     shows before the work, not after)."""

@@ -31,6 +31,7 @@ from ltbm.run.evaluate import (
     run_identity,
 )
 from ltbm.run.folder import check_cell
+from ltbm.run.options import check_seed
 from ltbm.tasks.base import Task
 
 PAPER_METHODS = ("none", "pool", "prune", "global", "ltbm")
@@ -47,6 +48,11 @@ def _text(key: str, value: Any) -> str:
 def _whole(key: str, value: Any, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{key} must be a whole number ≥ {low}, got {value!r}")
+    return value
+
+
+def _seed(key: str, value: Any) -> int:
+    check_seed(key, _whole(key, value, low=0))
     return value
 
 
@@ -85,7 +91,7 @@ GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "keep_ratios": _list_of(_ratio),
     "windows": _list_of(_whole),
     "scorer": _text,
-    "seed": lambda key, value: _whole(key, value, low=0),
+    "seed": _seed,
 }
 RUN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "root": _text,
