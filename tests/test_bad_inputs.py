@@ -8,6 +8,8 @@ model run through the library alone."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from test_run_identity import eval_args, one_line_error, run, speech_folder
@@ -105,3 +107,65 @@ def test_a_seed_outside_the_generators_range_is_refused_before_any_item(tmp_path
     config.write_text(json.dumps({"methods": ["random"], "seed": int(seed)}))
     sweep = ["sweep", "--config", str(config), "--limit", "1", "--out", str(out)]
     assert "seed must be a whole number" in one_line_error(run(*sweep))
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory) -> Path:
+    """A runs folder with one finished cell (one built-in clip, uncompressed)."""
+    out = tmp_path_factory.mktemp("report") / "runs"
+    assert run(*eval_args(out)).exit_code == 0
+    return out
+
+
+def damaged_copy(finished_runs: Path, tmp_path: Path, name: str, text: str) -> Path:
+    """A copy of the runs folder whose cell file ``name`` holds ``text``."""
+    out = tmp_path / "runs"
+    shutil.copytree(finished_runs, out)
+    (out / "speech" / "whisper-ct2" / "none" / name).write_text(text)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[1]", "a JSON list, not an object"),
+        ("{}", "'task' is missing"),
+        ('{"task": "speech", "task_kind": "asr", "backbone": "b", "cell": "x", "metrics": {}}',
+         "'cell' is missing or not a dict"),
+    ],
+)  # fmt: skip
+def test_report_names_a_metrics_file_it_cannot_read(finished_runs, tmp_path, text, problem):
+    out = damaged_copy(finished_runs, tmp_path, "metrics.json", text)
+    message = one_line_error(run("report", str(out), "--resamples", "10"))
+    assert "metrics.json is not a metrics file written by ltbm" in message and problem in message
+
+
+def test_a_record_with_a_field_of_the_wrong_type_names_file_and_line(finished_runs, tmp_path):
+    items = finished_runs / "speech" / "whisper-ct2" / "none" / "items.jsonl"
+    record = json.loads(items.read_text().splitlines()[0])
+    record["prediction"] = 5
+    text = items.read_text() + json.dumps(record) + "\n"
+    out = damaged_copy(finished_runs, tmp_path, "items.jsonl", text)
+    message = one_line_error(run("report", str(out), "--resamples", "10"))
+    assert "items.jsonl, line 2: its 'prediction' is int, not str" in message
+    message = one_line_error(run(*eval_args(out), "--limit", "2"))
+    assert "line 2" in message and "--fresh" in message
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--resamples", "1000000000", "resamples must lie between 1 and 1,000,000"),
+        ("--seed", "-1", "seed must be a whole number from 0"),
+    ],
+)
+def test_report_options_out_of_range_are_refused(finished_runs, option, value, expected):
+    message = one_line_error(run("report", str(finished_runs), option, value))
+    assert expected in message
+
+
+def test_report_out_naming_a_file_is_one_line(finished_runs, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    message = one_line_error(run("report", str(finished_runs), "--out", str(target)))
+    assert "is a file; pass a folder" in message
