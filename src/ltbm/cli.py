@@ -441,18 +441,17 @@ def report(
     """Tables (markdown, CSV, JSON), plots and paired-bootstrap statistics from finished runs."""
     from ltbm.report import write_report
     from ltbm.report_stats import DEFAULT_PAIRS, StatsOptions, parse_pairs
+    from ltbm.run.options import check_out_dir
 
-    try:
-        given = {"resamples": resamples, "seed": seed, "level": level}
-        options = StatsOptions(
-            **{k: v for k, v in given.items() if v is not None},
-            pairs=parse_pairs(pairs) if pairs else DEFAULT_PAIRS,
-            pool_tasks=pool_tasks,
-        )
-        paths = write_report(runs_dirs, out, options)
-    except (FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
+    given = {"resamples": resamples, "seed": seed, "level": level}
+    options = StatsOptions(
+        **{k: v for k, v in given.items() if v is not None},
+        pairs=parse_pairs(pairs) if pairs else DEFAULT_PAIRS,
+        pool_tasks=pool_tasks,
+    )
+    if out is not None:
+        check_out_dir(out)
+    paths = write_report(runs_dirs, out, options)
     typer.echo(paths["stats_markdown"].read_text())
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
