@@ -83,12 +83,29 @@ def check_device(backbone: str, device: str | None) -> None:
     import torch
 
     try:
-        torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, ValueError):
         raise ValueError(
             f"--device {device} is not a device name (cpu, cuda, cuda:1, mps) or a device map "
             f"({', '.join(HF_DEVICE_MAPS)})"
         ) from None
+    check_device_present(parsed, device)
+
+
+def check_device_present(parsed, device: str) -> None:
+    """A CUDA or MPS device that this machine has (torch would fail with an assertion or
+    an 'invalid device ordinal' once the weights are loaded)."""
+    import torch
+
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise ValueError(
+                f"--device {device}: this machine has {count} usable CUDA device(s); use "
+                "--device cpu" + (f" or cuda:0 to cuda:{count - 1}" if count else "")
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
 
 
 def check_frame_rate(backbone: str, frame_rate: int | None) -> None:
