@@ -8,6 +8,7 @@ model run through the library alone."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -169,3 +170,36 @@ def test_report_out_naming_a_file_is_one_line(finished_runs, tmp_path):
     target.write_text("x")
     message = one_line_error(run("report", str(finished_runs), "--out", str(target)))
     assert "is a file; pass a folder" in message
+
+
+@pytest.mark.parametrize(
+    ("grid", "expected"),
+    [
+        ({"keep_ratios": (float("nan"),)}, "--keep-ratios must lie in (0, 1]"),
+        ({"keep_ratios": (1.5, 0.5)}, "--keep-ratios must lie in (0, 1]"),
+        ({"window": 0}, "--window must be a whole number ≥ 1"),
+    ],
+)
+def test_a_bench_grid_that_would_measure_nothing_or_the_wrong_thing_is_refused(grid, expected):
+    from ltbm.run.bench import BenchGrid
+
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        BenchGrid(**grid)
+
+
+def test_bench_measures_none_once_as_the_baseline():
+    from ltbm.run.bench import BenchGrid
+    from ltbm.run.evaluate import Cell
+
+    cells = BenchGrid(methods=("none", "pool"), keep_ratios=(0.5,)).cells()
+    assert cells == [Cell("none", 1.0), Cell("pool", 0.5)]
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_before_loading():
+    import torch
+
+    from ltbm.run.options import check_device
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=f"has {count} usable CUDA device"):
+        check_device("qwen2-audio", f"cuda:{count}")

@@ -46,6 +46,11 @@ class BenchGrid:
         """Refuse settings that would measure nothing or divide by zero, before loading."""
         if not self.methods or not self.keep_ratios:
             raise ValueError("bench needs at least one method and one keep ratio")
+        if any(not 0 < ratio <= 1 for ratio in self.keep_ratios):
+            raise ValueError(
+                f"--keep-ratios must lie in (0, 1] (1 measures the uncompressed baseline), got "
+                f"{','.join(map(repr, self.keep_ratios))}"
+            )
         if not self.batch_sizes or any(not _whole(b, 1) for b in self.batch_sizes):
             raise ValueError(f"--batch-sizes must be whole numbers ≥ 1, got {self.batch_sizes}")
         if not self.seconds or any(not 0 < s <= 600 for s in self.seconds):
@@ -54,6 +59,8 @@ class BenchGrid:
             raise ValueError(
                 f"--warmup must be ≥ 0 and --repeats ≥ 1, got {self.warmup}, {self.repeats}"
             )
+        if not _whole(self.window, 1):
+            raise ValueError(f"--window must be a whole number ≥ 1, got {self.window}")
         if not _whole(self.decode_tokens, 2):
             raise ValueError(
                 f"--decode-tokens must be ≥ 2 (decode speed is M tokens minus the first), "
@@ -61,10 +68,12 @@ class BenchGrid:
             )
 
     def cells(self) -> list[Cell]:
-        """keep ratio 1 is measured once, as the uncompressed baseline."""
-        cells = [Cell("none", 1.0)] if 1.0 in self.keep_ratios else []
+        """keep ratio 1 (or method none) is measured once, as the uncompressed baseline;
+        none is never measured at another ratio, where it would be a mislabelled copy."""
+        baseline = 1.0 in self.keep_ratios or "none" in self.methods
+        cells = [Cell("none", 1.0)] if baseline else []
         for ratio in (r for r in self.keep_ratios if r < 1.0):
-            for method in self.methods:
+            for method in (m for m in self.methods if m != "none"):
                 window = self.window if method == "ltbm" else None
                 scorer = self.scorer if method == "prune" else None
                 cells.append(Cell(method, ratio, window=window, scorer=scorer))
