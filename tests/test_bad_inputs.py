@@ -203,3 +203,21 @@ def test_a_cuda_device_this_machine_lacks_is_refused_before_loading():
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(ValueError, match=f"has {count} usable CUDA device"):
         check_device("qwen2-audio", f"cuda:{count}")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--reference", "hello"], "give the audio file too"),
+        (["{clip}", "--reference", "  "], "--reference is empty"),
+        (["--keep", "0"], "keep_ratio must be in (0, 1]"),
+        (["{clip}/missing.wav"], "not found"),
+        (["--out", "{file}"], "is a file; pass a folder"),
+    ],
+)
+def test_demo_bad_input_is_one_line_with_exit_2(tmp_path, args, expected):
+    (tmp_path / "file").write_text("x")
+    clip = str(SpeechTask.builtin().items()[0].audio)
+    args = [a.format(clip=clip, file=tmp_path / "file") for a in args]
+    message = one_line_error(run("demo", "--clips", "1", *args))
+    assert expected in message

@@ -50,16 +50,17 @@ def demo(
     ),
 ) -> None:
     """Transcribe speech with Whisper tiny.en on this CPU, compressed by each method."""
-    from ltbm.audio import AudioError
     from ltbm.demo import builtin_clips, check_demo_audio, demo_table, file_clip, run_demo
+    from ltbm.run.options import check_out_dir
 
-    try:
-        chosen = builtin_clips(clips) if audio is None else [file_clip(audio, reference)]
-        check_demo_audio(chosen, console)
-        result = run_demo(chosen, out, keep_ratios=keep, console=console)
-    except (AudioError, ValueError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(1) from None
+    if reference is not None and audio is None:
+        raise ValueError("--reference says what AUDIO says: give the audio file too")
+    if reference is not None and not reference.strip():
+        raise ValueError("--reference is empty; give the words AUDIO says, or leave it out")
+    check_out_dir(out)
+    chosen = builtin_clips(clips) if audio is None else [file_clip(audio, reference)]
+    check_demo_audio(chosen, console)
+    result = run_demo(chosen, out, keep_ratios=keep, console=console)
     console.print(demo_table(result, console.width))
     seconds = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
     console.print(f"picture: {result.figure}\ntime: {seconds}")
