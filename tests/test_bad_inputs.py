@@ -221,3 +221,22 @@ def test_demo_bad_input_is_one_line_with_exit_2(tmp_path, args, expected):
     args = [a.format(clip=clip, file=tmp_path / "file") for a in args]
     message = one_line_error(run("demo", "--clips", "1", *args))
     assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("grid.toml", "", "is empty; give at least one key"),
+        ("grid.json", "{}", "is empty; give at least one key"),
+        ("grid.json", '{"methods": ["none"], "methods": ["pool"]}', "methods appear twice"),
+    ],
+)
+def test_an_empty_sweep_config_or_a_repeated_key_is_refused(tmp_path, name, text, expected):
+    config = tmp_path / name
+    config.write_text(text)
+    out = tmp_path / "runs"
+    message = one_line_error(
+        run("sweep", "--config", str(config), "--limit", "1", "--out", str(out))
+    )
+    assert str(config) in message and expected in message
+    assert not out.exists()

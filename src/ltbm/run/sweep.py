@@ -159,11 +159,19 @@ def read_sweep_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"sweep config {path} is a folder; pass a .toml or .json file")
     try:
         text = path.read_text(encoding="utf-8")
-        config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        if path.suffix == ".toml":
+            config = tomllib.loads(text)
+        else:
+            config = json.loads(text, object_pairs_hook=_unique_keys)
+    except ValueError as error:  # TOML and JSON syntax, UTF-8, a key given twice
         raise ValueError(f"sweep config {path} cannot be parsed: {error}") from None
     if not isinstance(config, dict):
         raise ValueError(f"sweep config {path} must hold a table of keys, got {config!r}")
+    if not config:
+        raise ValueError(
+            f"sweep config {path} is empty; give at least one key (e.g. methods = "
+            '["ltbm", "pool"]), or leave --config out for the paper\'s grid'
+        )
     checks = {**GRID_KEYS, **RUN_KEYS}
     unknown = sorted(set(config) - set(checks))
     if unknown:
@@ -174,6 +182,16 @@ def read_sweep_config(path: Path) -> dict[str, Any]:
         return {key: checks[key](key, value) for key, value in config.items()}
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: with a key given twice, one value would be
+    dropped without a word."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"the key(s) {', '.join(repeated)} appear twice; give each once")
+    return dict(pairs)
 
 
 def load_grid(path: Path) -> tuple[Grid, dict[str, Any]]:
