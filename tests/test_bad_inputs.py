@@ -240,3 +240,13 @@ def test_an_empty_sweep_config_or_a_repeated_key_is_refused(tmp_path, name, text
     )
     assert str(config) in message and expected in message
     assert not out.exists()
+
+
+def test_a_reused_cell_leaves_one_line_per_item(tmp_path):
+    out = tmp_path / "runs"
+    assert run(*eval_args(out)).exit_code == 0
+    items = out / "speech" / "whisper-ct2" / "none" / "items.jsonl"
+    line = items.read_text()
+    items.write_text(line + line)
+    assert run(*eval_args(out)).exit_code == 0
+    assert items.read_text() == line
