@@ -250,3 +250,17 @@ def test_a_reused_cell_leaves_one_line_per_item(tmp_path):
     items.write_text(line + line)
     assert run(*eval_args(out)).exit_code == 0
     assert items.read_text() == line
+
+
+@pytest.mark.parametrize(
+    "text", ["[1]", '{"cells": "x"}', '{"cells": [1]}', '{"cells": [{"method": "none"}]}']
+)
+def test_a_bench_file_that_is_not_one_is_refused_not_overwritten(tmp_path, text):
+    from ltbm.run.bench import previous_rows
+    from ltbm.run.identity import RunConflict
+
+    out = tmp_path / "bench.json"
+    out.write_text(text)
+    with pytest.raises(RunConflict, match="--fresh or another --out"):
+        previous_rows(out, {"backbone": "b"}, fresh=False)
+    assert previous_rows(out, {"backbone": "b"}, fresh=True) == []

@@ -433,6 +433,23 @@ def bench_identity(payload: dict[str, Any], grid: BenchGrid, prompt: str) -> dic
     }
 
 
+ROW_KEYS = ("method", "keep_ratio", "batch_size", "audio_seconds")
+MEASURED_KEYS = ("prefill_ms", "compression_ms", "kv_cache_bytes")
+"""Keys every stored bench row needs, and those a row without an error needs as numbers."""
+
+
+def _row_problem(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return f"a cell is a JSON {type(row).__name__}, not an object"
+    needed = ROW_KEYS + (() if "error" in row else MEASURED_KEYS)
+    missing = [key for key in needed if key not in row]
+    if missing:
+        return f"a cell lacks {', '.join(missing)}"
+    numbers = ("keep_ratio", "batch_size", "audio_seconds", *needed[len(ROW_KEYS) :])
+    wrong = [k for k in numbers if isinstance(row[k], bool) or not isinstance(row[k], (int, float))]
+    return f"a cell's {', '.join(wrong)} are not numbers" if wrong else None
+
+
 def previous_rows(out, identity: dict[str, Any], fresh: bool) -> list[dict]:
     """The rows of an earlier run of the same bench, to keep; a bench file measured under
     another identity is refused (or, with ``fresh``, discarded)."""
@@ -446,9 +463,17 @@ def previous_rows(out, identity: dict[str, Any], fresh: bool) -> list[dict]:
         previous = json.loads(out.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunConflict(f"{out} is damaged ({error}); pass --fresh or another --out") from None
-    rows = previous.get("cells", []) if isinstance(previous, dict) else []
+    if not isinstance(previous, dict) or not isinstance(previous.get("cells", []), list):
+        raise RunConflict(
+            f"{out} is not a bench file (a JSON object whose 'cells' are a list); pass "
+            "--fresh or another --out"
+        )
+    rows = previous.get("cells", [])
     if not rows:
         return []
+    problem = next(filter(None, map(_row_problem, rows)), None)
+    if problem:
+        raise RunConflict(f"{out} is damaged ({problem}); pass --fresh or another --out")
     if "identity" not in previous:
         raise RunConflict(
             f"{out} holds measurements from an older ltbm without their settings; pass "
