@@ -264,3 +264,22 @@ def test_a_bench_file_that_is_not_one_is_refused_not_overwritten(tmp_path, text)
     with pytest.raises(RunConflict, match="--fresh or another --out"):
         previous_rows(out, {"backbone": "b"}, fresh=False)
     assert previous_rows(out, {"backbone": "b"}, fresh=True) == []
+
+
+def test_the_meta_device_is_refused_before_loading():
+    from ltbm.run.options import check_device
+
+    with pytest.raises(ValueError, match="holds no weights"):
+        check_device("hf", "meta")
+
+
+def test_cut_weights_are_named_in_one_line(tmp_path):
+    from tiny_models import build_qwen2_audio
+
+    import ltbm
+
+    folder = build_qwen2_audio(tmp_path / "tiny")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="damaged or incomplete: download the checkpoint again"):
+        ltbm.load(str(folder))

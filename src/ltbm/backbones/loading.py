@@ -133,9 +133,25 @@ def load(
         kwargs["device_map"] = device_map
     if model_type in SPEAKING_MODELS:
         kwargs.setdefault("enable_audio_output", False)
-    model = model_class.from_pretrained(model_id_or_path, **kwargs)
+    model = _read_weights(model_class, model_id_or_path, kwargs)
     processor = transformers.AutoProcessor.from_pretrained(model_id_or_path)
     return cls(text_model(model), processor, bound)
+
+
+def _read_weights(model_class: Any, model_id_or_path: str, kwargs: dict[str, Any]) -> Any:
+    """``from_pretrained``, with damaged weight files (a cut download) named in one line:
+    safetensors and pickle report them with their own exception types."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        return model_class.from_pretrained(model_id_or_path, **kwargs)
+    except (SafetensorError, pickle.UnpicklingError) as error:
+        raise ValueError(
+            f"the weights of {model_id_or_path} cannot be read ({type(error).__name__}: "
+            f"{error}); the files are damaged or incomplete: download the checkpoint again"
+        ) from None
 
 
 def check_checkpoint(model_id_or_path: Any) -> None:

@@ -97,6 +97,8 @@ def check_device_present(parsed, device: str) -> None:
     an 'invalid device ordinal' once the weights are loaded)."""
     import torch
 
+    if parsed.type == "meta":
+        raise ValueError(f"--device {device} holds no weights, so nothing can run; use cpu or cuda")
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (parsed.index or 0) >= count:
