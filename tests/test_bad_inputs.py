@@ -283,3 +283,15 @@ def test_cut_weights_are_named_in_one_line(tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="damaged or incomplete: download the checkpoint again"):
         ltbm.load(str(folder))
+
+
+def test_an_mmau_answer_outside_its_choices_is_refused(tmp_path):
+    from ltbm.tasks import MMAUTask
+
+    question = {"id": "q1", "audio_id": "q1.wav", "question": "Which?", "choices": ["a", "b"]}
+    listing = tmp_path / "mmau-test-mini.json"
+    listing.write_text(json.dumps([{**question, "answer": "c"}]))
+    with pytest.raises(DatasetError, match="'c' is not one of its choices"):
+        MMAUTask(listing)
+    listing.write_text(json.dumps([{**question, "answer": "b "}]))
+    assert MMAUTask(listing).all_items()[0].references == ["b "]
