@@ -295,3 +295,16 @@ def test_an_mmau_answer_outside_its_choices_is_refused(tmp_path):
         MMAUTask(listing)
     listing.write_text(json.dumps([{**question, "answer": "b "}]))
     assert MMAUTask(listing).all_items()[0].references == ["b "]
+
+
+def test_an_empty_listing_says_it_lists_nothing(tmp_path):
+    from ltbm.tasks import ClothoTask, MMAUTask
+
+    listing = tmp_path / "mmau-test-mini.json"
+    listing.write_text("[]")
+    with pytest.raises(DatasetError, match="mmau-test-mini.json lists no items"):
+        MMAUTask(listing).items()
+    captions = tmp_path / "clotho_captions_evaluation.csv"
+    captions.write_text("file_name,caption_1,caption_2,caption_3,caption_4,caption_5\n")
+    with pytest.raises(DatasetError, match="clotho_captions_evaluation.csv lists no items"):
+        ClothoTask(csv=captions, audio_dir=tmp_path).items()
