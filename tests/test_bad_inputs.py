@@ -308,3 +308,13 @@ def test_an_empty_listing_says_it_lists_nothing(tmp_path):
     captions.write_text("file_name,caption_1,caption_2,caption_3,caption_4,caption_5\n")
     with pytest.raises(DatasetError, match="clotho_captions_evaluation.csv lists no items"):
         ClothoTask(csv=captions, audio_dir=tmp_path).items()
+
+
+def test_a_folder_where_a_result_file_belongs_is_named_with_a_way_out(tmp_path):
+    out = tmp_path / "runs"
+    assert run(*eval_args(out)).exit_code == 0
+    identity = out / "speech" / "whisper-ct2" / "none" / "identity.json"
+    identity.unlink()
+    identity.mkdir()
+    message = one_line_error(run(*eval_args(out)))
+    assert f"Is a directory: {identity}. Check that path" in message

@@ -529,6 +529,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _report_error(error: BaseException) -> None:
     message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        # The system's own wording ("[Errno 21] Is a directory: ...") names no way out.
+        message = (
+            f"{error.strerror}: {error.filename}. Check that path (a folder where a file "
+            "belongs, or the reverse; its permissions; free disk space), then run again"
+        )
     console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
