@@ -45,3 +45,13 @@ def test_a_truncated_wav_is_refused(tmp_path):
     with pytest.raises(AudioError, match="cut.wav is truncated: its header declares 32000"):
         load_audio(cut)
     assert load_audio(whole).shape == (16_000,)
+
+
+def test_a_sample_rate_of_a_few_hertz_is_refused(tmp_path):
+    with pytest.raises(AudioError, match="below 1000 Hz"):
+        load_audio(sine(), sample_rate=16)  # kHz passed for Hz
+    path = tmp_path / "damaged.wav"
+    soundfile.write(path, sine()[:5], 1)
+    with pytest.raises(AudioError, match="damaged header"):
+        load_audio(path)
+    assert load_audio(sine(), sample_rate=8000).shape == (16000,)

@@ -40,7 +40,7 @@ def test_demo_on_one_builtin_clip(tmp_path):
 
 def test_demo_with_a_missing_file_says_so(tmp_path):
     result = runner.invoke(app, ["demo", str(tmp_path / "nothing.wav")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "not found" in result.output
 
 
@@ -51,7 +51,7 @@ def test_demo_refuses_a_clip_over_30_seconds(tmp_path):
     path = tmp_path / "long.wav"
     soundfile.write(path, np.zeros(31 * 8_000, dtype=np.float32), 8_000)
     result = runner.invoke(app, ["demo", str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "at most 30 s" in result.output
 
 

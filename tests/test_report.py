@@ -233,7 +233,7 @@ def test_cli_report_names_a_damaged_metrics_file(sweep):
     ("args", "message"),
     [
         (["--pairs", "ltbm"], "write pairs as A-B"),
-        (["--resamples", "0"], "resamples must be at least 1"),
+        (["--resamples", "0"], "resamples must lie between 1 and"),
         (["--level", "95"], "level must lie strictly between 0 and 1"),
         (["SECOND"], "pass --out"),
         (["MISSING"], "no runs folder"),

@@ -34,8 +34,12 @@ def load_audio(
         samples, rate = np.asarray(source), int(sample_rate)
         if samples.ndim == 2 and samples.shape[0] < samples.shape[1] and samples.shape[0] <= 8:
             samples = samples.T  # [channels, time] → [time, channels]
-    if rate <= 0:
-        raise AudioError(f"sample rate must be positive, got {rate}")
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioError(
+            f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz, where no speech or sound "
+            "the models know survives: a damaged header, or the rate passed in kHz? Pass the "
+            "rate in Hz (e.g. 16000)"
+        )
     if not np.issubdtype(samples.dtype, np.number) or np.iscomplexobj(samples):
         raise AudioError(f"audio must be real numeric samples, got dtype {samples.dtype}")
     samples = _as_float(samples)
@@ -52,6 +56,11 @@ def load_audio(
         samples = resample(samples, rate, target_rate)
     return np.ascontiguousarray(samples, dtype=np.float32)
 
+
+MIN_SAMPLE_RATE = 1000
+"""The lowest rate accepted: 8 kHz telephone audio is the lowest real source; a rate of a
+few hertz is a damaged header (or kHz passed for Hz), and resampling it would invent
+seconds of audio out of a handful of samples."""
 
 FLOAT_LIMIT = 2.0
 """Float audio peaking above this is refused: no real recording overshoots full scale by

@@ -51,16 +51,17 @@ def demo(
     ),
 ) -> None:
     """Transcribe speech with Whisper tiny.en on this CPU, compressed by each method."""
-    from ltbm.audio import AudioError
     from ltbm.demo import builtin_clips, check_demo_audio, demo_table, file_clip, run_demo
+    from ltbm.run.options import check_out_dir
 
-    try:
-        chosen = builtin_clips(clips) if audio is None else [file_clip(audio, reference)]
-        check_demo_audio(chosen, console)
-        result = run_demo(chosen, out, keep_ratios=keep, console=console)
-    except (AudioError, ValueError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(1) from None
+    if reference is not None and audio is None:
+        raise ValueError("--reference says what AUDIO says: give the audio file too")
+    if reference is not None and not reference.strip():
+        raise ValueError("--reference is empty; give the words AUDIO says, or leave it out")
+    check_out_dir(out)
+    chosen = builtin_clips(clips) if audio is None else [file_clip(audio, reference)]
+    check_demo_audio(chosen, console)
+    result = run_demo(chosen, out, keep_ratios=keep, console=console)
     console.print(demo_table(result, console.width))
     seconds = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
     console.print(f"picture: {result.figure}\ntime: {seconds}")
@@ -235,6 +236,7 @@ def eval_command(
 
     from ltbm.methods.registry import DEFAULT_WINDOW
     from ltbm.run.evaluate import Cell, evaluate
+    from ltbm.run.options import check_seed
 
     if method == "ltbm" and window is None:
         window = DEFAULT_WINDOW  # named in the run's folder, like every other parameter
@@ -244,6 +246,7 @@ def eval_command(
         raise typer.BadParameter("--limit and --subset exclude each other: pick one")
     if seed is not None and subset is None and method != "random":
         raise typer.BadParameter("--seed seeds --subset's sample and the random method: add one")
+    check_seed("--seed", seed)
     cell_seed = seed if method == "random" else None
     cell = Cell(method, 1.0 if method == "none" else keep_ratio, window, scorer, cell_seed)
     cell.build()  # refuse bad parameters before any model loads
@@ -339,9 +342,11 @@ def sweep(
     """Run the paper's grid (methods × keep ratios × windows), reusing finished cells,
     then write the report."""
     from ltbm.report import write_report
+    from ltbm.run.options import check_seed
     from ltbm.run.sweep import GRID_KEYS, Grid, merge_settings, read_sweep_config
     from ltbm.run.sweep import sweep as run_sweep
 
+    check_seed("--seed", seed)
     flags = {
         "methods": _names(methods, "--methods"),
         "keep_ratios": _floats(keep_ratios, "--keep-ratios"),
@@ -438,18 +443,17 @@ def report(
     """Tables (markdown, CSV, JSON), plots and paired-bootstrap statistics from finished runs."""
     from ltbm.report import write_report
     from ltbm.report_stats import DEFAULT_PAIRS, StatsOptions, parse_pairs
+    from ltbm.run.options import check_out_dir
 
-    try:
-        given = {"resamples": resamples, "seed": seed, "level": level}
-        options = StatsOptions(
-            **{k: v for k, v in given.items() if v is not None},
-            pairs=parse_pairs(pairs) if pairs else DEFAULT_PAIRS,
-            pool_tasks=pool_tasks,
-        )
-        paths = write_report(runs_dirs, out, options)
-    except (FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
+    given = {"resamples": resamples, "seed": seed, "level": level}
+    options = StatsOptions(
+        **{k: v for k, v in given.items() if v is not None},
+        pairs=parse_pairs(pairs) if pairs else DEFAULT_PAIRS,
+        pool_tasks=pool_tasks,
+    )
+    if out is not None:
+        check_out_dir(out)
+    paths = write_report(runs_dirs, out, options)
     typer.echo(paths["stats_markdown"].read_text())
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
@@ -526,6 +530,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _report_error(error: BaseException) -> None:
     message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        # The system's own wording ("[Errno 21] Is a directory: ...") names no way out.
+        message = (
+            f"{error.strerror}: {error.filename}. Check that path (a folder where a file "
+            "belongs, or the reverse; its permissions; free disk space), then run again"
+        )
     console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 

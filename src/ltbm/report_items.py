@@ -129,11 +129,42 @@ def finished_runs(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 def _read_metrics(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(
             f"{path} is not valid JSON ({error}): rerun that cell or move its folder away"
         ) from None
+    problem = _metrics_problem(metrics)
+    if problem:
+        raise ValueError(
+            f"{path} is not a metrics file written by ltbm ({problem}): rerun that cell "
+            "(the same command finishes it again) or move its folder away"
+        )
+    return metrics
+
+
+METRICS_FIELDS = {"task": str, "task_kind": str, "backbone": str, "cell": dict, "metrics": dict}
+
+
+def _metrics_problem(metrics: Any) -> str | None:
+    """What keeps a parsed metrics file from being reported (None when nothing does)."""
+    if not isinstance(metrics, dict):
+        return f"a JSON {type(metrics).__name__}, not an object"
+    for key, kind in METRICS_FIELDS.items():
+        if not isinstance(metrics.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if metrics["task_kind"] not in PRIMARY_METRIC:
+        return f"unknown task_kind {metrics['task_kind']!r}"
+    cell = metrics["cell"]
+    ratio = cell.get("keep_ratio")
+    if not isinstance(cell.get("method"), str) or isinstance(ratio, bool):
+        return "its cell has no method"
+    if not isinstance(ratio, (int, float)):
+        return "its cell has no numeric keep_ratio"
+    scored = metrics.get("scored")
+    if isinstance(scored, bool) or not isinstance(scored, int):
+        return "'scored' is missing or not a whole number"
+    return None
 
 
 def load_cells(runs_dirs: Sequence[Path], pool_tasks: bool = False) -> list[CellItems]:

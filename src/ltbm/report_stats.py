@@ -24,6 +24,7 @@ import numpy as np
 
 from ltbm.report_items import MMAU_GROUPS, CellItems, Condition, ItemScore, load_cells
 from ltbm.run.evaluate import NO_COMPRESSION
+from ltbm.run.options import check_seed
 from ltbm.stats import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
@@ -41,6 +42,11 @@ EXAMPLES = 5
 """Item keys listed as examples (failed items, early stops, loops, unpaired items)."""
 
 
+MAX_RESAMPLES = 1_000_000
+"""More resamples than this move a percentile by less than its own rounding, while the draw
+matrix (items × resamples) would fill the memory of the machine."""
+
+
 @dataclass(frozen=True)
 class StatsOptions:
     """How the intervals are computed and which methods are compared."""
@@ -52,8 +58,12 @@ class StatsOptions:
     pool_tasks: bool = False
 
     def __post_init__(self) -> None:
-        if self.resamples < 1:
-            raise ValueError(f"resamples must be at least 1, got {self.resamples}")
+        if not 1 <= self.resamples <= MAX_RESAMPLES:
+            raise ValueError(
+                f"resamples must lie between 1 and {MAX_RESAMPLES:,} (the draws take items × "
+                f"resamples numbers of memory), got {self.resamples}"
+            )
+        check_seed("seed", self.seed)
         if not 0 < self.level < 1:
             raise ValueError(f"level must lie strictly between 0 and 1, got {self.level}")
 

@@ -121,6 +121,7 @@ def load(
     import transformers
 
     bound = resolve_method(method, keep_ratio, window, **method_params)
+    check_checkpoint(model_id_or_path)
     config = transformers.AutoConfig.from_pretrained(model_id_or_path)
     model_type = getattr(config, "model_type", None)
     cls = pipeline_class(model_type)
@@ -132,9 +133,48 @@ def load(
         kwargs["device_map"] = device_map
     if model_type in SPEAKING_MODELS:
         kwargs.setdefault("enable_audio_output", False)
-    model = model_class.from_pretrained(model_id_or_path, **kwargs)
+    model = _read_weights(model_class, model_id_or_path, kwargs)
     processor = transformers.AutoProcessor.from_pretrained(model_id_or_path)
     return cls(text_model(model), processor, bound)
+
+
+def _read_weights(model_class: Any, model_id_or_path: str, kwargs: dict[str, Any]) -> Any:
+    """``from_pretrained``, with damaged weight files (a cut download) named in one line:
+    safetensors and pickle report them with their own exception types."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        return model_class.from_pretrained(model_id_or_path, **kwargs)
+    except (SafetensorError, pickle.UnpicklingError) as error:
+        raise ValueError(
+            f"the weights of {model_id_or_path} cannot be read ({type(error).__name__}: "
+            f"{error}); the files are damaged or incomplete: download the checkpoint again"
+        ) from None
+
+
+def check_checkpoint(model_id_or_path: Any) -> None:
+    """Refuse, in one line, a checkpoint that names a local file or a missing folder:
+    transformers would report it as a malformed hub id or a JSON error."""
+    from pathlib import Path
+
+    if not isinstance(model_id_or_path, (str, Path)) or not str(model_id_or_path).strip():
+        raise ValueError(f"the model must be a hub id or a local folder, got {model_id_or_path!r}")
+    text = str(model_id_or_path)
+    path = Path(text).expanduser()
+    fix = (
+        "pass a checkpoint folder holding config.json, or a hub id such as "
+        "Qwen/Qwen2-Audio-7B-Instruct"
+    )
+    if path.is_file():
+        raise ValueError(f"the model {text} is a file; {fix}")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"the model folder {text} holds no config.json; {fix}")
+        return
+    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1:
+        raise ValueError(f"the model folder {text} does not exist; {fix}")
 
 
 def pipeline(model: torch.nn.Module, processor: Any, method: Method | None = None) -> HFPipeline:

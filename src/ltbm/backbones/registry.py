@@ -30,12 +30,19 @@ def load_backbone(
     if name == "whisper-ct2":
         from ltbm.backbones.whisper_ct2 import WhisperCT2
 
-        return WhisperCT2(
-            model_path=model,
-            frame_rate=frame_rate,
-            device=device or "cpu",
-            compute_type=dtype or "default",
-        )
+        try:
+            return WhisperCT2(
+                model_path=model,
+                frame_rate=frame_rate,
+                device=device or "cpu",
+                compute_type=dtype or "default",
+            )
+        except RuntimeError as error:  # CTranslate2 reports an unusable device or type so
+            raise ValueError(
+                f"whisper-ct2 cannot start on device {device or 'cpu'} with compute type "
+                f"{dtype or 'default'} ({' '.join(str(error).split())}); use --device cpu "
+                "or another --dtype"
+            ) from None
     if frame_rate not in (None, 25):
         raise ValueError(
             f"{name} runs its encoder at 25 Hz; frame_rate={frame_rate} is for whisper-ct2"

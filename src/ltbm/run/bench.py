@@ -46,6 +46,11 @@ class BenchGrid:
         """Refuse settings that would measure nothing or divide by zero, before loading."""
         if not self.methods or not self.keep_ratios:
             raise ValueError("bench needs at least one method and one keep ratio")
+        if any(not 0 < ratio <= 1 for ratio in self.keep_ratios):
+            raise ValueError(
+                f"--keep-ratios must lie in (0, 1] (1 measures the uncompressed baseline), got "
+                f"{','.join(map(repr, self.keep_ratios))}"
+            )
         if not self.batch_sizes or any(not _whole(b, 1) for b in self.batch_sizes):
             raise ValueError(f"--batch-sizes must be whole numbers ≥ 1, got {self.batch_sizes}")
         if not self.seconds or any(not 0 < s <= 600 for s in self.seconds):
@@ -54,6 +59,8 @@ class BenchGrid:
             raise ValueError(
                 f"--warmup must be ≥ 0 and --repeats ≥ 1, got {self.warmup}, {self.repeats}"
             )
+        if not _whole(self.window, 1):
+            raise ValueError(f"--window must be a whole number ≥ 1, got {self.window}")
         if not _whole(self.decode_tokens, 2):
             raise ValueError(
                 f"--decode-tokens must be ≥ 2 (decode speed is M tokens minus the first), "
@@ -61,10 +68,12 @@ class BenchGrid:
             )
 
     def cells(self) -> list[Cell]:
-        """keep ratio 1 is measured once, as the uncompressed baseline."""
-        cells = [Cell("none", 1.0)] if 1.0 in self.keep_ratios else []
+        """keep ratio 1 (or method none) is measured once, as the uncompressed baseline;
+        none is never measured at another ratio, where it would be a mislabelled copy."""
+        baseline = 1.0 in self.keep_ratios or "none" in self.methods
+        cells = [Cell("none", 1.0)] if baseline else []
         for ratio in (r for r in self.keep_ratios if r < 1.0):
-            for method in self.methods:
+            for method in (m for m in self.methods if m != "none"):
                 window = self.window if method == "ltbm" else None
                 scorer = self.scorer if method == "prune" else None
                 cells.append(Cell(method, ratio, window=window, scorer=scorer))
@@ -424,6 +433,23 @@ def bench_identity(payload: dict[str, Any], grid: BenchGrid, prompt: str) -> dic
     }
 
 
+ROW_KEYS = ("method", "keep_ratio", "batch_size", "audio_seconds")
+MEASURED_KEYS = ("prefill_ms", "compression_ms", "kv_cache_bytes")
+"""Keys every stored bench row needs, and those a row without an error needs as numbers."""
+
+
+def _row_problem(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return f"a cell is a JSON {type(row).__name__}, not an object"
+    needed = ROW_KEYS + (() if "error" in row else MEASURED_KEYS)
+    missing = [key for key in needed if key not in row]
+    if missing:
+        return f"a cell lacks {', '.join(missing)}"
+    numbers = ("keep_ratio", "batch_size", "audio_seconds", *needed[len(ROW_KEYS) :])
+    wrong = [k for k in numbers if isinstance(row[k], bool) or not isinstance(row[k], (int, float))]
+    return f"a cell's {', '.join(wrong)} are not numbers" if wrong else None
+
+
 def previous_rows(out, identity: dict[str, Any], fresh: bool) -> list[dict]:
     """The rows of an earlier run of the same bench, to keep; a bench file measured under
     another identity is refused (or, with ``fresh``, discarded)."""
@@ -437,9 +463,17 @@ def previous_rows(out, identity: dict[str, Any], fresh: bool) -> list[dict]:
         previous = json.loads(out.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunConflict(f"{out} is damaged ({error}); pass --fresh or another --out") from None
-    rows = previous.get("cells", []) if isinstance(previous, dict) else []
+    if not isinstance(previous, dict) or not isinstance(previous.get("cells", []), list):
+        raise RunConflict(
+            f"{out} is not a bench file (a JSON object whose 'cells' are a list); pass "
+            "--fresh or another --out"
+        )
+    rows = previous.get("cells", [])
     if not rows:
         return []
+    problem = next(filter(None, map(_row_problem, rows)), None)
+    if problem:
+        raise RunConflict(f"{out} is damaged ({problem}); pass --fresh or another --out")
     if "identity" not in previous:
         raise RunConflict(
             f"{out} holds measurements from an older ltbm without their settings; pass "

@@ -258,10 +258,11 @@ def evaluate(
         store_identity(run_dir, identity)
         records = read_records(run_dir)
         todo = pending(shard.take(items), records, retry_failed)
+        records_file = shard_file(run_dir, shard.rank, shard.world_size)
         if not todo and is_complete(run_dir, identity, selection, retry_failed):
+            compact(records_file)  # a line copied in by hand or a killed compaction
             return run_dir
         (run_dir / f"done.rank{shard.rank}").unlink(missing_ok=True)
-        records_file = shard_file(run_dir, shard.rank, shard.world_size)
         with RecordWriter(records_file) as writer:
             for batch in _batches(todo, settings.batch_size, progress, cell.name):
                 for record in _run_batch(backbone, batch, method, template, settings):

@@ -137,6 +137,8 @@ def is_complete(
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False  # damaged: recomputed from the records
+    if not isinstance(metrics, dict):
+        return False  # not a metrics file (a list, a number): recomputed too
     return (
         metrics.get("fingerprint") == fingerprint(identity)
         and metrics.get("selection") == selection

@@ -30,6 +30,17 @@ def check_whole(option: str, value: int | None, low: int = 1) -> None:
         raise ValueError(f"{option} must be ≥ {low}, got {value}")
 
 
+SEED_MAX = 2**63 - 1
+"""The largest seed every generator ltbm seeds (torch, numpy) takes."""
+
+
+def check_seed(option: str, value: int | None) -> None:
+    """``value`` is None or a seed in [0, :data:`SEED_MAX`]: a larger one fails inside the
+    generator on every item, a negative one is refused by numpy's."""
+    if value is not None and not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{option} must be a whole number from 0 to 2**63 - 1, got {value}")
+
+
 def check_out_dir(out: Path, option: str = "--out") -> None:
     """``out`` is a folder or can become one (it is created now, so a read-only parent
     shows before the work, not after)."""
@@ -72,12 +83,31 @@ def check_device(backbone: str, device: str | None) -> None:
     import torch
 
     try:
-        torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, ValueError):
         raise ValueError(
             f"--device {device} is not a device name (cpu, cuda, cuda:1, mps) or a device map "
             f"({', '.join(HF_DEVICE_MAPS)})"
         ) from None
+    check_device_present(parsed, device)
+
+
+def check_device_present(parsed, device: str) -> None:
+    """A CUDA or MPS device that this machine has (torch would fail with an assertion or
+    an 'invalid device ordinal' once the weights are loaded)."""
+    import torch
+
+    if parsed.type == "meta":
+        raise ValueError(f"--device {device} holds no weights, so nothing can run; use cpu or cuda")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise ValueError(
+                f"--device {device}: this machine has {count} usable CUDA device(s); use "
+                "--device cpu" + (f" or cuda:0 to cuda:{count - 1}" if count else "")
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
 
 
 def check_frame_rate(backbone: str, frame_rate: int | None) -> None:

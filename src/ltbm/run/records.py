@@ -109,13 +109,36 @@ def _parse(raw: bytes, path: Path, number: int) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         problem = f"not valid JSON ({error.__class__.__name__}: {error})"
     else:
-        if isinstance(record, dict) and isinstance(record.get("id"), str):
-            return record
-        problem = "not a JSON object with a text 'id'"
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            problem = "not a JSON object with a text 'id'"
+        else:
+            problem = _field_problem(record)
+            if problem is None:
+                return record
     raise DamagedRecords(
         f"{path}, line {number}: {problem}. Delete that line (its item runs again when the "
         "run resumes), or start the cell over with --fresh"
     )
+
+
+RECORD_FIELDS = {
+    "prediction": (str, type(None)),
+    "error": (str,),
+    "finished_at": (int, float),
+    "references": (list,),
+}
+"""Fields a reader relies on, with the types they must have where a record holds them."""
+
+
+def _field_problem(record: dict[str, Any]) -> str | None:
+    """Why a record cannot be read (a field of the wrong type), or None."""
+    for key, kinds in RECORD_FIELDS.items():
+        value = record.get(key)
+        if key in record and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return f"its {key!r} is {type(value).__name__}, not {kinds[0].__name__}"
+    if not all(isinstance(reference, str) for reference in record.get("references", [])):
+        return "its 'references' are not all text"
+    return None
 
 
 class RecordWriter:

@@ -31,6 +31,7 @@ from ltbm.run.evaluate import (
     run_identity,
 )
 from ltbm.run.folder import check_cell
+from ltbm.run.options import check_seed
 from ltbm.tasks.base import Task
 
 PAPER_METHODS = ("none", "pool", "prune", "global", "ltbm")
@@ -47,6 +48,11 @@ def _text(key: str, value: Any) -> str:
 def _whole(key: str, value: Any, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{key} must be a whole number ≥ {low}, got {value!r}")
+    return value
+
+
+def _seed(key: str, value: Any) -> int:
+    check_seed(key, _whole(key, value, low=0))
     return value
 
 
@@ -85,7 +91,7 @@ GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "keep_ratios": _list_of(_ratio),
     "windows": _list_of(_whole),
     "scorer": _text,
-    "seed": lambda key, value: _whole(key, value, low=0),
+    "seed": _seed,
 }
 RUN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "root": _text,
@@ -153,11 +159,19 @@ def read_sweep_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"sweep config {path} is a folder; pass a .toml or .json file")
     try:
         text = path.read_text(encoding="utf-8")
-        config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        if path.suffix == ".toml":
+            config = tomllib.loads(text)
+        else:
+            config = json.loads(text, object_pairs_hook=_unique_keys)
+    except ValueError as error:  # TOML and JSON syntax, UTF-8, a key given twice
         raise ValueError(f"sweep config {path} cannot be parsed: {error}") from None
     if not isinstance(config, dict):
         raise ValueError(f"sweep config {path} must hold a table of keys, got {config!r}")
+    if not config:
+        raise ValueError(
+            f"sweep config {path} is empty; give at least one key (e.g. methods = "
+            '["ltbm", "pool"]), or leave --config out for the paper\'s grid'
+        )
     checks = {**GRID_KEYS, **RUN_KEYS}
     unknown = sorted(set(config) - set(checks))
     if unknown:
@@ -168,6 +182,16 @@ def read_sweep_config(path: Path) -> dict[str, Any]:
         return {key: checks[key](key, value) for key, value in config.items()}
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: with a key given twice, one value would be
+    dropped without a word."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"the key(s) {', '.join(repeated)} appear twice; give each once")
+    return dict(pairs)
 
 
 def load_grid(path: Path) -> tuple[Grid, dict[str, Any]]:

@@ -239,6 +239,11 @@ class ListedTask:
 
     def items(self) -> list[Item]:
         """The items whose audio is present, in listing order."""
+        if not self._listed:
+            raise DatasetError(
+                f"{self.name}: {self.listing_file()} lists no items; use the file from the "
+                "official release, unmodified"
+            )
         present = [item for item, found in zip(self._listed, self._found, strict=True) if found]
         if not present:
             expected = [self._expected_name(item) for item in self._listed]

@@ -209,6 +209,11 @@ def _check_record(record: Any, position: int, path: Path) -> None:
     answer = record.get("answer")
     if answer is not None and not isinstance(answer, str):
         raise DatasetError(f"{path}: {label} has a non-text 'answer': {answer!r}. {_FIX}")
+    if answer and answer.strip() not in (choice.strip() for choice in choices):
+        raise DatasetError(
+            f"{path}: {label}'s answer {answer!r} is not one of its choices {choices!r}, so "
+            f"every output would be scored wrong. {_FIX}"
+        )
 
 
 def _check_answers(records: list[dict[str, Any]], path: Path) -> None:

@@ -14,13 +14,14 @@ compression, and word error rate needs no judge model. Three layouts are read:
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ltbm.tasks._files import path_inside
+from ltbm.tasks._files import no_audio_error, path_inside
 from ltbm.tasks.base import Coverage, DatasetError, Item, TaskKind
 
 MANIFEST = "manifest.tsv"
@@ -94,7 +95,13 @@ class SpeechTask:
         ]
 
     def items(self) -> list[Item]:
-        return [item for item in self.all_items() if item.audio.is_file()]
+        """The listed clips whose audio is present; none present is an error (a run over
+        no items would report an empty result as if it had succeeded)."""
+        present = [item for item in self.all_items() if item.audio.is_file()]
+        if not present:
+            listed = [entry.audio for entry in self._listed]
+            raise no_audio_error("speech", self.root, len(listed), [path.name for path in listed])
+        return present
 
     def sources(self) -> dict[str, Any]:
         """Where the data lives, for :func:`ltbm.tasks.base.dataset_identity`."""
@@ -139,17 +146,17 @@ def read_listing(root: Path, allow_outside_root: bool = False) -> list[_Listed]:
 def read_manifest(path: Path, allow_outside_root: bool = False) -> list[_Listed]:
     """Entries of a tab-separated manifest with ``file`` and ``transcript`` columns; an empty
     transcript is refused (a word error rate needs a reference)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        columns = reader.fieldnames or []
-        missing = [c for c in ("file", "transcript") if c not in columns]
-        if missing:
-            raise DatasetError(
-                f"{path} lacks the column(s) {', '.join(missing)}; a speech manifest is "
-                f"tab-separated with a header holding at least 'file' and 'transcript' "
-                f"(found: {', '.join(columns) or 'no header'})"
-            )
-        rows = list(reader)
+    text = io.StringIO(read_utf8(path), newline="")
+    reader = csv.DictReader(text, delimiter="\t", quoting=csv.QUOTE_NONE)
+    columns = reader.fieldnames or []
+    missing = [c for c in ("file", "transcript") if c not in columns]
+    if missing:
+        raise DatasetError(
+            f"{path} lacks the column(s) {', '.join(missing)}; a speech manifest is "
+            f"tab-separated with a header holding at least 'file' and 'transcript' "
+            f"(found: {', '.join(columns) or 'no header'})"
+        )
+    rows = list(reader)
     if not rows:
         raise DatasetError(f"{path} lists no clips: add one line per clip under the header")
     entries = []
@@ -175,7 +182,7 @@ def read_librispeech(transcripts: list[Path], allow_outside_root: bool = False) 
     """Entries of LibriSpeech ``*.trans.txt`` files: ``ID TEXT`` per line, audio ``ID.flac``."""
     entries = []
     for path in transcripts:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_utf8(path).splitlines(), start=1):
             if not line.strip():
                 continue
             utterance, _, text = line.strip().partition(" ")
@@ -192,6 +199,14 @@ def read_librispeech(transcripts: list[Path], allow_outside_root: bool = False) 
         raise DatasetError(f"the transcript files under {transcripts[0].parent} are empty")
     _check_unique(entries, transcripts[0])
     return entries
+
+
+def read_utf8(path: Path) -> str:
+    """A listing file's text; bytes that are not UTF-8 name the file and the fix."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path} is not UTF-8 text ({error}); re-save it as UTF-8") from None
 
 
 def _check_unique(entries: list[_Listed], source: Path) -> None:
