@@ -192,6 +192,12 @@ class HFPipeline:
         """Longest clip the model takes, in seconds."""
         raise NotImplementedError
 
+    def feature_window_seconds(self, default: float = 30.0) -> float:
+        """The processor's feature-extractor window (``chunk_length``): the limit of the
+        families whose encoder takes one padded window per clip."""
+        extractor = self.processor.feature_extractor
+        return float(getattr(extractor, "chunk_length", default))
+
     def windows(self, samples: Sequence[np.ndarray]) -> list[int]:
         """How many 30 s processor windows each clip becomes."""
         return [1] * len(samples)

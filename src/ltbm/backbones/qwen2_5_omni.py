@@ -118,8 +118,7 @@ class Qwen25OmniPipeline(HFPipeline):
     adapter_class = Qwen25OmniAdapter
 
     def max_seconds(self) -> float:
-        extractor = self.processor.feature_extractor
-        return float(getattr(extractor, "chunk_length", MAX_SECONDS))
+        return self.feature_window_seconds(MAX_SECONDS)
 
     def fallback_prompt(self, text: str) -> str:
         return f"<|audio_bos|>{self.audio_token}<|audio_eos|>{text}"

@@ -92,8 +92,7 @@ class Qwen2AudioPipeline(HFPipeline):
     adapter_class = Qwen2AudioAdapter
 
     def max_seconds(self) -> float:
-        extractor = self.processor.feature_extractor
-        return float(getattr(extractor, "chunk_length", MAX_SECONDS))
+        return self.feature_window_seconds(MAX_SECONDS)
 
     def fallback_prompt(self, text: str) -> str:
         bos = getattr(self.processor, "audio_bos_token", "<|audio_bos|>")
