@@ -320,3 +320,16 @@ def test_arrays_at_other_rates_are_resampled(pipe):
     at_44k = soxr.resample(clip, 16000, 44100).astype(np.float32)
     batch = pipe.prepare([(at_44k, 44100), clip], "Describe the sound.", None)
     assert batch.audio_tokens[0] == batch.audio_tokens[1] == 50
+
+
+def test_new_tokens_are_capped_by_the_language_models_positions(pipe, clips, monkeypatch):
+    """A model that never stops decodes only up to its last position, and a prompt that
+    does not fit at all is refused with the way out."""
+    prompt_length = pipe.prepare(clips[:1], PROMPTS[0]).input_ids.shape[1]
+    text_config = pipe.model.config.get_text_config()
+    monkeypatch.setattr(text_config, "max_position_embeddings", prompt_length + 2)
+    [result] = pipe.generate(clips[:1], PROMPTS[0], max_new_tokens=40)
+    assert 1 <= len(result.text.split()) <= 2
+    monkeypatch.setattr(text_config, "max_position_embeddings", prompt_length)
+    with pytest.raises(ValueError, match="stronger compression"):
+        pipe.generate(clips[:1], PROMPTS[0], max_new_tokens=4)

@@ -315,6 +315,20 @@ class HFPipeline:
             pad = self.tokenizer.eos_token_id
         return int(pad if pad is not None else 0)
 
+    def _room_for_new_tokens(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """``max_new_tokens``, capped where the prompt plus the answer would run past the
+        language model's positions: a model that never stops would otherwise decode far past
+        what it was built for (and for a long time) before ending in nonsense or an error."""
+        positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if positions is None:
+            return max_new_tokens
+        if prompt_tokens >= positions:
+            raise ValueError(
+                f"the prompt with its audio is {prompt_tokens} tokens but the language model "
+                f"has {positions} positions: use shorter clips or a stronger compression"
+            )
+        return min(max_new_tokens, positions - prompt_tokens)
+
     def _generate_batch(
         self, batch: PreparedBatch, max_new_tokens: int, generate_kwargs: dict[str, Any]
     ) -> list[Generation]:
@@ -323,6 +337,7 @@ class HFPipeline:
         generation configs set) see the same prompt as with the model's own inputs."""
         kwargs = {"do_sample": False, "pad_token_id": self._pad_id(), **generate_kwargs}
         input_ids = batch.input_ids.to(batch.inputs_embeds.device)
+        max_new_tokens = self._room_for_new_tokens(input_ids.shape[1], max_new_tokens)
         with torch.no_grad():
             output = self.model.generate(
                 input_ids=input_ids,
