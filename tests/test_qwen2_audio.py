@@ -307,6 +307,13 @@ def test_unknown_model_type_is_refused(tmp_path):
         ltbm.load(str(tmp_path))
 
 
+def test_gemma3n_is_refused_with_the_reason(tmp_path):
+    """Gemma 3n is an audio model ltbm knows and declines: its fixed 188-token block."""
+    transformers.Gemma3nConfig().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type 'gemma3n': .*fixed block of 188"):
+        ltbm.load(str(tmp_path))
+
+
 def test_import_ltbm_does_not_import_transformers():
     code = "import sys, ltbm; assert 'transformers' not in sys.modules; ltbm.load"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -55,12 +55,26 @@ SPEAKING_MODELS = {"qwen2_5_omni", "qwen3_omni_moe"}
 (``enable_audio_output=False``), and the pipeline drives the thinker."""
 
 
+NOT_COMPRESSIBLE = {
+    "gemma3n": (
+        "Gemma 3n gives its language model a fixed block of 188 audio tokens per clip (shorter "
+        "audio is padded with a learned embedding), so a compressed clip would either save "
+        "nothing or hand the model a layout it never saw; use it without ltbm"
+    ),
+}
+"""Audio families that cannot honestly take a variable token count, with the reason."""
+
+
 def supported_model_types() -> list[str]:
     return list(BACKBONES)
 
 
 def pipeline_class(model_type: str | None) -> type[HFPipeline]:
     """The pipeline for a ``config.model_type``, or a ValueError listing the supported ones."""
+    if model_type in NOT_COMPRESSIBLE:
+        raise ValueError(
+            f"ltbm does not support model_type {model_type!r}: {NOT_COMPRESSIBLE[model_type]}"
+        )
     if model_type not in BACKBONES:
         raise ValueError(
             f"ltbm does not support model_type {model_type!r}; supported: "
