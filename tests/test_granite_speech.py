@@ -220,3 +220,41 @@ def test_load_and_save_model_name_torchaudio_or_work(tmp_path):
     model.config.save_pretrained(tmp_path / "config-only")  # no weights: refused before them
     with pytest.raises(ImportError, match="needs torchaudio"):
         ltbm.load(str(tmp_path / "config-only"), method="ltbm")
+
+
+def test_the_lora_adapter_is_on_when_the_pipeline_generates():
+    """With an adapter loaded (peft), ltbm's generation from embeddings equals the model's own
+    generate from features, which turns the adapter on; the model's ``generate`` given the
+    same embeddings turns it off and answers differently: the trap ltbm avoids. Skipped
+    without a peft that this transformers accepts (none on PyPI when this was written)."""
+    from transformers.integrations.peft import MIN_PEFT_VERSION
+
+    peft = pytest.importorskip("peft", minversion=MIN_PEFT_VERSION)
+    from ltbm.backbones.granite_speech import GraniteSpeechAdapter
+
+    model, tokenizer = tiny_model(has_lora_adapter=True)
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model.add_adapter(lora)
+    adapter = GraniteSpeechAdapter(model)
+    inputs, _ = users_inputs(tokenizer)
+    _, ids, mask, embeds = ours(model, adapter, inputs, None)
+    embedded = {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask}
+    expected = model.generate(**inputs, max_new_tokens=3, **LOGITS)
+    base = model.generate(**embedded, max_new_tokens=3, **LOGITS)
+    mine = adapter.llm_generate(**embedded, max_new_tokens=3, **LOGITS)
+    assert all(torch.equal(a, b) for a, b in zip(expected.logits, mine.logits, strict=True))
+    assert not torch.equal(base.logits[0], mine.logits[0])
+
+
+def test_bfloat16_keeps_the_dtype_and_the_budget():
+    """GPU users load in bfloat16: the features are cast to the encoder's dtype."""
+    from ltbm.backbones.granite_speech import GraniteSpeechAdapter
+
+    model, tokenizer = tiny_model()
+    adapter = GraniteSpeechAdapter(model.to(torch.bfloat16))
+    inputs, counts = users_inputs(tokenizer)
+    audio, ids, mask, embeds = ours(model, adapter, inputs, ltbm.get_method("pool", 0.25))
+    assert embeds.dtype == torch.bfloat16
+    assert audio.kept_tokens == [ltbm.kept_tokens(n, 0.25) for n in counts]
+    embedded = {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask}
+    assert adapter.llm_generate(**embedded, max_new_tokens=2).shape[1] == ids.shape[1] + 2
