@@ -1,19 +1,16 @@
 """Granite Speech (``GraniteSpeechForConditionalGeneration``) with compressed audio tokens.
 
-The feature extractor stacks pairs of 10 ms log-mel frames (50 Hz), a conformer encoder keeps
-that rate, and the projector cuts the encoder frames into windows of 15 (300 ms), maps each
-with a Q-Former to 3 learned queries, then a linear layer: 3 tokens per 300 ms (10 Hz). A
-clip's N is the processor's ``input_features_mask`` (the last, partial window counts whole).
+Stacked log-mel pairs (50 Hz) → conformer encoder (50 Hz) → the projector: a Q-Former maps
+each window of 15 encoder frames to 3 learned queries, then a linear layer (10 Hz). N per
+clip is the processor's ``input_features_mask`` (the last, partial window counts whole).
 
-Where compression sits: on the Q-Former outputs, before the linear layer. The Q-Former takes
-fixed 15-frame windows, so compressing encoder frames would give ``3 × ceil(K'/15)`` tokens,
-not K; after the Q-Former every method's K reaches the LLM exactly, and since the linear is
-affine, merging before it equals merging after it. Attention is not offered as a scorer:
-the 3 queries of a window come from cross-attention, not from attention over these tokens.
-
-Released checkpoints carry a LoRA adapter that the model's own ``generate`` turns on only
-when it receives ``input_features``; ltbm generates from ``inputs_embeds``, so it turns the
-adapter on itself, and refuses a model whose config says it has one but none is loaded.
+Where compression sits: on the Q-Former outputs, before the linear. Compressing encoder
+frames would give the LLM 3 × ceil(K' / 15) tokens, never K; merging before or after the
+affine linear gives the same rows. No attention scorer: the queries come from
+cross-attention. Released checkpoints carry a LoRA adapter that the model's own ``generate``
+turns on only for ``input_features``; ltbm generates from ``inputs_embeds``, so it turns the
+adapter on itself, and refuses a model whose config promises one that is not loaded.
+See docs/design-notes.md ("Granite Speech").
 """
 
 from __future__ import annotations
@@ -122,7 +119,8 @@ class GraniteSpeechPipeline(HFPipeline):
         if not is_torchaudio_available():
             raise ImportError(
                 "Granite Speech's feature extractor needs torchaudio: pip install torchaudio "
-                "(the build matching your torch)"
+                "(the build matching your torch); model_config('granite_speech', ...) in "
+                "ltbm.backbones.synthetic builds a tiny model without it"
             )
 
     def max_seconds(self) -> float:
@@ -131,14 +129,12 @@ class GraniteSpeechPipeline(HFPipeline):
 
     def _apply_template(self, messages: Any) -> str:
         """Granite's chat template takes string contents with ``<|audio|>`` in the text (the
-        model card's form): typed audio and text items are written out so."""
-        flat = [
-            {**m, "content": "".join(self._part(c) for c in m["content"])}
-            if isinstance(m.get("content"), list)
-            else m
-            for m in messages
-        ]
-        return super()._apply_template(flat)
+        model card's form): typed items are written out as one string."""
+        return super()._apply_template([self._as_string(m) for m in messages])
 
-    def _part(self, item: dict[str, Any]) -> str:
-        return self.audio_token if item.get("type") == "audio" else str(item.get("text", ""))
+    def _as_string(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(message.get("content"), list):
+            return message
+        audio, parts = self.audio_token, message["content"]
+        text = [audio if c.get("type") == "audio" else str(c.get("text", "")) for c in parts]
+        return {**message, "content": "".join(text)}

@@ -386,14 +386,9 @@ def granite_speech_config(size: str, tokenizer):
 
 def granite_speech_processor(tokenizer):
     """Granite Speech's own processor; its feature extractor needs torchaudio."""
-    from transformers.utils import is_torchaudio_available
+    from ltbm.backbones.granite_speech import GraniteSpeechPipeline
 
-    if not is_torchaudio_available():
-        raise ImportError(
-            "GraniteSpeechProcessor's feature extractor needs torchaudio (pip install "
-            "torchaudio matching your torch); build the model alone with "
-            "model_config('granite_speech', ...)"
-        )
+    GraniteSpeechPipeline.check_environment()
     from transformers import GraniteSpeechFeatureExtractor, GraniteSpeechProcessor
 
     return GraniteSpeechProcessor(
