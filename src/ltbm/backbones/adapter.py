@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -187,6 +187,11 @@ class AudioAdapter:
         """Extra inputs the LLM needs beside ``inputs_embeds`` for the prompt with K
         placeholders per clip (the Omni thinkers: time-aligned positions); none by default."""
         return {}
+
+    def llm_generate(self, **kwargs: Any) -> Any:
+        """The model's ``generate`` on the prepared embeddings; a family whose ``generate``
+        changes the model by its inputs (Granite Speech's LoRA adapter) overrides it."""
+        return self.model.generate(**kwargs)
 
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
         """Encoder tokens of each window row, from its valid mel frames."""

@@ -47,6 +47,10 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "ltbm.backbones.qwen2_5_omni:Qwen25OmniPipeline",
         "Qwen2_5OmniForConditionalGeneration",
     ),
+    "granite_speech": (
+        "ltbm.backbones.granite_speech:GraniteSpeechPipeline",
+        "GraniteSpeechForConditionalGeneration",
+    ),
 }
 """config.model_type → (pipeline class, transformers model class)."""
 
@@ -139,6 +143,7 @@ def load(
     config = transformers.AutoConfig.from_pretrained(model_id_or_path)
     model_type = getattr(config, "model_type", None)
     cls = pipeline_class(model_type)
+    cls.check_environment()
     model_class = getattr(transformers, BACKBONES[model_type][1])
     kwargs = dict(model_kwargs or {})
     if torch_dtype is not None:

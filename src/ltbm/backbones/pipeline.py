@@ -188,6 +188,11 @@ class HFPipeline:
         return self
 
     # --------------------------------------------------------------- per model
+    @classmethod
+    def check_environment(cls) -> None:
+        """Refuse, before any weights are read, a family whose processor needs a package
+        that is not installed (``ltbm.load`` calls it)."""
+
     def max_seconds(self) -> float:
         """Longest clip the model takes, in seconds."""
         raise NotImplementedError
@@ -339,7 +344,7 @@ class HFPipeline:
         input_ids = batch.input_ids.to(batch.inputs_embeds.device)
         max_new_tokens = self._room_for_new_tokens(input_ids.shape[1], max_new_tokens)
         with torch.no_grad():
-            output = self.model.generate(
+            output = self.adapter.llm_generate(
                 input_ids=input_ids,
                 inputs_embeds=batch.inputs_embeds,
                 attention_mask=batch.attention_mask,

@@ -353,6 +353,51 @@ def voxtral_files(folder: Path) -> None:
     (Path(folder) / "tokenizer_config.json").write_text(json.dumps(config))
 
 
+# --------------------------------------------------------------------------- Granite Speech
+def granite_speech_config(size: str, tokenizer):
+    """A tiny Granite Speech: the real conformer's 4 s attention blocks (``context_size``
+    200) and 15-frame Q-Former windows, small widths, one Q-Former layer; no LoRA adapter."""
+    from transformers import GraniteSpeechConfig
+
+    encoder = TINY_ENCODER
+    return GraniteSpeechConfig(
+        text_config={**text_config("granite_speech", size, tokenizer), "model_type": "granite"},
+        encoder_config={
+            "input_dim": 160,
+            "num_layers": encoder["layers"],
+            "hidden_dim": encoder["width"],
+            "num_heads": encoder["heads"],
+            "feedforward_mult": 2,
+            "output_dim": 8,
+        },
+        projector_config={
+            "model_type": "blip_2_qformer",
+            "hidden_size": encoder["width"],
+            "num_hidden_layers": 1,
+            "num_attention_heads": encoder["heads"],
+            "intermediate_size": encoder["ffn"],
+            "encoder_hidden_size": encoder["width"],
+            "cross_attention_frequency": 1,
+        },
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+        has_lora_adapter=False,
+    )
+
+
+def granite_speech_processor(tokenizer):
+    """Granite Speech's own processor; its feature extractor needs torchaudio."""
+    from ltbm.backbones.granite_speech import GraniteSpeechPipeline
+
+    GraniteSpeechPipeline.check_environment()
+    from transformers import GraniteSpeechFeatureExtractor, GraniteSpeechProcessor
+
+    return GraniteSpeechProcessor(
+        audio_processor=GraniteSpeechFeatureExtractor(),
+        tokenizer=tokenizer,
+        chat_template=audio_first_template("<|AUDIO|>"),
+    )
+
+
 @dataclass(frozen=True)
 class Family:
     """How to build one family's synthetic checkpoint from the real transformers classes."""
@@ -393,6 +438,9 @@ FAMILIES: dict[str, Family] = {
         qwen2_5_omni_config,
         qwen2_5_omni_processor,
         lambda folder: torch.save({}, Path(folder) / "spk_dict.pt"),  # no voices: no talker
+    ),
+    "granite_speech": Family(
+        "GraniteSpeechForConditionalGeneration", granite_speech_config, granite_speech_processor
     ),
 }
 MODEL_TYPES = tuple(FAMILIES)
