@@ -195,8 +195,8 @@ def measure_cell(pipeline: HFPipeline, cell: Cell, audios, prompt: str, grid: Be
     del ideal_output
 
     # Decoding speed: generating M tokens minus generating one, both from the same input.
-    first_s, _ = timed(lambda: _generate(model, batch, 1), device, 0, repeats)
-    many_s, _ = timed(lambda: _generate(model, batch, grid.decode_tokens), device, 0, repeats)
+    first_s, _ = timed(lambda: _generate(adapter, batch, 1), device, 0, repeats)
+    many_s, _ = timed(lambda: _generate(adapter, batch, grid.decode_tokens), device, 0, repeats)
     decode_s = many_s - first_s
     tokens = int(batch.attention_mask.sum())
     batch_size = len(audios)
@@ -235,9 +235,11 @@ def _cache_of(output) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
-def _generate(model, batch, new_tokens: int):
+def _generate(adapter, batch, new_tokens: int):
+    """Decode through the adapter, as the pipeline does (a family may need to switch
+    something on first, such as Granite Speech's LoRA adapter)."""
     with torch.no_grad():
-        return model.generate(
+        return adapter.llm_generate(
             # input_ids beside the embeddings, as the pipeline does, so a checkpoint's
             # repetition penalty sees the prompt.
             input_ids=batch.input_ids.to(batch.inputs_embeds.device),
