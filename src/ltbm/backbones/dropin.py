@@ -135,9 +135,7 @@ class Compression:
         self._position_shift = None  # a new prompt: no shift until its audio is placed
         if features is None or input_ids is None or inputs.get("inputs_embeds") is not None:
             return None
-        frame_mask = inputs.get(adapter.mask_key)
-        if frame_mask is None:
-            raise ValueError(f"compressed audio needs {adapter.mask_key!r} from the processor")
+        frame_mask = adapter.frame_mask(features, inputs.get(adapter.mask_key))
         attention_mask = inputs.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
