@@ -31,16 +31,16 @@ from ltbm.backbones.pipeline import HFPipeline
 MAX_SECONDS = 1800.0
 """ltbm's cap (22 500 tokens); the encoder itself takes any length in 40 s blocks."""
 LORA = "speech-lora"
+BLOCK = 500
+"""Encoder tokens per block: ``max_seq_len`` of ``Phi4MultimodalAudioModel.forward``."""
 
 
-def speech_lora(source: str | None) -> str | None:
-    """The checkpoint's speech LoRA config file, or None when it ships none."""
+def speech_lora(source: str | None) -> bool:
+    """Whether the checkpoint (hub id or folder) ships a speech LoRA."""
     from transformers.utils import cached_file
 
-    if not source:
-        return None
     try:
-        return cached_file(
+        found = source and cached_file(
             source,
             "adapter_config.json",
             subfolder=LORA,
@@ -48,14 +48,26 @@ def speech_lora(source: str | None) -> str | None:
             _raise_exceptions_for_connection_errors=False,
         )
     except OSError:
-        return None
+        return False
+    return bool(found)
+
+
+def min_peft() -> str:
+    from transformers.integrations.peft import MIN_PEFT_VERSION
+
+    return MIN_PEFT_VERSION
+
+
+def peft_usable() -> bool:
+    """peft installed at the version transformers' ``load_adapter`` requires."""
+    from transformers.utils.import_utils import is_peft_greater_or_equal
+
+    return is_peft_greater_or_equal(min_peft())
 
 
 def lora_active(model: nn.Module) -> bool:
     """Whether a peft adapter is loaded into the model and active."""
-    if not getattr(model, "_hf_peft_config_loaded", False):
-        return False
-    return bool(model.active_adapters())
+    return getattr(model, "_hf_peft_config_loaded", False) and bool(model.active_adapters())
 
 
 class Phi4MultimodalAdapter(AudioAdapter):
@@ -93,6 +105,12 @@ class Phi4MultimodalAdapter(AudioAdapter):
         attention: bool,
     ) -> EncodedAudio:
         device, dtype = module_device_dtype(self.projector)
+        rate = int(self.tower.config.time_reduction)
+        if features.shape[0] > 1 and -(-features.shape[1] // rate) > BLOCK:
+            raise ValueError(
+                f"Phi-4-multimodal's encoder (transformers' unfold_tensor) fails on a batch of "
+                f"clips when one lasts over {BLOCK * rate / 100:g} s; pass batch_size=1"
+            )
         # As the model's own call: no mask for one clip (the processor gives none).
         mask = None if features.shape[0] == 1 else frame_mask.to(device).bool()
         hidden = self.tower(features.to(device, dtype), mask)
@@ -125,14 +143,13 @@ class Phi4MultimodalPipeline(HFPipeline):
     @classmethod
     def finish_loading(cls, model: nn.Module, source: str) -> None:
         """Apply the checkpoint's speech LoRA the way transformers documents it."""
-        from transformers.utils import is_peft_available
-
         if not speech_lora(source):
             return
-        if not is_peft_available():
+        if not peft_usable():
             raise ValueError(
                 f"{source} serves speech through a LoRA adapter ({LORA}/) that transformers "
-                "applies with peft; pip install peft (ltbm will not run the base LLM instead)"
+                f"applies with peft; pip install 'peft>={min_peft()}' (ltbm will not run the "
+                "base LLM in its place)"
             )
         model.load_adapter(source, adapter_name="speech", adapter_kwargs={"subfolder": LORA})
         model.set_adapter("speech")
@@ -161,6 +178,6 @@ class Phi4MultimodalPipeline(HFPipeline):
 
     def _process(self, prompts: list[Prompt], samples: list[np.ndarray]) -> Any:
         inputs = super()._process(prompts, samples)
-        mask = inputs.get(self.adapter.mask_key)
-        inputs[self.adapter.mask_key] = self.adapter.frame_mask(inputs["audio_input_features"], mask)
+        key = self.adapter.mask_key
+        inputs[key] = self.adapter.frame_mask(inputs["audio_input_features"], inputs.get(key))
         return inputs
