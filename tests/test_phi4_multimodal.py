@@ -50,6 +50,16 @@ def test_one_clip_dropin_restores_the_model(pipe):
     assert_dropin_restores(pipe, clips, [PROMPT], [pipe.render(PROMPT)], method)
 
 
+def test_dropin_refuses_images_it_would_drop(pipe):
+    """With an image, the model projects audio with its vision-speech projector; the drop-in
+    path embeds audio alone, so such a call is refused rather than run without the image."""
+    texts, clips = [pipe.render(PROMPT)], [tone(2.5, 300.0)]
+    with ltbm.compressed(pipe.model, pipe.processor, ltbm.get_method("ltbm", keep_ratio=0.5)):
+        inputs = processor_inputs(pipe.processor, texts, clips)
+        with pytest.raises(ValueError, match="image_pixel_values"), torch.no_grad():
+            pipe.model(**inputs, image_pixel_values=torch.zeros(1, 1, 3, 28, 28))
+
+
 def test_audio_past_40_seconds_one_clip_at_a_time(pipe):
     """45 s: the encoder unfolds 563 tokens into blocks of 500. transformers' unfold fails on
     a batch of such clips (the model's own forward too), so a batch is refused up front."""
