@@ -13,6 +13,7 @@ from hf_checks import assert_dropin_restores, assert_parity_with_transformers, p
 from tiny_models import tone
 
 import ltbm
+from ltbm.audio import AudioError
 from ltbm.backbones.phi4_multimodal import min_peft, peft_usable
 from ltbm.backbones.synthetic import save_model
 
@@ -48,6 +49,13 @@ def test_one_clip_matches_the_models_own_generate(pipe):
 def test_one_clip_dropin_restores_the_model(pipe):
     clips, method = [tone(2.5, 300.0)], ltbm.get_method("ltbm", keep_ratio=0.25)
     assert_dropin_restores(pipe, clips, [PROMPT], [pipe.render(PROMPT)], method)
+
+
+def test_too_short_clip_is_refused_in_one_line(pipe):
+    with pytest.raises(AudioError, match="clip 1 is too short .*400"):
+        pipe.generate([tone(1.0), tone(0.0125)], PROMPT, max_new_tokens=1)
+    [result] = pipe.generate([tone(0.025)], PROMPT, max_new_tokens=1)
+    assert result.audio_tokens == 1
 
 
 def test_dropin_refuses_images_it_would_drop(pipe):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ltbm.audio import AudioError
 from ltbm.backbones.adapter import AudioAdapter, EncodedAudio, module_device_dtype, owner_of
 from ltbm.backbones.clips import Prompt
 from ltbm.backbones.pipeline import HFPipeline
@@ -177,6 +178,13 @@ class Phi4MultimodalPipeline(HFPipeline):
         return MAX_SECONDS
 
     def _process(self, prompts: list[Prompt], samples: list[np.ndarray]) -> Any:
+        window = int(self.processor.audio_processor.win_length)
+        for index, clip in enumerate(samples):
+            if len(clip) < window:  # the feature extractor would fail inside torch
+                raise AudioError(
+                    f"clip {index} is too short ({len(clip)} samples): Phi-4-multimodal's "
+                    f"feature extractor needs at least {window} ({window / 16:g} ms)"
+                )
         inputs = super()._process(prompts, samples)
         key = self.adapter.mask_key
         inputs[key] = self.adapter.frame_mask(inputs["audio_input_features"], inputs.get(key))
