@@ -14,7 +14,7 @@ from tiny_models import tone
 
 import ltbm
 from ltbm.audio import AudioError
-from ltbm.backbones.phi4_multimodal import min_peft, peft_usable
+from ltbm.backbones.shipped_lora import min_peft, peft_usable
 from ltbm.backbones.synthetic import save_model
 
 transformers = pytest.importorskip("transformers")
@@ -122,5 +122,5 @@ def test_speech_lora_without_peft_is_refused(folder, tmp_path):
         ltbm.load(str(lora), method=None)
     model = transformers.Phi4MultimodalForCausalLM.from_pretrained(lora)
     processor = transformers.AutoProcessor.from_pretrained(folder)
-    with pytest.raises(ValueError, match="speech LoRA .* not active"):
+    with pytest.raises(ValueError, match="LoRA adapter .speech-lora/. that is not active"):
         ltbm.pipeline(model, processor)

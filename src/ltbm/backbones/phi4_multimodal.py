@@ -9,10 +9,8 @@ reduction is fixed inside its first convolution, and the projector maps tokens o
 K kept tokens give exactly K rows. No attention scorer: the conformer's attention carries a
 relative bias and a streaming chunk mask, not plain scores over tokens.
 
-The released checkpoint serves speech through a LoRA on the LLM (``speech-lora/``), which
-transformers applies with peft (``model.load_adapter(..., adapter_kwargs={"subfolder":
-"speech-lora"})`` and ``model.set_adapter``); without it the model is the base LLM. ltbm.load
-applies it, and refuses a checkpoint that ships it when it is not active.
+The released checkpoint serves speech through a LoRA on the LLM (``speech-lora/``): see
+:mod:`ltbm.backbones.shipped_lora`.
 """
 
 from __future__ import annotations
@@ -28,47 +26,14 @@ from ltbm.audio import AudioError
 from ltbm.backbones.adapter import AudioAdapter, EncodedAudio, module_device_dtype, owner_of
 from ltbm.backbones.clips import Prompt
 from ltbm.backbones.pipeline import HFPipeline
+from ltbm.backbones.shipped_lora import apply_lora, require_active
 
 MAX_SECONDS = 1800.0
 """ltbm's cap (22 500 tokens); the encoder itself takes any length in 40 s blocks."""
 LORA = "speech-lora"
+"""The subfolder of the released checkpoint that holds its speech LoRA."""
 BLOCK = 500
 """Encoder tokens per block: ``max_seq_len`` of ``Phi4MultimodalAudioModel.forward``."""
-
-
-def speech_lora(source: str | None) -> bool:
-    """Whether the checkpoint (hub id or folder) ships a speech LoRA."""
-    from transformers.utils import cached_file
-
-    try:
-        found = source and cached_file(
-            source,
-            "adapter_config.json",
-            subfolder=LORA,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-    except OSError:
-        return False
-    return bool(found)
-
-
-def min_peft() -> str:
-    from transformers.integrations.peft import MIN_PEFT_VERSION
-
-    return MIN_PEFT_VERSION
-
-
-def peft_usable() -> bool:
-    """peft installed at the version transformers' ``load_adapter`` requires."""
-    from transformers.utils.import_utils import is_peft_greater_or_equal
-
-    return is_peft_greater_or_equal(min_peft())
-
-
-def lora_active(model: nn.Module) -> bool:
-    """Whether a peft adapter is loaded into the model and active."""
-    return getattr(model, "_hf_peft_config_loaded", False) and bool(model.active_adapters())
 
 
 class Phi4MultimodalAdapter(AudioAdapter):
@@ -131,29 +96,12 @@ class Phi4MultimodalPipeline(HFPipeline):
     adapter_class = Phi4MultimodalAdapter
 
     def __init__(self, model: nn.Module, processor: Any, method: Any = None) -> None:
-        source = getattr(model.config, "_name_or_path", None)
-        if speech_lora(source) and not lora_active(model):
-            raise ValueError(
-                f"{source} ships a speech LoRA ({LORA}/) that is not active, so the model "
-                "would answer as its base LLM; load it with ltbm.load (needs peft), or call "
-                f"model.load_adapter(path, adapter_name='speech', adapter_kwargs={{'subfolder': "
-                f"'{LORA}'}}) and model.set_adapter('speech') first"
-            )
+        require_active(model, LORA, "speech")
         super().__init__(model, processor, method)
 
     @classmethod
     def finish_loading(cls, model: nn.Module, source: str) -> None:
-        """Apply the checkpoint's speech LoRA the way transformers documents it."""
-        if not speech_lora(source):
-            return
-        if not peft_usable():
-            raise ValueError(
-                f"{source} serves speech through a LoRA adapter ({LORA}/) that transformers "
-                f"applies with peft; pip install 'peft>={min_peft()}' (ltbm will not run the "
-                "base LLM in its place)"
-            )
-        model.load_adapter(source, adapter_name="speech", adapter_kwargs={"subfolder": LORA})
-        model.set_adapter("speech")
+        apply_lora(model, source, LORA, "speech")
 
     @classmethod
     def load_processor(cls, source: str) -> Any:
