@@ -8,24 +8,36 @@ one is refused while no adapter is active.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 
-def ships_lora(source: str | None, subfolder: str) -> bool:
-    """Whether the checkpoint (hub id or folder) holds ``subfolder/adapter_config.json``."""
-    from transformers.utils import cached_file
+def ships_lora(source: str | None, subfolder: str, strict: bool = False) -> bool:
+    """Whether the checkpoint (folder or hub id) holds ``subfolder/adapter_config.json``.
+
+    When neither the hub cache nor the hub can answer for a hub id, ``strict`` (ltbm.load,
+    which picks the weights) refuses; otherwise (a model the caller built) it counts as none."""
+    if not source:
+        return False
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return (folder / subfolder / "adapter_config.json").is_file()
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     try:
-        found = source and cached_file(
-            source,
-            "adapter_config.json",
-            subfolder=subfolder,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-    except OSError:
+        hf_hub_download(source, "adapter_config.json", subfolder=subfolder)
+    except RemoteEntryNotFoundError:
         return False
-    return bool(found)
+    except (OSError, ValueError) as error:  # offline and not cached, or not a hub id
+        if strict:
+            raise ValueError(
+                f"cannot tell whether {source} ships a LoRA adapter ({subfolder}/): "
+                f"{type(error).__name__}; connect to the hub or pass a local copy"
+            ) from None
+        return False
+    return True
 
 
 def min_peft() -> str:
@@ -48,7 +60,7 @@ def lora_active(model: nn.Module) -> bool:
 
 def apply_lora(model: nn.Module, source: str, subfolder: str, name: str) -> None:
     """``load_adapter`` + ``set_adapter``, when the checkpoint ships the adapter."""
-    if not ships_lora(source, subfolder):
+    if not ships_lora(source, subfolder, strict=True):
         return
     if not peft_usable():
         raise ValueError(
