@@ -27,6 +27,7 @@ from ltbm.backbones.adapter import AudioAdapter, EncodedAudio, module_device_dty
 from ltbm.backbones.clips import Prompt
 from ltbm.backbones.pipeline import HFPipeline
 from ltbm.backbones.shipped_lora import apply_lora, require_active
+from ltbm.methods import Method
 
 MAX_SECONDS = 1800.0
 """ltbm's cap (22 500 tokens); the encoder itself takes any length in 40 s blocks."""
@@ -95,7 +96,7 @@ class Phi4MultimodalPipeline(HFPipeline):
     name = "phi4-multimodal"
     adapter_class = Phi4MultimodalAdapter
 
-    def __init__(self, model: nn.Module, processor: Any, method: Any = None) -> None:
+    def __init__(self, model: nn.Module, processor: Any, method: Method | None = None) -> None:
         require_active(model, LORA, "speech")
         super().__init__(model, processor, method)
 
