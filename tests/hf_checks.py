@@ -46,9 +46,13 @@ def record_llm_inputs(model):
 
     def hook(module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
+        if embeds is None:  # a decoding step of a model that embeds ids in its LLM (Phi-4)
+            embeds = kwargs["input_ids"]
         calls.append((embeds.shape[1], kwargs.get("attention_mask")))
 
-    handle = inner.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    # Phi-4-multimodal's ``model.model`` is the language model itself.
+    language_model = getattr(inner, "language_model", inner)
+    handle = language_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield calls
     finally:
@@ -79,7 +83,7 @@ def assert_llm_gets_k(pipe, clips, prompts, method, text: torch.Tensor, monkeypa
     expected = [ltbm.kept_tokens(n, method.keep_ratio) for n in batch.audio_tokens]
     assert [r.kept_tokens for r in results] == batch.kept_tokens == expected
     assert [r.audio_tokens for r in results] == batch.audio_tokens
-    token_id = pipe.model.config.audio_token_id
+    token_id = pipe.adapter.audio_token_id
     assert placeholder_counts(batch.input_ids, token_id) == expected
     assert batch.attention_mask.sum(1).tolist() == (text + torch.tensor(expected)).tolist()
     width = int((text + torch.tensor(expected)).max())
@@ -165,7 +169,7 @@ def assert_dropin_restores(pipe, clips, prompts, texts, method) -> None:
         assert generated.sequences.shape[1] == inputs["input_ids"].shape[1] + 3
 
     batch = pipe.prepare(clips, prompts, method=method)
-    token_id = model.config.audio_token_id
+    token_id = pipe.adapter.audio_token_id
     assert placeholder_counts(inputs["input_ids"], token_id) == batch.kept_tokens
     with torch.no_grad():
         expected = model(

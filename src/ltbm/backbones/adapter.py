@@ -193,6 +193,13 @@ class AudioAdapter:
         changes the model by its inputs (Granite Speech's LoRA adapter) overrides it."""
         return self.model.generate(**kwargs)
 
+    def frame_mask(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The processor's mask of valid mel frames (``mask_key``), refused when absent;
+        a family whose processor omits it when nothing is padded builds it."""
+        if mask is None:
+            raise ValueError(f"compressed audio needs {self.mask_key!r} from the processor")
+        return mask
+
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
         """Encoder tokens of each window row, from its valid mel frames."""
         return encoder_token_count(frame_mask.sum(-1).long()).tolist()

@@ -135,9 +135,13 @@ class Compression:
         self._position_shift = None  # a new prompt: no shift until its audio is placed
         if features is None or input_ids is None or inputs.get("inputs_embeds") is not None:
             return None
-        frame_mask = inputs.get(adapter.mask_key)
-        if frame_mask is None:
-            raise ValueError(f"compressed audio needs {adapter.mask_key!r} from the processor")
+        images = sorted(k for k, v in inputs.items() if "pixel_values" in k and v is not None)
+        if images:  # the model would not see them: its own embedding step is skipped
+            raise ValueError(
+                f"ltbm.compressed takes prompts with audio only, but this call also passes "
+                f"{', '.join(images)}; run prompts with images outside the block"
+            )
+        frame_mask = adapter.frame_mask(features, inputs.get(adapter.mask_key))
         attention_mask = inputs.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -51,6 +51,10 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "ltbm.backbones.granite_speech:GraniteSpeechPipeline",
         "GraniteSpeechForConditionalGeneration",
     ),
+    "phi4_multimodal": (
+        "ltbm.backbones.phi4_multimodal:Phi4MultimodalPipeline",
+        "Phi4MultimodalForCausalLM",
+    ),
 }
 """config.model_type → (pipeline class, transformers model class)."""
 
@@ -153,7 +157,8 @@ def load(
     if model_type in SPEAKING_MODELS:
         kwargs.setdefault("enable_audio_output", False)
     model = _read_weights(model_class, model_id_or_path, kwargs)
-    processor = transformers.AutoProcessor.from_pretrained(model_id_or_path)
+    cls.finish_loading(model, model_id_or_path)
+    processor = cls.load_processor(model_id_or_path)
     return cls(text_model(model), processor, bound)
 
 

@@ -193,6 +193,18 @@ class HFPipeline:
         """Refuse, before any weights are read, a family whose processor needs a package
         that is not installed (``ltbm.load`` calls it)."""
 
+    @classmethod
+    def load_processor(cls, source: str) -> Any:
+        """The checkpoint's processor, for ``ltbm.load``."""
+        import transformers
+
+        return transformers.AutoProcessor.from_pretrained(source)
+
+    @classmethod
+    def finish_loading(cls, model: nn.Module, source: str) -> None:
+        """What ``ltbm.load`` must do to the loaded weights beyond ``from_pretrained`` (e.g.
+        activate an adapter the checkpoint ships); nothing by default."""
+
     def max_seconds(self) -> float:
         """Longest clip the model takes, in seconds."""
         raise NotImplementedError

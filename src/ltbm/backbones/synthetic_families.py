@@ -398,6 +398,59 @@ def granite_speech_processor(tokenizer):
     )
 
 
+# ------------------------------------------------------------------------ Phi-4-multimodal
+def phi4_multimodal_config(size: str, tokenizer):
+    """A tiny Phi-4-multimodal: a 2-block conformer (8x time reduction, as released), a
+    one-layer vision tower (built by the model, never used for audio) and a 2-layer LLM."""
+    from transformers import Phi4MultimodalConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    width = TINY_ENCODER["width"]
+    audio = {
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_blocks": TINY_ENCODER["layers"],
+        "num_attention_heads": TINY_ENCODER["heads"],
+        "ext_pw_out_channel": width,
+        "depthwise_separable_out_channel": width,
+        "nemo_conv_channels": 8,
+        "audio_token_id": ids("<|AUDIO|>"),
+    }
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 28,
+        "crop_size": 28,
+        "image_token_id": ids("<|IMAGE|>"),
+    }
+    text = text_config("phi4_multimodal", size, tokenizer)
+    text.pop("model_type")
+    return Phi4MultimodalConfig(**text, audio_config=audio, vision_config=vision)
+
+
+def phi4_multimodal_processor(tokenizer):
+    """Phi-4-multimodal's own processor. Its image processor needs torchvision; without it a
+    plain ``BaseImageProcessor`` stands in (images are never processed here), so the audio
+    path (feature extractor, ``replace_audio_token``) is the library's own."""
+    from transformers import Phi4MultimodalFeatureExtractor, Phi4MultimodalProcessor
+    from transformers.image_processing_utils import BaseImageProcessor
+    from transformers.utils import is_torchvision_available
+
+    images = BaseImageProcessor()
+    if is_torchvision_available():
+        from transformers import Phi4MultimodalImageProcessor
+
+        images = Phi4MultimodalImageProcessor()
+    return Phi4MultimodalProcessor(
+        image_processor=images,
+        audio_processor=Phi4MultimodalFeatureExtractor(),
+        tokenizer=tokenizer,
+        chat_template=audio_first_template("<|AUDIO|>"),
+    )
+
+
 @dataclass(frozen=True)
 class Family:
     """How to build one family's synthetic checkpoint from the real transformers classes."""
@@ -441,6 +494,9 @@ FAMILIES: dict[str, Family] = {
     ),
     "granite_speech": Family(
         "GraniteSpeechForConditionalGeneration", granite_speech_config, granite_speech_processor
+    ),
+    "phi4_multimodal": Family(
+        "Phi4MultimodalForCausalLM", phi4_multimodal_config, phi4_multimodal_processor
     ),
 }
 MODEL_TYPES = tuple(FAMILIES)
