@@ -1,0 +1,264 @@
+"""Global Merge's best partners on CPU: a cheap pre-filter, then exact scores for few pairs.
+
+Every A token needs the B token of highest cosine similarity (ties: the earliest). The
+full A×B matrix of exact float32 scores costs one float32 matrix multiply, which both
+Global Merge and ToMe pay. Here the matrix is only *approximated*, by a matrix multiply of
+unit-normalised rows in a low precision (bfloat16 where the CPU runs it about 4× faster
+than float32, float32 elsewhere). A rigorous bound ``E`` on |approximate − exact| keeps, for
+each A row, the candidates {j : approx_j could still be the maximum}; only these get an
+exact score, and the winner is taken from them with the usual tie rule. Rows with too many
+candidates (near-duplicate tokens) are filtered again in float32, whose bound is ~100×
+tighter, so the worst case costs about one float32 matrix multiply, as before.
+
+The exact score is one canonical computation, whichever filter ran: :func:`exact_scores`
+(float64 products, which are exact for float32 inputs, summed by ``torch.sum`` in its fixed
+order over a contiguous row, divided by the norms computed the same way, rounded to
+float32). It is a function of the pair of tokens only, so plans cannot depend on the path,
+the block sizes or the thread count; a token and its exact copy score exactly 1, which
+keeps the tie rules exact for repeated tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CANDIDATE_LIMIT = 64
+"""Rows with more bfloat16 candidates than this are filtered again in float32."""
+
+PAIR_CHUNK = 256
+"""Candidate pairs scored at once: two [chunk, D] float64 buffers (2.6 MB at D = 1280)."""
+
+FLOAT32_ROUNDOFF = 2.0**-24
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A low-precision matrix multiply and what bounds its rounding."""
+
+    dtype: torch.dtype
+    input_roundoff: float  # relative rounding of each normalised element to ``dtype``
+    output_roundoff: float  # relative rounding of each result to ``dtype`` (0: float32 out)
+
+
+BFLOAT16 = Filter(torch.bfloat16, 2.0**-8, 2.0**-8)
+FLOAT32 = Filter(torch.float32, 0.0, 0.0)
+
+_forced: dict[str, object] = {}
+
+
+@contextlib.contextmanager
+def forced_path(filter_: Filter | None = None, candidate_limit: int | None = None) -> Iterator:
+    """For tests: run the dense path with this filter and/or candidate limit (``0`` sends
+    every row to the float32 re-filter), whatever the machine supports."""
+    saved = dict(_forced)
+    _forced.update(
+        {k: v for k, v in (("filter", filter_), ("limit", candidate_limit)) if v is not None}
+    )
+    try:
+        yield
+    finally:
+        _forced.clear()
+        _forced.update(saved)
+
+
+@functools.cache
+def fast_bfloat16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX), through
+    oneDNN. Elsewhere bfloat16 is emulated and slower than float32, so the filter is float32."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_filter() -> Filter:
+    return _forced.get("filter") or (BFLOAT16 if fast_bfloat16_matmul() else FLOAT32)
+
+
+def error_bound(filter_: Filter, dim: int) -> float:
+    """Bound on |filter score − exact score| before the filter's output rounding (which
+    :func:`thresholds` adds per row), for rows of ``dim`` elements.
+
+    Filter rows are divided by their exact norms rounded to float32 (relative error u32 per
+    element, twice: the norm and the quotient); rounding to the filter dtype adds u_f. So
+    each product a_k·b_k/(|a||b|) is off by at most (1 + u32)⁴(1 + u_f)² − 1 of its
+    magnitude, and the magnitudes sum to at most 1 (Cauchy–Schwarz). Accumulating ``dim``
+    products in float32 adds γ = (dim + 1)·u32 / (1 − (dim + 1)·u32) times the same sum,
+    whatever the order. The exact score is itself rounded to float32 (u32, plus float64's
+    hair). A margin covers flushed subnormals and the rounding of the thresholds.
+    """
+    u32, uf = FLOAT32_ROUNDOFF, filter_.input_roundoff
+    growth = (1 + u32) ** 4 * (1 + uf) ** 2
+    accumulation = (dim + 1) * u32 / (1 - (dim + 1) * u32) * growth
+    exact_rounding = u32 + 1e-12
+    return ((growth - 1) + accumulation + exact_rounding) * 1.01 + 1e-6
+
+
+def thresholds(row_max: torch.Tensor, bound: float, output_roundoff: float) -> torch.Tensor:
+    """Per row, the least filter score a column can have and still be the exact maximum.
+
+    With e_j = E + u'|s_j| the bound on |s_j − exact_j| (u' = u/(1 − u) for the output
+    rounding), the winner's exact score is at least m − E − u'|m| (m = the row's largest
+    filter score), and column j can reach it only if s_j + E + u'|s_j| ≥ that, i.e.
+    f(s_j) ≥ Q with f(s) = s + u'|s| increasing and Q = m − 2E − u'|m|.
+    """
+    u = output_roundoff / (1 - output_roundoff)
+    m = row_max.double()
+    q = m - 2 * bound - u * m.abs()
+    return rounded_down(torch.where(q >= 0, q / (1 + u), q / (1 - u)), row_max.dtype)
+
+
+def rounded_down(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` in ``dtype``, each rounded to the nearest representable value below it, so
+    that comparing filter scores with them in their own dtype keeps every candidate."""
+    nearest = values.to(dtype)
+    lower = torch.nextafter(nearest, torch.full_like(nearest, float("-inf")))
+    return torch.where(nearest.double() > values, lower, nearest)
+
+
+def dot64(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
+    """Dot product of each pair of rows, the canonical way: products of float32 (or half)
+    values are exact in float64, and ``sum`` over a contiguous last dimension adds them in
+    one fixed order per row (rows are never split across threads when there are several),
+    so the result depends only on the two rows."""
+    if a_rows.shape[0] == 1:  # a single output element would be summed across threads
+        return dot64(a_rows.expand(2, -1), b_rows.expand(2, -1))[:1]
+    return a_rows.to(torch.float64).mul_(b_rows.to(torch.float64)).sum(-1)
+
+
+def exact_norms(rows: torch.Tensor) -> torch.Tensor:
+    """float64 norms of ``rows`` from :func:`dot64`, floored at 1e-12 like the kernel's
+    (an all-zero token then scores 0, not NaN)."""
+    norms = torch.empty(rows.shape[0], dtype=torch.float64)
+    for start in range(0, rows.shape[0], PAIR_CHUNK):
+        chunk = rows[start : start + PAIR_CHUNK]
+        norms[start : start + chunk.shape[0]] = dot64(chunk, chunk)
+    return norms.sqrt_().clamp_(min=1e-12)
+
+
+def exact_scores(
+    a_rows: torch.Tensor, b_rows: torch.Tensor, a_norm: torch.Tensor, b_norm: torch.Tensor
+) -> torch.Tensor:
+    """The canonical float32 cosine of each pair of rows, given their :func:`exact_norms`.
+
+    Nearly correctly rounded, and a function of the two tokens only. A token and its exact
+    copy score exactly 1 (their dot product is the squared norm, summed in the same order),
+    so repeated tokens tie exactly and the tie rules decide, not rounding noise.
+    """
+    return dot64(a_rows, b_rows).div_(a_norm * b_norm).float()
+
+
+@dataclass
+class Clip:
+    """One clip's A and B rows (views of the features) and their exact norms."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    a_norm: torch.Tensor
+    b_norm: torch.Tensor
+    b_unit32: torch.Tensor | None = None  # the float32 re-filter's B rows, made once
+
+    @classmethod
+    def of(cls, a: torch.Tensor, b: torch.Tensor) -> Clip:
+        return cls(a, b, exact_norms(a), exact_norms(b))
+
+    def rows(self, index: torch.Tensor | slice) -> Clip:
+        """The same clip restricted to some A rows."""
+        return Clip(self.a[index], self.b, self.a_norm[index], self.b_norm, self.b_unit32)
+
+    @staticmethod
+    def unit(rows: torch.Tensor, norm: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return (rows.float() / norm.float()[:, None]).to(dtype)
+
+
+def pair_winners(
+    clip: Clip, rows: torch.Tensor, cols: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact best score and earliest best column of each of ``count`` rows, from candidate
+    pairs (a row without any, possible only for NaN scores, gets ``-inf``)."""
+    scores = torch.empty(rows.shape[0], dtype=torch.float32)
+    for start in range(0, rows.shape[0], PAIR_CHUNK):
+        r, c = rows[start : start + PAIR_CHUNK], cols[start : start + PAIR_CHUNK]
+        a = clip.a.index_select(0, r)
+        b = clip.b.index_select(0, c)
+        scores[start : start + r.shape[0]] = exact_scores(a, b, clip.a_norm[r], clip.b_norm[c])
+    best = torch.full((count,), float("-inf")).scatter_reduce_(0, rows, scores, "amax")
+    is_best = scores == best[rows]
+    first = torch.full((count,), clip.b.shape[0], dtype=torch.long)
+    first.scatter_reduce_(0, rows[is_best], cols[is_best], "amin")
+    return best, first.clamp_(max=max(clip.b.shape[0] - 1, 0))
+
+
+def candidates(
+    approx: torch.Tensor, filter_: Filter, bound: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, column) of every candidate in a block of filter scores, and each row's count."""
+    limit = thresholds(approx.amax(dim=1), bound, filter_.output_roundoff)
+    rows, cols = torch.nonzero(approx >= limit[:, None], as_tuple=True)
+    return rows, cols, torch.bincount(rows, minlength=approx.shape[0])
+
+
+def refilter_float32(clip: Clip, a_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Winners of the rows ``a_index`` from a float32 filter of all their columns."""
+    bound = error_bound(FLOAT32, clip.a.shape[1])
+    if clip.b_unit32 is None:
+        clip.b_unit32 = clip.unit(clip.b, clip.b_norm, torch.float32)
+    a_unit = clip.unit(clip.a[a_index], clip.a_norm[a_index], torch.float32)
+    rows, cols, _ = candidates(a_unit @ clip.b_unit32.T, FLOAT32, bound)
+    return pair_winners(clip.rows(a_index), rows, cols, a_index.shape[0])
+
+
+def clip_best_partners(
+    clip: Clip, block_elements: int, filter_: Filter, limit: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact best score and B index of every A row of one clip."""
+    num_a, num_b = clip.a.shape[0], clip.b.shape[0]
+    bound = error_bound(filter_, clip.a.shape[1])
+    b_unit_t = clip.unit(clip.b, clip.b_norm, filter_.dtype).T
+    best_score = torch.empty(num_a, dtype=torch.float32)
+    best_b = torch.empty(num_a, dtype=torch.long)
+    step = max(1, block_elements // num_b)
+    for start in range(0, num_a, step):
+        stop = min(num_a, start + step)
+        a_unit = clip.unit(clip.a[start:stop], clip.a_norm[start:stop], filter_.dtype)
+        rows, cols, counts = candidates(a_unit @ b_unit_t, filter_, bound)
+        crowded = counts > limit
+        if bool(crowded.any()):
+            keep = ~crowded[rows]
+            rows, cols = rows[keep], cols[keep]
+        score, index = pair_winners(clip.rows(slice(start, stop)), rows, cols, stop - start)
+        best_score[start:stop], best_b[start:stop] = score, index
+        if bool(crowded.any()):
+            redo = start + torch.nonzero(crowded)[:, 0]
+            best_score[redo], best_b[redo] = refilter_float32(clip, redo)
+    return best_score, best_b
+
+
+def filtered_best_partners(
+    x: torch.Tensor, length: torch.Tensor, block_elements: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best B partner (exact float32 score, earliest B index among equals) of every A token
+    among all B tokens of its clip, for float32 work on CPU."""
+    batch, width, _ = x.shape
+    na = (width + 1) // 2
+    best_score = torch.full((batch, na), float("-inf"), dtype=torch.float32)
+    best_b = torch.zeros((batch, na), dtype=torch.long)
+    filter_ = default_filter()
+    limit = int(_forced.get("limit", CANDIDATE_LIMIT))
+    for index, n in enumerate(length.tolist()):
+        num_a, num_b = (n + 1) // 2, n // 2
+        if num_b == 0:
+            continue
+        clip = Clip.of(x[index, 0 : 2 * num_a : 2], x[index, 1 : 2 * num_b : 2])
+        score, partner = clip_best_partners(clip, block_elements, filter_, limit)
+        best_score[index, :num_a], best_b[index, :num_a] = score, partner
+    return best_score, best_b
