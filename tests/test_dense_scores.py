@@ -113,8 +113,9 @@ def test_bfloat16_scores_stay_within_the_bound(kind):
     elif kind == "extreme scales":
         x *= torch.logspace(-20, 20, 64)[:, None]
     a, b = x[0::2], x[1::2]
-    clip = dense_scores.Clip.of(a, b)
-    approx = clip.unit(a, clip.a_norm, torch.bfloat16) @ clip.unit(b, clip.b_norm, torch.bfloat16).T
+    clip = dense_scores.Clip.of(a, b, dense_scores.Scratch())
+    a_unit = clip.unit(a, clip.a_norm, torch.bfloat16, "a")
+    approx = a_unit @ clip.unit(b, clip.b_norm, torch.bfloat16, "b").T
     rows = torch.arange(32).repeat_interleave(32)
     cols = torch.arange(32).repeat(32)
     exact = dense_scores.exact_scores(a[rows], b[cols], clip.a_norm[rows], clip.b_norm[cols])
@@ -148,9 +149,13 @@ def test_exact_scores_do_not_depend_on_batch_or_threads():
     assert torch.equal(torch.cat(alone), batched[[0, 17, 299]])
 
 
-def test_the_filter_follows_the_machine():
+def test_the_filter_follows_the_machine_and_the_size():
+    large = dense_scores.BFLOAT16_MIN_COLUMNS
     expected = BFLOAT16 if dense_scores.fast_bfloat16_matmul() else FLOAT32
-    assert dense_scores.default_filter() == expected
+    assert dense_scores.default_filter(large) == expected
+    assert dense_scores.default_filter(large - 1) == FLOAT32
     with forced_path(filter_=FLOAT32):
-        assert dense_scores.default_filter() == FLOAT32
-    assert dense_scores.default_filter() == expected
+        assert dense_scores.default_filter(large) == FLOAT32
+    with forced_path(filter_=BFLOAT16):
+        assert dense_scores.default_filter(2) == BFLOAT16
+    assert dense_scores.default_filter(large) == expected

@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+BFLOAT16_MIN_COLUMNS = 512
+"""Below this many B tokens the float32 filter is cheaper overall: its matrix multiply is
+small, and it leaves about one candidate per row to score exactly instead of five to ten
+(measured crossover between 375 and 750 B tokens at D = 1280)."""
 
 CANDIDATE_LIMIT = 64
 """Rows with more bfloat16 candidates than this are filtered again in float32."""
@@ -80,8 +86,12 @@ def fast_bfloat16_matmul() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def default_filter() -> Filter:
-    return _forced.get("filter") or (BFLOAT16 if fast_bfloat16_matmul() else FLOAT32)
+def default_filter(num_b: int) -> Filter:
+    """The filter for a clip of ``num_b`` B tokens (tests may force one)."""
+    if "filter" in _forced:
+        return _forced["filter"]
+    fast = fast_bfloat16_matmul() and num_b >= BFLOAT16_MIN_COLUMNS
+    return BFLOAT16 if fast else FLOAT32
 
 
 def error_bound(filter_: Filter, dim: int) -> float:
@@ -125,6 +135,22 @@ def rounded_down(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(nearest.double() > values, lower, nearest)
 
 
+class Scratch:
+    """Buffers reused by every block and clip of one call. Fresh memory costs a page fault
+    per 4 KiB page: widening 256 rows into a new float64 buffer took 5× as long as into a
+    reused one, which made the small inputs twice as slow as the plain matrix multiply."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = self.buffers[name] = torch.empty(size, dtype=dtype)
+        return buffer[:size].view(shape)
+
+
 def dot64(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
     """Dot product of each pair of rows, the canonical way: products of float32 (or half)
     values are exact in float64, and ``sum`` over a contiguous last dimension adds them in
@@ -134,20 +160,22 @@ def dot64(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
 
 
 def products_summed(a64: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
-    """:func:`dot64` of float64 rows ``a64`` (overwritten with the products) and ``b_rows``
-    of any float dtype (widened exactly inside the multiply)."""
+    """:func:`dot64` of contiguous float64 rows ``a64`` (overwritten with the products) and
+    ``b_rows`` of any float dtype (widened exactly inside the multiply)."""
     if a64.shape[0] == 1:  # a single output element would be summed across threads
         return products_summed(a64.expand(2, -1).clone(), b_rows.expand(2, -1))[:1]
     return a64.mul_(b_rows).sum(-1)
 
 
-def exact_norms(rows: torch.Tensor) -> torch.Tensor:
+def exact_norms(rows: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
     """float64 norms of ``rows`` from :func:`dot64`, floored at 1e-12 like the kernel's
     (an all-zero token then scores 0, not NaN)."""
+    scratch = scratch or Scratch()
     norms = torch.empty(rows.shape[0], dtype=torch.float64)
     for start in range(0, rows.shape[0], PAIR_CHUNK):
         chunk = rows[start : start + PAIR_CHUNK]
-        norms[start : start + chunk.shape[0]] = dot64(chunk, chunk)
+        widened = scratch.take("products", chunk.shape, torch.float64)
+        norms[start : start + chunk.shape[0]] = products_summed(widened.copy_(chunk), chunk)
     return norms.sqrt_().clamp_(min=1e-12)
 
 
@@ -169,25 +197,41 @@ def cosines(dots: torch.Tensor, a_norm: torch.Tensor, b_norm: torch.Tensor) -> t
 
 @dataclass
 class Clip:
-    """One clip's A and B rows (views of the features) and their exact norms."""
+    """One clip's A and B rows (views of the features), their exact norms, and the
+    buffers of the call."""
 
     a: torch.Tensor
     b: torch.Tensor
     a_norm: torch.Tensor
     b_norm: torch.Tensor
+    scratch: Scratch
     b_unit32: torch.Tensor | None = None  # the float32 re-filter's B rows, made once
 
     @classmethod
-    def of(cls, a: torch.Tensor, b: torch.Tensor) -> Clip:
-        return cls(a, b, exact_norms(a), exact_norms(b))
+    def of(cls, a: torch.Tensor, b: torch.Tensor, scratch: Scratch) -> Clip:
+        return cls(a, b, exact_norms(a, scratch), exact_norms(b, scratch), scratch)
 
     def rows(self, index: torch.Tensor | slice) -> Clip:
         """The same clip restricted to some A rows."""
-        return Clip(self.a[index], self.b, self.a_norm[index], self.b_norm, self.b_unit32)
+        a, a_norm = self.a[index], self.a_norm[index]
+        return Clip(a, self.b, a_norm, self.b_norm, self.scratch, self.b_unit32)
 
-    @staticmethod
-    def unit(rows: torch.Tensor, norm: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return (rows.float() / norm.float()[:, None]).to(dtype)
+    def unit(
+        self, rows: torch.Tensor, norm: torch.Tensor, dtype: torch.dtype, name: str
+    ) -> torch.Tensor:
+        """``rows`` divided by their norms in float32, then rounded to ``dtype``, into the
+        buffer ``name`` (a few rows at a time: no float32 copy of them all)."""
+        out = self.scratch.take(name, tuple(rows.shape), dtype)
+        step = PAIR_CHUNK
+        for start in range(0, rows.shape[0], step):
+            stop = min(rows.shape[0], start + step)
+            divided = out[start:stop] if dtype == torch.float32 else None
+            if divided is None:
+                divided = self.scratch.take("divided", (stop - start, rows.shape[1]), torch.float32)
+            torch.div(rows[start:stop], norm[start:stop, None].float(), out=divided)
+            if dtype != torch.float32:
+                out[start:stop].copy_(divided)
+        return out
 
 
 def pair_winners(
@@ -195,11 +239,16 @@ def pair_winners(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact best score and earliest best column of each of ``count`` rows, from candidate
     pairs (a row without any, possible only for NaN scores, gets ``-inf``)."""
+    scratch, dim = clip.scratch, clip.a.shape[1]
     scores = torch.empty(rows.shape[0], dtype=torch.float32)
-    a64 = clip.a.double()  # the block's A rows, widened once (pairs repeat each row)
+    a64 = scratch.take("a64", tuple(clip.a.shape), torch.float64).copy_(clip.a)
     for start in range(0, rows.shape[0], PAIR_CHUNK):
         r, c = rows[start : start + PAIR_CHUNK], cols[start : start + PAIR_CHUNK]
-        dots = products_summed(a64.index_select(0, r), clip.b.index_select(0, c))
+        products = scratch.take("products", (r.shape[0], dim), torch.float64)
+        gathered = scratch.take("gathered", (r.shape[0], dim), clip.b.dtype)
+        torch.index_select(a64, 0, r, out=products)
+        torch.index_select(clip.b, 0, c, out=gathered)
+        dots = products_summed(products, gathered)
         scores[start : start + r.shape[0]] = cosines(dots, clip.a_norm[r], clip.b_norm[c])
     best = torch.full((count,), float("-inf")).scatter_reduce_(0, rows, scores, "amax")
     is_best = scores == best[rows]
@@ -209,22 +258,32 @@ def pair_winners(
 
 
 def candidates(
-    approx: torch.Tensor, filter_: Filter, bound: float
+    approx: torch.Tensor, filter_: Filter, bound: float, scratch: Scratch
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row, column) of every candidate in a block of filter scores, and each row's count."""
     limit = thresholds(approx.amax(dim=1), bound, filter_.output_roundoff)
-    rows, cols = torch.nonzero(approx >= limit[:, None], as_tuple=True)
+    mask = torch.ge(approx, limit[:, None], out=scratch.take("mask", approx.shape, torch.bool))
+    rows, cols = torch.nonzero(mask, as_tuple=True)
     return rows, cols, torch.bincount(rows, minlength=approx.shape[0])
+
+
+def filter_scores(clip: Clip, a_unit: torch.Tensor, b_unit: torch.Tensor) -> torch.Tensor:
+    """The filter's approximate cosines of a block of unit A rows with all unit B rows."""
+    shape = (a_unit.shape[0], b_unit.shape[0])
+    out = clip.scratch.take(f"approx {a_unit.dtype}", shape, a_unit.dtype)
+    return torch.mm(a_unit, b_unit.T, out=out)
 
 
 def refilter_float32(clip: Clip, a_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Winners of the rows ``a_index`` from a float32 filter of all their columns."""
     bound = error_bound(FLOAT32, clip.a.shape[1])
     if clip.b_unit32 is None:
-        clip.b_unit32 = clip.unit(clip.b, clip.b_norm, torch.float32)
-    a_unit = clip.unit(clip.a[a_index], clip.a_norm[a_index], torch.float32)
-    rows, cols, _ = candidates(a_unit @ clip.b_unit32.T, FLOAT32, bound)
-    return pair_winners(clip.rows(a_index), rows, cols, a_index.shape[0])
+        clip.b_unit32 = clip.unit(clip.b, clip.b_norm, torch.float32, "b_unit32")
+    redo = clip.rows(a_index)
+    a_unit = clip.unit(redo.a, redo.a_norm, torch.float32, "a_unit32")
+    approx = filter_scores(clip, a_unit, clip.b_unit32)
+    rows, cols, _ = candidates(approx, FLOAT32, bound, clip.scratch)
+    return pair_winners(redo, rows, cols, a_index.shape[0])
 
 
 def clip_best_partners(
@@ -233,7 +292,7 @@ def clip_best_partners(
     """Exact best score and B index of every A row of one clip."""
     num_a, num_b = clip.a.shape[0], clip.b.shape[0]
     bound = error_bound(filter_, clip.a.shape[1])
-    b_unit_t = clip.unit(clip.b, clip.b_norm, filter_.dtype).T
+    b_unit = clip.unit(clip.b, clip.b_norm, filter_.dtype, "b_unit")
     best_score = torch.empty(num_a, dtype=torch.float32)
     best_b = torch.empty(num_a, dtype=torch.long)
     step = max(1, block_elements // num_b)
@@ -241,14 +300,15 @@ def clip_best_partners(
         step -= step % 32
     for start in range(0, num_a, step):
         stop = min(num_a, start + step)
-        a_unit = clip.unit(clip.a[start:stop], clip.a_norm[start:stop], filter_.dtype)
-        rows, cols, counts = candidates(a_unit @ b_unit_t, filter_, bound)
+        block = clip.rows(slice(start, stop))
+        a_unit = clip.unit(block.a, block.a_norm, filter_.dtype, "a_unit")
+        approx = filter_scores(clip, a_unit, b_unit)
+        rows, cols, counts = candidates(approx, filter_, bound, clip.scratch)
         crowded = counts > limit
         if bool(crowded.any()):
             keep = ~crowded[rows]
             rows, cols = rows[keep], cols[keep]
-        score, index = pair_winners(clip.rows(slice(start, stop)), rows, cols, stop - start)
-        best_score[start:stop], best_b[start:stop] = score, index
+        best_score[start:stop], best_b[start:stop] = pair_winners(block, rows, cols, stop - start)
         if bool(crowded.any()):
             redo = start + torch.nonzero(crowded)[:, 0]
             best_score[redo], best_b[redo] = refilter_float32(clip, redo)
@@ -264,13 +324,14 @@ def filtered_best_partners(
     na = (width + 1) // 2
     best_score = torch.full((batch, na), float("-inf"), dtype=torch.float32)
     best_b = torch.zeros((batch, na), dtype=torch.long)
-    filter_ = default_filter()
     limit = int(_forced.get("limit", CANDIDATE_LIMIT))
+    scratch = Scratch()
     for index, n in enumerate(length.tolist()):
         num_a, num_b = (n + 1) // 2, n // 2
         if num_b == 0:
             continue
-        clip = Clip.of(x[index, 0 : 2 * num_a : 2], x[index, 1 : 2 * num_b : 2])
+        clip = Clip.of(x[index, 0 : 2 * num_a : 2], x[index, 1 : 2 * num_b : 2], scratch)
+        filter_ = default_filter(num_b)
         score, partner = clip_best_partners(clip, block_elements, filter_, limit)
         best_score[index, :num_a], best_b[index, :num_a] = score, partner
     return best_score, best_b
