@@ -241,14 +241,13 @@ def pair_winners(
     pairs (a row without any, possible only for NaN scores, gets ``-inf``)."""
     scratch, dim = clip.scratch, clip.a.shape[1]
     scores = torch.empty(rows.shape[0], dtype=torch.float32)
-    a64 = scratch.take("a64", tuple(clip.a.shape), torch.float64).copy_(clip.a)
     for start in range(0, rows.shape[0], PAIR_CHUNK):
         r, c = rows[start : start + PAIR_CHUNK], cols[start : start + PAIR_CHUNK]
+        a_rows = scratch.take("a rows", (r.shape[0], dim), clip.a.dtype)
+        b_rows = scratch.take("b rows", (r.shape[0], dim), clip.b.dtype)
         products = scratch.take("products", (r.shape[0], dim), torch.float64)
-        gathered = scratch.take("gathered", (r.shape[0], dim), clip.b.dtype)
-        torch.index_select(a64, 0, r, out=products)
-        torch.index_select(clip.b, 0, c, out=gathered)
-        dots = products_summed(products, gathered)
+        products.copy_(torch.index_select(clip.a, 0, r, out=a_rows))
+        dots = products_summed(products, torch.index_select(clip.b, 0, c, out=b_rows))
         scores[start : start + r.shape[0]] = cosines(dots, clip.a_norm[r], clip.b_norm[c])
     best = torch.full((count,), float("-inf")).scatter_reduce_(0, rows, scores, "amax")
     is_best = scores == best[rows]
