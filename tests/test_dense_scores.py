@@ -12,7 +12,8 @@ from ltbm.methods.dense_scores import BFLOAT16, FLOAT32, forced_path
 PATHS = {
     "bfloat16 filter": dict(filter_=BFLOAT16),
     "float32 filter": dict(filter_=FLOAT32),
-    "every row re-filtered in float32": dict(filter_=BFLOAT16, candidate_limit=0),
+    "crowded rows to the next level": dict(filter_=BFLOAT16, candidate_limit=0),
+    "every pair by the certified float64 multiply": dict(certify=True),
 }
 
 
@@ -84,23 +85,39 @@ def test_every_path_gives_the_same_plan(kind, dtype):
         assert torch.equal(result.tokens, first.tokens)
 
 
-def test_near_duplicates_take_the_float32_refilter(monkeypatch):
-    """Near-duplicate tokens overflow the bfloat16 candidate limit; the float32 re-filter
-    then runs (and still finds the exact winner, checked above)."""
+def test_near_duplicates_take_the_certified_multiply(monkeypatch):
+    """Near-duplicate tokens leave nearly every column a candidate; those rows are settled
+    by the float64 multiply (and still get the exact winner, checked above)."""
     calls = []
-    refilter = dense_scores.refilter_float32
+    certified = dense_scores.certified_winners
     monkeypatch.setattr(
-        dense_scores, "refilter_float32", lambda *args: calls.append(1) or refilter(*args)
+        dense_scores, "certified_winners", lambda *args: calls.append(1) or certified(*args)
     )
-    tokens, lengths = tokens_of("near duplicates")
-    with forced_path(filter_=BFLOAT16):
-        dense_scores.filtered_best_partners(tokens, lengths, 1000)
-    assert calls
-    calls.clear()
-    tokens, lengths = tokens_of("random")
-    with forced_path(filter_=BFLOAT16):
-        dense_scores.filtered_best_partners(tokens, lengths, 1000)
-    assert not calls
+    for kind, expected in (("near duplicates", True), ("random", False)):
+        calls.clear()
+        tokens, lengths = tokens_of(kind)
+        with forced_path(filter_=BFLOAT16):
+            dense_scores.filtered_best_partners(tokens, lengths, 1000)
+        assert bool(calls) == expected
+
+
+def test_certified_scores_are_the_canonical_ones():
+    """Every pair's score from the float64 multiply equals :func:`exact_scores` bit for bit,
+    including pairs near a float32 rounding midpoint (settled the canonical way)."""
+    generator = torch.Generator().manual_seed(9)
+    a, b = torch.randn(40, 1280, generator=generator), torch.randn(300, 1280, generator=generator)
+    b[5] = a[3]  # an exact copy: score 1
+    clip = dense_scores.Clip.of(a, b, dense_scores.Scratch())
+    score, partner = dense_scores.certified_winners(clip, torch.arange(40))
+    rows = torch.arange(40).repeat_interleave(300)
+    cols = torch.arange(300).repeat(40)
+    exact = dense_scores.exact_scores(a[rows], b[cols], clip.a_norm[rows], clip.b_norm[cols])
+    exact = exact.view(40, 300)
+    assert torch.equal(score, exact.amax(dim=1))
+    assert torch.equal(
+        partner, torch.where(exact == score[:, None], cols.view(40, 300), 300).amin(1)
+    )
+    assert partner[3] == 5 and score[3] == 1.0
 
 
 @pytest.mark.parametrize("kind", ["random", "near duplicates", "extreme scales"])

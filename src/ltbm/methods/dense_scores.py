@@ -24,7 +24,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +35,13 @@ small, and it leaves about one candidate per row to score exactly instead of fiv
 (measured crossover between 375 and 750 B tokens at D = 1280)."""
 
 CANDIDATE_LIMIT = 64
-"""Rows with more bfloat16 candidates than this are filtered again in float32."""
+"""Rows with more candidates than this (or than 1/32 of the B tokens, after the float32
+filter) are settled by the next level: scoring a candidate exactly costs about as much as
+40 columns of the float64 multiply."""
+
+CERTIFY_SHARE = 4
+"""bfloat16 rows whose candidates are over 1/4 of the B tokens (near duplicates of much of
+the clip) skip the float32 filter, which would rarely settle them, for the float64 one."""
 
 PAIR_CHUNK = 256
 """Candidate pairs scored at once: two [chunk, D] float64 buffers (2.6 MB at D = 1280)."""
@@ -59,13 +65,15 @@ _forced: dict[str, object] = {}
 
 
 @contextlib.contextmanager
-def forced_path(filter_: Filter | None = None, candidate_limit: int | None = None) -> Iterator:
+def forced_path(
+    filter_: Filter | None = None, candidate_limit: int | None = None, certify: bool = False
+) -> Iterator:
     """For tests: run the dense path with this filter and/or candidate limit (``0`` sends
-    every row to the float32 re-filter), whatever the machine supports."""
+    every row to the next level), or score every pair by the certified float64 multiply,
+    whatever the machine supports."""
     saved = dict(_forced)
-    _forced.update(
-        {k: v for k, v in (("filter", filter_), ("limit", candidate_limit)) if v is not None}
-    )
+    settings = (("filter", filter_), ("limit", candidate_limit), ("certify", certify or None))
+    _forced.update({k: v for k, v in settings if v is not None})
     try:
         yield
     finally:
@@ -205,7 +213,7 @@ class Clip:
     a_norm: torch.Tensor
     b_norm: torch.Tensor
     scratch: Scratch
-    b_unit32: torch.Tensor | None = None  # the float32 re-filter's B rows, made once
+    b_units: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def of(cls, a: torch.Tensor, b: torch.Tensor, scratch: Scratch) -> Clip:
@@ -214,7 +222,13 @@ class Clip:
     def rows(self, index: torch.Tensor | slice) -> Clip:
         """The same clip restricted to some A rows."""
         a, a_norm = self.a[index], self.a_norm[index]
-        return Clip(a, self.b, a_norm, self.b_norm, self.scratch, self.b_unit32)
+        return Clip(a, self.b, a_norm, self.b_norm, self.scratch, self.b_units)
+
+    def b_unit(self, dtype: torch.dtype) -> torch.Tensor:
+        """The unit B rows in ``dtype``, made once per clip."""
+        if dtype not in self.b_units:
+            self.b_units[dtype] = self.unit(self.b, self.b_norm, dtype, f"b_unit {dtype}")
+        return self.b_units[dtype]
 
     def unit(
         self, rows: torch.Tensor, norm: torch.Tensor, dtype: torch.dtype, name: str
@@ -234,11 +248,9 @@ class Clip:
         return out
 
 
-def pair_winners(
-    clip: Clip, rows: torch.Tensor, cols: torch.Tensor, count: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact best score and earliest best column of each of ``count`` rows, from candidate
-    pairs (a row without any, possible only for NaN scores, gets ``-inf``)."""
+def pair_scores(clip: Clip, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Canonical scores (:func:`exact_scores`) of the pairs (A row, B row), in chunks
+    through reused buffers."""
     scratch, dim = clip.scratch, clip.a.shape[1]
     scores = torch.empty(rows.shape[0], dtype=torch.float32)
     for start in range(0, rows.shape[0], PAIR_CHUNK):
@@ -249,6 +261,15 @@ def pair_winners(
         products.copy_(torch.index_select(clip.a, 0, r, out=a_rows))
         dots = products_summed(products, torch.index_select(clip.b, 0, c, out=b_rows))
         scores[start : start + r.shape[0]] = cosines(dots, clip.a_norm[r], clip.b_norm[c])
+    return scores
+
+
+def pair_winners(
+    clip: Clip, rows: torch.Tensor, cols: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact best score and earliest best column of each of ``count`` rows, from candidate
+    pairs (a row without any, possible only for NaN scores, gets ``-inf``)."""
+    scores = pair_scores(clip, rows, cols)
     best = torch.full((count,), float("-inf")).scatter_reduce_(0, rows, scores, "amax")
     is_best = scores == best[rows]
     first = torch.full((count,), clip.b.shape[0], dtype=torch.long)
@@ -257,13 +278,21 @@ def pair_winners(
 
 
 def candidates(
-    approx: torch.Tensor, filter_: Filter, bound: float, scratch: Scratch
+    approx: torch.Tensor, filter_: Filter, bound: float, limit: int, scratch: Scratch
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row, column) of every candidate in a block of filter scores, and each row's count."""
-    limit = thresholds(approx.amax(dim=1), bound, filter_.output_roundoff)
-    mask = torch.ge(approx, limit[:, None], out=scratch.take("mask", approx.shape, torch.bool))
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    return rows, cols, torch.bincount(rows, minlength=approx.shape[0])
+    """(row, column) of every candidate in a block of filter scores, for the rows with at
+    most ``limit`` of them, and each row's count (crowded rows are left to the next level,
+    without listing their many candidates)."""
+    least = thresholds(approx.amax(dim=1), bound, filter_.output_roundoff)
+    mask = torch.ge(approx, least[:, None], out=scratch.take("mask", approx.shape, torch.bool))
+    counts = mask.sum(dim=1)
+    calm = counts <= limit
+    if bool(calm.all()):
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        return rows, cols, counts
+    calm_rows = torch.nonzero(calm)[:, 0]
+    rows, cols = torch.nonzero(mask[calm_rows], as_tuple=True)
+    return calm_rows[rows], cols, counts
 
 
 def filter_scores(clip: Clip, a_unit: torch.Tensor, b_unit: torch.Tensor) -> torch.Tensor:
@@ -273,25 +302,75 @@ def filter_scores(clip: Clip, a_unit: torch.Tensor, b_unit: torch.Tensor) -> tor
     return torch.mm(a_unit, b_unit.T, out=out)
 
 
-def refilter_float32(clip: Clip, a_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Winners of the rows ``a_index`` from a float32 filter of all their columns."""
-    bound = error_bound(FLOAT32, clip.a.shape[1])
-    if clip.b_unit32 is None:
-        clip.b_unit32 = clip.unit(clip.b, clip.b_norm, torch.float32, "b_unit32")
-    redo = clip.rows(a_index)
-    a_unit = clip.unit(redo.a, redo.a_norm, torch.float32, "a_unit32")
-    approx = filter_scores(clip, a_unit, clip.b_unit32)
-    rows, cols, _ = candidates(approx, FLOAT32, bound, clip.scratch)
-    return pair_winners(redo, rows, cols, a_index.shape[0])
+def certify_margin(dim: int) -> float:
+    """Bound on |q − q*| for a float64-multiply cosine q and the canonical one q* (before
+    rounding to float32): both dot products are within γ = (dim + 1)·2⁻⁵³/(1 − …) of the
+    exact one, relative to Σ|a_k b_k| ≤ ‖a‖‖b‖ (Cauchy–Schwarz), and each division rounds
+    once; doubled as a margin (it also covers forming q ± margin in float64)."""
+    u = 2.0**-53
+    gamma = (dim + 1) * u / (1 - (dim + 1) * u)
+    return 2 * (2 * gamma * (1 + 4 * gamma) * (1 + 2 * u) + 4 * u)
+
+
+def certified_winners(clip: Clip, a_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Winners of the rows ``a_index`` with the canonical score of *every* column, at the
+    speed of a float64 multiply. Rounding to nearest is monotonic, so where q − margin and
+    q + margin round to the same float32, so does the canonical score, bit for bit; the few
+    other pairs (one in ~10⁵ near a rounding midpoint, or exact ties) are scored the
+    canonical way. For near-duplicate tokens, which no filter narrows down."""
+    redo, scratch = clip.rows(a_index), clip.scratch
+    num_b, dim = clip.b.shape
+    b64 = scratch.take("b64", (num_b, dim), torch.float64).copy_(clip.b)
+    a64 = scratch.take("a64", tuple(redo.a.shape), torch.float64).copy_(redo.a)
+    quotient = torch.mm(a64, b64.T).div_(redo.a_norm[:, None] * clip.b_norm[None, :])
+    margin = certify_margin(dim)
+    scores = (quotient - margin).float()
+    unsettled = scores != (quotient + margin).float()
+    rows, cols = torch.nonzero(unsettled, as_tuple=True)
+    if rows.shape[0]:
+        scores[rows, cols] = pair_scores(redo, rows, cols)
+    best = scores.amax(dim=1)
+    columns = torch.arange(num_b).expand_as(scores)
+    first = torch.where(scores == best[:, None], columns, num_b).amin(dim=1)
+    return best, first.clamp_(max=num_b - 1)
+
+
+def filtered_winners(
+    clip: Clip, index: slice | torch.Tensor, filter_: Filter, limit: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Winners of some A rows: filter, exact scores of their few candidates, and the next
+    level for crowded rows (float32 filter, then the certified float64 multiply)."""
+    if _forced.get("certify"):
+        return certified_winners(clip, index)
+    block, num_b = clip.rows(index), clip.b.shape[0]
+    a_unit = clip.unit(block.a, block.a_norm, filter_.dtype, f"a_unit {filter_.dtype}")
+    approx = filter_scores(clip, a_unit, clip.b_unit(filter_.dtype))
+    bound = error_bound(filter_, clip.a.shape[1])
+    last = filter_ == FLOAT32
+    limit = max(limit, num_b // 32) if last else limit
+    rows, cols, counts = candidates(approx, filter_, bound, limit, clip.scratch)
+    best_score, best_b = pair_winners(block, rows, cols, block.a.shape[0])
+    crowded = counts > limit
+    if not bool(crowded.any()):
+        return best_score, best_b
+    certify = crowded if last else crowded & (counts > num_b // CERTIFY_SHARE)
+    levels = (
+        (crowded & ~certify, lambda rows: filtered_winners(clip, rows, FLOAT32, limit)),
+        (certify, lambda rows: certified_winners(clip, rows)),
+    )
+    for chosen, settle in levels:
+        picked = torch.nonzero(chosen)[:, 0]
+        if picked.shape[0]:
+            in_clip = picked + index.start if isinstance(index, slice) else index[picked]
+            best_score[picked], best_b[picked] = settle(in_clip)
+    return best_score, best_b
 
 
 def clip_best_partners(
     clip: Clip, block_elements: int, filter_: Filter, limit: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact best score and B index of every A row of one clip."""
+    """Exact best score and B index of every A row of one clip, in row blocks."""
     num_a, num_b = clip.a.shape[0], clip.b.shape[0]
-    bound = error_bound(filter_, clip.a.shape[1])
-    b_unit = clip.unit(clip.b, clip.b_norm, filter_.dtype, "b_unit")
     best_score = torch.empty(num_a, dtype=torch.float32)
     best_b = torch.empty(num_a, dtype=torch.long)
     step = max(1, block_elements // num_b)
@@ -299,18 +378,8 @@ def clip_best_partners(
         step -= step % 32
     for start in range(0, num_a, step):
         stop = min(num_a, start + step)
-        block = clip.rows(slice(start, stop))
-        a_unit = clip.unit(block.a, block.a_norm, filter_.dtype, "a_unit")
-        approx = filter_scores(clip, a_unit, b_unit)
-        rows, cols, counts = candidates(approx, filter_, bound, clip.scratch)
-        crowded = counts > limit
-        if bool(crowded.any()):
-            keep = ~crowded[rows]
-            rows, cols = rows[keep], cols[keep]
-        best_score[start:stop], best_b[start:stop] = pair_winners(block, rows, cols, stop - start)
-        if bool(crowded.any()):
-            redo = start + torch.nonzero(crowded)[:, 0]
-            best_score[redo], best_b[redo] = refilter_float32(clip, redo)
+        winners = filtered_winners(clip, slice(start, stop), filter_, limit)
+        best_score[start:stop], best_b[start:stop] = winners
     return best_score, best_b
 
 
