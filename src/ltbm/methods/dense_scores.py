@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from ltbm.memory import fresh_empty
+
 BFLOAT16_MIN_COLUMNS = 512
 """Below this many B tokens the float32 filter is cheaper overall: its matrix multiply is
 small, and it leaves about one candidate per row to score exactly instead of five to ten
@@ -146,7 +148,9 @@ def rounded_down(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class Scratch:
     """Buffers reused by every block and clip of one call. Fresh memory costs a page fault
     per 4 KiB page: widening 256 rows into a new float64 buffer took 5× as long as into a
-    reused one, which made the small inputs twice as slow as the plain matrix multiply."""
+    reused one, which made the small inputs twice as slow as the plain matrix multiply.
+    Large ones are huge-page mappings (:func:`ltbm.memory.fresh_empty`), returned to the
+    system when the call ends rather than kept in the heap under the next round's buffers."""
 
     def __init__(self) -> None:
         self.buffers: dict[str, torch.Tensor] = {}
@@ -155,7 +159,7 @@ class Scratch:
         size = math.prod(shape)
         buffer = self.buffers.get(name)
         if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
-            buffer = self.buffers[name] = torch.empty(size, dtype=dtype)
+            buffer = self.buffers[name] = fresh_empty((size,), dtype, torch.device("cpu"))
         return buffer[:size].view(shape)
 
 
@@ -285,7 +289,7 @@ def candidates(
     without listing their many candidates)."""
     least = thresholds(approx.amax(dim=1), bound, filter_.output_roundoff)
     mask = torch.ge(approx, least[:, None], out=scratch.take("mask", approx.shape, torch.bool))
-    counts = mask.sum(dim=1)
+    counts = row_counts(mask)
     calm = counts <= limit
     if bool(calm.all()):
         rows, cols = torch.nonzero(mask, as_tuple=True)
@@ -293,6 +297,16 @@ def candidates(
     calm_rows = torch.nonzero(calm)[:, 0]
     rows, cols = torch.nonzero(mask[calm_rows], as_tuple=True)
     return calm_rows[rows], cols, counts
+
+
+def row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """True entries per row, as float32 (exact below 2²⁴). Summed as bytes, a few thousand
+    columns at a time: a bool ``sum`` widened the whole block to int64 (10× slower), and a
+    float32 sum of it all made a float32 copy of the block."""
+    counts = torch.zeros(mask.shape[0], dtype=torch.float32)
+    for start in range(0, mask.shape[1], 2048):
+        counts += mask[:, start : start + 2048].view(torch.uint8).sum(dim=1, dtype=torch.float32)
+    return counts
 
 
 def filter_scores(clip: Clip, a_unit: torch.Tensor, b_unit: torch.Tensor) -> torch.Tensor:
