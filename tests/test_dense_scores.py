@@ -176,3 +176,27 @@ def test_the_filter_follows_the_machine_and_the_size():
     with forced_path(filter_=BFLOAT16):
         assert dense_scores.default_filter(2) == BFLOAT16
     assert dense_scores.default_filter(large) == expected
+
+
+def test_encoder_width_plans_agree_across_paths_and_threads():
+    """At the encoder width, with clips wide enough for the bfloat16 filter by default: the
+    same plan from the default path, the float32 filter, the certified multiply, and on two
+    threads."""
+    generator = torch.Generator().manual_seed(12)
+    tokens = torch.randn(2, 1100, 1280, generator=generator)
+    tokens[1, 600:] = tokens[1, 600:601] + 1e-3 * tokens[1, 600:]  # a near-duplicate stretch
+    lengths = torch.tensor([1100, 1030])
+    reference = ltbm.compress(tokens, lengths, "global", 0.25).plan
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        plans = [ltbm.compress(tokens, lengths, "global", 0.25).plan]
+    finally:
+        torch.set_num_threads(threads)
+    for settings in (dict(filter_=FLOAT32), dict(certify=True)):
+        with forced_path(**settings):
+            plans.append(ltbm.compress(tokens, lengths, "global", 0.25).plan)
+    for plan in plans:
+        assert torch.equal(plan.slot_index, reference.slot_index)
+        for edges, reference_edges in zip(plan.history, reference.history, strict=True):
+            assert torch.equal(edges, reference_edges)
