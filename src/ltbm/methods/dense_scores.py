@@ -7,8 +7,10 @@ unit-normalised rows in a low precision (bfloat16 where the CPU runs it about 4�
 than float32, float32 elsewhere). A rigorous bound ``E`` on |approximate − exact| keeps, for
 each A row, the candidates {j : approx_j could still be the maximum}; only these get an
 exact score, and the winner is taken from them with the usual tie rule. Rows with too many
-candidates (near-duplicate tokens) are filtered again in float32, whose bound is ~100×
-tighter, so the worst case costs about one float32 matrix multiply, as before.
+candidates (similar tokens) are filtered again in float32, whose bound is ~100× tighter;
+rows still crowded (near duplicates) get every column's exact score from a float64 matrix
+multiply whose rounding to float32 is certified, so the worst case costs about twice the
+old float32 multiply instead of an exact score per pair.
 
 The exact score is one canonical computation, whichever filter ran: :func:`exact_scores`
 (float64 products, which are exact for float32 inputs, summed by ``torch.sum`` in its fixed
@@ -330,7 +332,7 @@ def certified_winners(clip: Clip, a_index: torch.Tensor) -> tuple[torch.Tensor, 
     """Winners of the rows ``a_index`` with the canonical score of *every* column, at the
     speed of a float64 multiply. Rounding to nearest is monotonic, so where q − margin and
     q + margin round to the same float32, so does the canonical score, bit for bit; the few
-    other pairs (one in ~10⁵ near a rounding midpoint, or exact ties) are scored the
+    other pairs (within the margin of a rounding midpoint: about one in 10⁵) are scored the
     canonical way. For near-duplicate tokens, which no filter narrows down."""
     redo, scratch = clip.rows(a_index), clip.scratch
     num_b, dim = clip.b.shape
