@@ -118,6 +118,18 @@ def run_cell_in_subprocess(cell: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def merged_rounds(results: list[dict]) -> dict:
+    """One cell measured in several interleaved rounds: the median of each figure over the
+    rounds (a busy machine slows some rounds, not a method), every repeat's ratio kept."""
+    merged = dict(results[0])
+    for key in ("median_s", "sum_median_s", "passes", "peak_extra_bytes", "peak_extra_over_input"):
+        merged[key] = statistics.median(result[key] for result in results)
+    merged["passes_all"] = [ratio for result in results for ratio in result["passes_all"]]
+    merged["median_s_rounds"] = [result["median_s"] for result in results]
+    merged["runs"] = sum(result["runs"] for result in results)
+    return merged
+
+
 def grid(args: argparse.Namespace) -> list[dict]:
     """The float32 grid of every method, then the half-precision cells of the merging ones."""
     base = {
@@ -197,8 +209,11 @@ def main() -> None:
         "--budget-s", type=float, default=20.0, help="stop repeating a cell after this many s"
     )
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    parser.add_argument("--half-methods", nargs="+", default=["ltbm", "global"])
+    parser.add_argument("--half-methods", nargs="*", default=["ltbm", "global"])
     parser.add_argument("--half-dtypes", nargs="+", default=["float16", "bfloat16"])
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the grid this many times, cells interleaved"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods.json"))
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,19 +221,21 @@ def main() -> None:
         print(json.dumps(measure_cell(json.loads(args.cell))))
         return
 
-    cells = []
-    for cell in grid(args):
-        result = run_cell_in_subprocess(cell)
-        cells.append(result)
-        print(
-            f"threads={cell['threads']} {cell['dtype']:8s} B={cell['batch']:2d} "
-            f"N={cell['n']:6d} {cell['method']:8s} {result['median_s'] * 1e3:10.1f} ms "
-            f"{result['passes']:7.1f} passes  peak +{result['peak_extra_over_input']:.2f}x",
-            flush=True,
-        )
-        output = {"cells": cells, "summary": summary(cells), "machine": machine()}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(output, indent=2))
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for cell in grid(args):
+            result = run_cell_in_subprocess(cell)
+            runs.setdefault(json.dumps(cell, sort_keys=True), []).append(result)
+            print(
+                f"threads={cell['threads']} {cell['dtype']:8s} B={cell['batch']:2d} "
+                f"N={cell['n']:6d} {cell['method']:8s} {result['median_s'] * 1e3:10.1f} ms "
+                f"{result['passes']:7.1f} passes  peak +{result['peak_extra_over_input']:.2f}x",
+                flush=True,
+            )
+            cells = [merged_rounds(results) for results in runs.values()]
+            output = {"cells": cells, "summary": summary(cells), "machine": machine()}
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(output, indent=2))
     print(json.dumps(summary(cells), indent=2))
     print(f"wrote {args.out}")
 

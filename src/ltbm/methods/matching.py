@@ -32,6 +32,7 @@ from ltbm.inputs import (
     working_dtype,
 )
 from ltbm.memory import fresh_empty
+from ltbm.methods.dense_scores import filtered_best_partners
 from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.scaling import times_power_of_two, unit_exponents
 from ltbm.slot_sums import sum_rows_into_slots
@@ -149,9 +150,14 @@ def dense_best_partners(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best B partner of every A token among all B tokens of its clip (Global Merge).
 
-    Per clip, only its valid rows take part (no padding columns to mask); A×B dot products
-    are computed in cache-sized row blocks and divided in place by |a|·|b|.
+    Float32 work on CPU takes :mod:`ltbm.methods.dense_scores` (a low-precision pre-filter,
+    then exact scores for the few candidates; same plans whichever filter runs). Elsewhere
+    (float64, accelerators), per clip, only its valid rows take part (no padding columns to
+    mask); A×B dot products are computed in cache-sized row blocks and divided in place by
+    |a|·|b|.
     """
+    if x.device.type == "cpu" and norms.dtype == torch.float32:
+        return filtered_best_partners(x, length, DENSE_BLOCK_ELEMENTS)
     batch, width, _ = x.shape
     na = (width + 1) // 2
     dtype = norms.dtype
