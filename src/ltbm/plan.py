@@ -184,16 +184,16 @@ class Plan:
         )
         extra_clip, extra_source = torch.nonzero(kept & ~is_first, as_tuple=True)
         extra_slot = extra_clip * slots + self.slot_index.to(x.device)[extra_clip, extra_source]
+        sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
         sum_rows_into_slots(
             out,
             x.reshape(batch * width, *feature_shape),
             (clip * width + first).reshape(-1),
             extra_slot,
             extra_clip * width + extra_source,
+            divisors=sizes.reshape(-1),
         )
         out = out.view(batch, slots, *feature_shape)
-        sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
-        out.div_(sizes.reshape(batch, slots, *([1] * len(feature_shape))))
         if not bool(self.slot_mask.all()):
             out[~self.slot_mask.to(x.device)] = 0
         return out

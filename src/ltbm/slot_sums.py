@@ -33,12 +33,15 @@ def sum_rows_into_slots(
     first: torch.Tensor,
     extra_slot: torch.Tensor,
     extra_row: torch.Tensor,
+    divisors: torch.Tensor | None = None,
 ) -> None:
     """Set ``out[s] = source[first[s]] + Σ source[extra_row[e]]`` over the ``e`` with
-    ``extra_slot[e] == s``, added in the order the extras are listed.
+    ``extra_slot[e] == s``, added in the order the extras are listed (then divided by
+    ``divisors[s]`` when given, while the block is in cache).
 
     ``out [S, D]`` (its dtype is the precision of the sums), ``source [R, D]`` rows of any
-    float dtype, ``first [S]`` and ``extra_slot``/``extra_row`` ``[E]`` long tensors.
+    float dtype, ``first [S]`` and ``extra_slot``/``extra_row`` ``[E]`` long tensors,
+    ``divisors [S]`` in ``out``'s dtype.
     """
     slots = out.shape[0]
     order = torch.sort(extra_slot, stable=True).indices
@@ -48,31 +51,66 @@ def sum_rows_into_slots(
     if layers * slots > MAX_WASTE * (slots + extra_slot.numel()):
         _copy_rows(out, source, first)
         _index_add_in_chunks(out, source, extra_slot, extra_row)
+        if divisors is not None:
+            out.div_(divisors.reshape(-1, *([1] * (out.dim() - 1))))
         return
-    starts = torch.cumsum(counts, 0) - counts
-    layer_of = torch.arange(extra_slot.numel(), device=out.device) - starts[extra_slot]
-    rows, present = [], []
-    for layer in range(layers):
-        chosen = layer_of == layer
-        row = first.clone()
-        row[extra_slot[chosen]] = extra_row[chosen]
-        mask = torch.zeros(slots, dtype=out.dtype, device=out.device)
-        mask[extra_slot[chosen]] = 1
-        rows.append(row)
-        present.append(mask)
     block = max(1, BLOCK_ELEMENTS // max(out[0].numel(), 1))
     if out.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
         block = max(slots, 1)
-    gathered = out.new_empty(min(block, slots), *out.shape[1:])
-    for start in range(0, slots, block):
+    plan = _LayerPlan(counts, first, extra_row, layers, block)
+    buffers = out.new_empty(2, min(block, slots), *out.shape[1:])
+    summed, gathered = buffers[0], buffers[1]
+    for number, start in enumerate(range(0, slots, block)):
         stop = min(slots, start + block)
-        target = out[start:stop]
-        _copy_rows(target, source, first[start:stop])
-        for row, mask in zip(rows, present, strict=True):
-            extra = gathered[: stop - start]
-            _copy_rows(extra, source, row[start:stop])
-            # Slots without a row in this layer gathered their first row again, times 0.
-            target.addcmul_(extra, mask[start:stop].reshape(-1, *([1] * (out.dim() - 1))))
+        target = summed[: stop - start]
+        _copy_rows(target, source, plan.first[start:stop])
+        for layer, present in enumerate(plan.present[number]):
+            extra = gathered[:present]
+            _copy_rows(extra, source, plan.rows[layer, start : start + present])
+            target[:present].add_(extra)
+        if divisors is not None:
+            target.div_(plan.divisors(divisors, start, stop).reshape(-1, *([1] * (out.dim() - 1))))
+        torch.index_select(target, 0, plan.back[start:stop], out=out[start:stop])
+
+
+class _LayerPlan:
+    """Which rows each layer gathers, with the slots of every block ordered by their number
+    of rows (most first), so that layer l gathers and adds a prefix of the block: only the
+    rows that exist (no first row gathered again and multiplied by zero)."""
+
+    def __init__(
+        self,
+        counts: torch.Tensor,
+        first: torch.Tensor,
+        extra_row: torch.Tensor,
+        layers: int,
+        block: int,
+    ) -> None:
+        slots, device = counts.shape[0], counts.device
+        position = torch.arange(slots, device=device)
+        # Blocks in order; inside a block, more rows first (stable: ties keep slot order).
+        key = (position // block) * (layers + 1) + (layers - counts)
+        self.order = torch.sort(key, stable=True).indices
+        self.first = first[self.order]
+        inverse = torch.empty_like(self.order)
+        inverse[self.order] = position
+        self.back = inverse - (position // block) * block  # sorted place within the block
+        starts = (torch.cumsum(counts, 0) - counts)[self.order]
+        sorted_counts = counts[self.order]
+        layer = torch.arange(layers, device=device)[:, None]
+        last = max(extra_row.numel() - 1, 0)
+        self.rows = extra_row[(starts[None, :] + layer).clamp(max=last)] if layers else None
+        # present[b][l]: how many slots of block b have an l-th extra row (a prefix).
+        has = (sorted_counts[None, :] > layer).long()
+        begins = torch.arange(0, slots, block, device=device)
+        ends = (begins + block).clamp(max=slots)
+        cumulative = torch.nn.functional.pad(torch.cumsum(has, 1), (1, 0))
+        per_block = cumulative[:, ends] - cumulative[:, begins]
+        self.present = [[n for n in column if n > 0] for column in per_block.T.tolist()]
+
+    def divisors(self, divisors: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The divisors of the block's slots, in the block's sorted order."""
+        return divisors[self.order[start:stop]]
 
 
 def _copy_rows(out: torch.Tensor, source: torch.Tensor, index: torch.Tensor) -> None:
