@@ -169,14 +169,24 @@ def test_block_sizes_do_not_change_results(monkeypatch, window, dtype):
 
 
 @pytest.mark.parametrize("method", ["ltbm", "global", "pool"])
-def test_slot_sums_by_index_add_agree_with_layered_gathers(monkeypatch, method):
-    """Slots with very many sources fall back to index_add_: same additions, same tokens."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("block_elements", [1 << 20, 16 * 5])
+def test_slot_sums_are_index_add_onto_zeros(monkeypatch, method, dtype, block_elements):
+    """Merged tokens are the sums ``index_add_`` makes onto zeros (each slot's sources added
+    in source order, in float32 for half precision), divided by the slot size: bit for bit,
+    with big or tiny blocks of slots."""
     from ltbm import slot_sums
 
-    tokens = torch.randn(2, 120, 16, generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", block_elements)
+    tokens = torch.randn(2, 120, 16, generator=torch.Generator().manual_seed(4)).to(dtype)
     lengths = torch.tensor([120, 77])
-    layered = ltbm.compress(tokens, lengths, method, 0.1)
-    monkeypatch.setattr(slot_sums, "MAX_WASTE", 0)
-    by_index_add = ltbm.compress(tokens, lengths, method, 0.1)
-    assert torch.equal(layered.plan.slot_index, by_index_add.plan.slot_index)
-    assert torch.equal(layered.tokens, by_index_add.tokens)
+    out = ltbm.compress(tokens, lengths, method, 0.1)
+    plan, width = out.plan, out.plan.num_slots
+    flat = torch.where(plan.slot_index >= 0, plan.slot_index + width * torch.arange(2)[:, None], -1)
+    kept = flat.reshape(-1) >= 0
+    sums_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    sums = torch.zeros(2 * width, 16, dtype=sums_dtype)
+    sums.index_add_(0, flat.reshape(-1)[kept], tokens.reshape(-1, 16)[kept].to(sums_dtype))
+    means = sums / plan.sizes.reshape(-1, 1).clamp(min=1).to(sums_dtype)
+    means = torch.where(plan.slot_mask.reshape(-1, 1), means, 0.0).to(dtype)
+    assert torch.equal(out.tokens.reshape(-1, 16), means)
