@@ -186,11 +186,12 @@ class Plan:
         extra_slot = extra_clip * slots + self.slot_index.to(x.device)[extra_clip, extra_source]
         sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
         sum_rows_into_slots(
-            out,
             x.reshape(batch * width, *feature_shape),
             (clip * width + first).reshape(-1),
             extra_slot,
             extra_clip * width + extra_source,
+            dtype=dtype,
+            out=out,
             divisors=sizes.reshape(-1),
         )
         out = out.view(batch, slots, *feature_shape)

@@ -19,6 +19,8 @@ summed in float32) are widened a block of rows at a time first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -28,47 +30,54 @@ widened half precision, its rows stay in cache."""
 
 
 def sum_rows_into_slots(
-    out: torch.Tensor,
     source: torch.Tensor,
     first: torch.Tensor,
     extra_slot: torch.Tensor,
     extra_row: torch.Tensor,
+    *,
+    dtype: torch.dtype,
+    out: torch.Tensor | None = None,
     divisors: torch.Tensor | None = None,
+    visit: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> None:
-    """Set ``out[s] = source[first[s]] + Σ source[extra_row[e]]`` over the ``e`` with
-    ``extra_slot[e] == s``, added in the order the extras are listed (then divided by
-    ``divisors[s]`` when given, while the block is in cache).
+    """Sum ``source[first[s]] + Σ source[extra_row[e]]`` over the ``e`` with
+    ``extra_slot[e] == s``, for every slot s, added in the order the extras are listed, in
+    ``dtype``; divide by ``divisors[s]`` when given; write the result to ``out[s]`` when
+    given and show each block of results to ``visit(start, stop, sums)`` while it is in
+    cache (the caller may take what it needs from them instead of reading ``out`` back).
 
-    ``out [S, D]`` (its dtype is the precision of the sums), ``source [R, D]`` rows of any
-    float dtype, ``first [S]`` and ``extra_slot``/``extra_row`` ``[E]`` long tensors,
-    ``divisors [S]`` in ``out``'s dtype.
+    ``source [R, D]`` rows of any float dtype, ``first [S]`` and ``extra_slot``/``extra_row``
+    ``[E]`` long tensors, ``out [S, D]`` in ``dtype``, ``divisors [S]`` in ``dtype``.
     """
-    slots = out.shape[0]
+    slots = first.shape[0]
     if slots == 0:
         return
     rows, offsets = bags(first, extra_slot, extra_row)
-    flat_out, flat_source = out.reshape(slots, -1), source.reshape(source.shape[0], -1)
-    width = flat_out.shape[1]
+    flat_source = source.reshape(source.shape[0], -1)
+    flat_out = None if out is None else out.reshape(slots, -1)
     per_slot = rows.numel() / slots
-    block = max(1, int(BLOCK_ELEMENTS / (per_slot * max(width, 1))))
-    if out.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
+    block = max(1, int(BLOCK_ELEMENTS / (per_slot * max(flat_source.shape[1], 1))))
+    if source.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
         block = slots
     starts = list(range(0, slots, block))
     bounds = offsets[starts].tolist() + [rows.numel()]
-    widen = source.dtype != out.dtype
+    widen = source.dtype != dtype
     for number, start in enumerate(starts):
         stop = min(slots, start + block)
         begin, end = bounds[number], bounds[number + 1]
         block_rows, block_offsets = rows[begin:end], offsets[start:stop] - begin
         if widen:  # this block's rows, widened, in bag order: the bags read them in turn
-            table = flat_source.index_select(0, block_rows).to(out.dtype)
-            block_rows = torch.arange(end - begin, device=out.device)
+            table = flat_source.index_select(0, block_rows).to(dtype)
+            block_rows = torch.arange(end - begin, device=source.device)
         else:
             table = flat_source
         sums = F.embedding_bag(block_rows, table, block_offsets, mode="sum")
         if divisors is not None:
             sums.div_(divisors[start:stop, None])
-        flat_out[start:stop].copy_(sums)
+        if flat_out is not None:
+            flat_out[start:stop].copy_(sums)
+        if visit is not None:
+            visit(start, stop, sums)
 
 
 def bags(
