@@ -62,6 +62,11 @@ def sum_rows_into_slots(
     starts = list(range(0, slots, block))
     bounds = offsets[starts].tolist() + [rows.numel()]
     widen = source.dtype != dtype
+    scratch = None
+    if flat_out is None:
+        scratch = torch.empty(
+            min(block, slots), flat_source.shape[1], dtype=dtype, device=source.device
+        )
     for number, start in enumerate(starts):
         stop = min(slots, start + block)
         begin, end = bounds[number], bounds[number + 1]
@@ -71,13 +76,30 @@ def sum_rows_into_slots(
             block_rows = torch.arange(end - begin, device=source.device)
         else:
             table = flat_source
-        sums = F.embedding_bag(block_rows, table, block_offsets, mode="sum")
+        sums = flat_out[start:stop] if scratch is None else scratch[: stop - start]
+        _bag_sums(block_rows, table, block_offsets, sums)
         if divisors is not None:
             sums.div_(divisors[start:stop, None])
-        if flat_out is not None:
-            flat_out[start:stop].copy_(sums)
         if visit is not None:
             visit(start, stop, sums)
+
+
+_BAG_SUMS_INTO = getattr(getattr(torch.ops.aten, "_embedding_bag_forward_only", None), "out", None)
+"""``embedding_bag`` that writes into a given tensor (torch's own out= overload of its
+forward op). The public function returns a new tensor per call: fresh memory whose page
+faults, block after block, cost more than the sums."""
+
+
+def _bag_sums(rows: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, into) -> None:
+    """``into[b] = Σ table[rows[j]]`` over bag b's rows, starting from zero, in order."""
+    if _BAG_SUMS_INTO is not None and not table.requires_grad:
+        none = rows.new_empty(0)
+        _BAG_SUMS_INTO(
+            table, rows, offsets, False, 0, False, None, False, -1,
+            out0=into, out1=none, out2=rows.new_empty(0), out3=rows.new_empty(0),
+        )  # fmt: skip
+        return
+    into.copy_(F.embedding_bag(rows, table, offsets, mode="sum"))
 
 
 def bags(
