@@ -61,21 +61,21 @@ def sum_rows_into_slots(
         block = slots
     starts = list(range(0, slots, block))
     bounds = offsets[starts].tolist() + [rows.numel()]
-    widen = source.dtype != dtype
+    dim, device = flat_source.shape[1], source.device
     scratch = None
     if flat_out is None:
-        scratch = torch.empty(
-            min(block, slots), flat_source.shape[1], dtype=dtype, device=source.device
-        )
+        scratch = torch.empty(min(block, slots), dim, dtype=dtype, device=device)
+    widened = None
+    if source.dtype != dtype:
+        most = max(end - begin for begin, end in zip(bounds, bounds[1:], strict=False))
+        widened = _WidenedRows(flat_source, dtype, most)
     for number, start in enumerate(starts):
         stop = min(slots, start + block)
         begin, end = bounds[number], bounds[number + 1]
         block_rows, block_offsets = rows[begin:end], offsets[start:stop] - begin
-        if widen:  # this block's rows, widened, in bag order: the bags read them in turn
-            table = flat_source.index_select(0, block_rows).to(dtype)
-            block_rows = torch.arange(end - begin, device=source.device)
-        else:
-            table = flat_source
+        table = flat_source
+        if widened is not None:
+            table, block_rows = widened.take(block_rows)
         sums = flat_out[start:stop] if scratch is None else scratch[: stop - start]
         _bag_sums(block_rows, table, block_offsets, sums)
         if divisors is not None:
@@ -118,3 +118,28 @@ def bags(
     rank = torch.arange(extra_row.numel(), device=first.device) - extra_starts[extra_slot]
     rows[offsets[extra_slot] + 1 + rank] = extra_row
     return rows, offsets
+
+
+class _WidenedRows:
+    """A block's source rows widened (half precision summed in float32), in buffers reused
+    from block to block: fresh ones would be paged in each time. Rows that lie close
+    together (merging: a block's bags cover a stretch of the sequence) are widened as one
+    contiguous stretch, without a gather."""
+
+    def __init__(self, source: torch.Tensor, dtype: torch.dtype, most: int) -> None:
+        self.source = source
+        self.gathered = source.new_empty(most, source.shape[1])
+        self.widened = torch.empty(2 * most, source.shape[1], dtype=dtype, device=source.device)
+        self.in_order = torch.arange(most, device=source.device)
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The widened rows, and the indices of the block's bag rows among them."""
+        count = rows.numel()
+        low, high = (int(value) for value in torch.aminmax(rows))
+        span = high - low + 1
+        if span <= 2 * count:
+            self.widened[:span].copy_(self.source[low : high + 1])
+            return self.widened[:span], rows - low
+        torch.index_select(self.source, 0, rows, out=self.gathered[:count])
+        self.widened[:count].copy_(self.gathered[:count])
+        return self.widened[:count], self.in_order[:count]
