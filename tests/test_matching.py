@@ -218,3 +218,18 @@ def test_slot_sums_are_index_add_onto_zeros(monkeypatch, method, dtype, block_el
     means = sums / plan.sizes.reshape(-1, 1).clamp(min=1).to(sums_dtype)
     means = torch.where(plan.slot_mask.reshape(-1, 1), means, 0.0).to(dtype)
     assert torch.equal(out.tokens.reshape(-1, 16), means)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_slot_sums_without_the_out_overload_give_the_same_tokens(monkeypatch, dtype):
+    """Where torch lacks the out= overload of embedding_bag's forward op, the public
+    ``embedding_bag`` plus a copy gives the same plan and the same tokens."""
+    from ltbm import slot_sums
+
+    tokens = torch.randn(3, 300, 40, generator=torch.Generator().manual_seed(8)).to(dtype)
+    lengths = torch.tensor([300, 211, 5])
+    direct = ltbm.compress(tokens, lengths, "ltbm", 0.1)
+    monkeypatch.setattr(slot_sums, "_BAG_SUMS_INTO", None)
+    copied = ltbm.compress(tokens, lengths, "ltbm", 0.1)
+    assert torch.equal(direct.plan.slot_index, copied.plan.slot_index)
+    assert torch.equal(direct.tokens, copied.tokens)

@@ -155,26 +155,30 @@ class Plan:
             mask = self.slot_mask.reshape(*index.shape[:2], *([1] * len(feature_shape)))
             return torch.where(mask.to(x.device), out, torch.zeros((), dtype=x.dtype))
         dtype = working_dtype(x.dtype)
-        out = self._weighted_means(x, dtype)
-        if not bool(torch.isfinite(out.sum())):
-            # Rare: non-finite sources (exact infinities need the slow path, the gathers
-            # would give NaN), or finite sources whose sum overflows (tokens near the
-            # dtype's largest value: averaged scaled down by a power of two, then back).
+        out = self._weighted_means(x, dtype, x.dtype)
+        if not bool(torch.isfinite(out.sum(dtype=dtype))):
+            # Rare: non-finite sources (exact infinities need the slow path), or finite
+            # sources whose sum overflows (tokens near the dtype's largest value: averaged
+            # scaled down by a power of two, then back).
             out = self._weighted_means_by_index_add(x, dtype)
             out = self._rescaled_means(x, out)
         return out.to(x.dtype)
 
-    def _weighted_means(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``[B, K_max, ...]`` weighted mean per slot in ``dtype``: each slot's sources added
-        in source order (as gathers, see :mod:`ltbm.slot_sums`), half precision widened a
-        block of rows at a time instead of copied whole. Padding slots are zero."""
+    def _weighted_means(
+        self, x: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """``[B, K_max, ...]`` weighted mean per slot computed in ``dtype`` and returned in
+        ``out_dtype`` (default ``dtype``): each slot's sources added in source order (see
+        :mod:`ltbm.slot_sums`), half precision widened a block of rows at a time instead of
+        copied whole, and rounded back a block at a time. Padding slots are zero."""
+        out_dtype = out_dtype or dtype
         if not self.unit_weights or (x.requires_grad and torch.is_grad_enabled()):
-            # Weights other than one, or gradients wanted (the gathers write into buffers,
-            # which autograd cannot follow): the index_add_ path, same sums.
-            return self._weighted_means_by_index_add(x, dtype)
+            # Weights other than one, or gradients wanted (the sums are written into
+            # buffers, which autograd cannot follow): the index_add_ path, same sums.
+            return self._weighted_means_by_index_add(x, dtype).to(out_dtype)
         batch, width, slots = self.batch_size, self.num_sources, self.num_slots
         feature_shape = x.shape[2:]
-        out = fresh_empty((batch * slots, *feature_shape), dtype, x.device)
+        out = fresh_empty((batch * slots, *feature_shape), out_dtype, x.device)
         first = self.first_sources().to(x.device)
         clip = torch.arange(batch, device=x.device)[:, None]
         kept = self.slot_index.to(x.device) >= 0

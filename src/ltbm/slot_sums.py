@@ -43,11 +43,12 @@ def sum_rows_into_slots(
     """Sum ``source[first[s]] + Σ source[extra_row[e]]`` over the ``e`` with
     ``extra_slot[e] == s``, for every slot s, added in the order the extras are listed, in
     ``dtype``; divide by ``divisors[s]`` when given; write the result to ``out[s]`` when
-    given and show each block of results to ``visit(start, stop, sums)`` while it is in
-    cache (the caller may take what it needs from them instead of reading ``out`` back).
+    given (rounded to ``out``'s dtype if that is narrower), and show each block of results
+    to ``visit(start, stop, sums)`` while it is in cache (the caller may take what it needs
+    from them instead of reading ``out`` back).
 
     ``source [R, D]`` rows of any float dtype, ``first [S]`` and ``extra_slot``/``extra_row``
-    ``[E]`` long tensors, ``out [S, D]`` in ``dtype``, ``divisors [S]`` in ``dtype``.
+    ``[E]`` long tensors, ``out [S, D]``, ``divisors [S]`` in ``dtype``.
     """
     slots = first.shape[0]
     if slots == 0:
@@ -63,7 +64,7 @@ def sum_rows_into_slots(
     bounds = offsets[starts].tolist() + [rows.numel()]
     dim, device = flat_source.shape[1], source.device
     scratch = None
-    if flat_out is None:
+    if flat_out is None or flat_out.dtype != dtype:
         scratch = torch.empty(min(block, slots), dim, dtype=dtype, device=device)
     widened = None
     if source.dtype != dtype:
@@ -80,6 +81,8 @@ def sum_rows_into_slots(
         _bag_sums(block_rows, table, block_offsets, sums)
         if divisors is not None:
             sums.div_(divisors[start:stop, None])
+        if scratch is not None and flat_out is not None:
+            flat_out[start:stop].copy_(sums)
         if visit is not None:
             visit(start, stop, sums)
 
