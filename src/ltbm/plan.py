@@ -155,8 +155,8 @@ class Plan:
             mask = self.slot_mask.reshape(*index.shape[:2], *([1] * len(feature_shape)))
             return torch.where(mask.to(x.device), out, torch.zeros((), dtype=x.dtype))
         dtype = working_dtype(x.dtype)
-        out = self._weighted_means(x, dtype, x.dtype)
-        if not bool(torch.isfinite(out.sum(dtype=dtype))):
+        out, total = self._means_and_total(x, dtype, x.dtype)
+        if not bool(torch.isfinite(total)):
             # Rare: non-finite sources (exact infinities need the slow path), or finite
             # sources whose sum overflows (tokens near the dtype's largest value: averaged
             # scaled down by a power of two, then back).
@@ -164,18 +164,24 @@ class Plan:
             out = self._rescaled_means(x, out)
         return out.to(x.dtype)
 
-    def _weighted_means(
-        self, x: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
+    def _weighted_means(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[B, K_max, ...]`` weighted mean per slot in ``dtype``. Padding slots are zero."""
+        return self._means_and_total(x, dtype, dtype)[0]
+
+    def _means_and_total(
+        self, x: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, K_max, ...]`` weighted mean per slot computed in ``dtype`` and returned in
-        ``out_dtype`` (default ``dtype``): each slot's sources added in source order (see
-        :mod:`ltbm.slot_sums`), half precision widened a block of rows at a time instead of
-        copied whole, and rounded back a block at a time. Padding slots are zero."""
-        out_dtype = out_dtype or dtype
+        ``out_dtype``, and the sum of the real slots' means in ``dtype`` (to check that they
+        are finite). Each slot's sources are added in source order (see
+        :mod:`ltbm.slot_sums`); half precision is widened a block of rows at a time and
+        rounded back a block at a time, and the total is taken from each block of means
+        while it is in cache: no full-size float32 copy. Padding slots are zero."""
         if not self.unit_weights or (x.requires_grad and torch.is_grad_enabled()):
             # Weights other than one, or gradients wanted (the sums are written into
             # buffers, which autograd cannot follow): the index_add_ path, same sums.
-            return self._weighted_means_by_index_add(x, dtype).to(out_dtype)
+            means = self._weighted_means_by_index_add(x, dtype)
+            return means.to(out_dtype), means.sum()
         batch, width, slots = self.batch_size, self.num_sources, self.num_slots
         feature_shape = x.shape[2:]
         out = fresh_empty((batch * slots, *feature_shape), out_dtype, x.device)
@@ -189,6 +195,14 @@ class Plan:
         extra_clip, extra_source = torch.nonzero(kept & ~is_first, as_tuple=True)
         extra_slot = extra_clip * slots + self.slot_index.to(x.device)[extra_clip, extra_source]
         sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
+        real = self.slot_mask.to(x.device).reshape(-1)
+        totals = []
+
+        def add_total(start: int, stop: int, means: torch.Tensor) -> None:
+            # Padding slots hold their clip's first row (maybe junk): left out of the total.
+            real_here = real[start:stop].reshape(-1, *([1] * (means.dim() - 1)))
+            totals.append(torch.where(real_here, means, 0).sum())
+
         sum_rows_into_slots(
             x.reshape(batch * width, *feature_shape),
             (clip * width + first).reshape(-1),
@@ -197,11 +211,13 @@ class Plan:
             dtype=dtype,
             out=out,
             divisors=sizes.reshape(-1),
+            visit=add_total,
         )
         out = out.view(batch, slots, *feature_shape)
-        if not bool(self.slot_mask.all()):
+        if not bool(real.all()):
             out[~self.slot_mask.to(x.device)] = 0
-        return out
+        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
+        return out, total
 
     def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The general case (weights other than one): weighted sources added per slot."""
