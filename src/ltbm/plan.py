@@ -196,12 +196,15 @@ class Plan:
         extra_slot = extra_clip * slots + self.slot_index.to(x.device)[extra_clip, extra_source]
         sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
         real = self.slot_mask.to(x.device).reshape(-1)
+        all_real = bool(real.all())
         totals = []
 
         def add_total(start: int, stop: int, means: torch.Tensor) -> None:
             # Padding slots hold their clip's first row (maybe junk): left out of the total.
-            real_here = real[start:stop].reshape(-1, *([1] * (means.dim() - 1)))
-            totals.append(torch.where(real_here, means, 0).sum())
+            if not all_real:
+                real_here = real[start:stop].reshape(-1, *([1] * (means.dim() - 1)))
+                means = torch.where(real_here, means, 0)
+            totals.append(means.sum())
 
         sum_rows_into_slots(
             x.reshape(batch * width, *feature_shape),
@@ -214,7 +217,7 @@ class Plan:
             visit=add_total,
         )
         out = out.view(batch, slots, *feature_shape)
-        if not bool(real.all()):
+        if not all_real:
             out[~self.slot_mask.to(x.device)] = 0
         total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
         return out, total
