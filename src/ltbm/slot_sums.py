@@ -88,9 +88,11 @@ def sum_rows_into_slots(
 
 
 _BAG_SUMS_INTO = getattr(getattr(torch.ops.aten, "_embedding_bag_forward_only", None), "out", None)
-"""``embedding_bag`` that writes into a given tensor (torch's own out= overload of its
-forward op). The public function returns a new tensor per call: fresh memory whose page
-faults, block after block, cost more than the sums."""
+"""``embedding_bag`` that writes into a given tensor: torch's out= overload of its forward
+op (in torch 2.13 a wrapper that sums into a temporary and copies). Timed interleaved with
+the public function followed by a copy, it was as fast or faster (0.5–8 passes less at
+B = 8, N = 15000 on the shared test machine); the public function is the fallback where
+the overload is missing."""
 
 
 def _bag_sums(rows: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, into) -> None:
