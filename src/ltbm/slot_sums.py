@@ -62,10 +62,7 @@ def sum_rows_into_slots(
         block = slots
     starts = list(range(0, slots, block))
     bounds = offsets[starts].tolist() + [rows.numel()]
-    dim, device = flat_source.shape[1], source.device
-    scratch = None
-    if flat_out is None or flat_out.dtype != dtype:
-        scratch = torch.empty(min(block, slots), dim, dtype=dtype, device=device)
+    direct = flat_out is not None and flat_out.dtype == dtype  # sums written in place
     widened = None
     if source.dtype != dtype:
         most = max(end - begin for begin, end in zip(bounds, bounds[1:], strict=False))
@@ -77,11 +74,14 @@ def sum_rows_into_slots(
         table = flat_source
         if widened is not None:
             table, block_rows = widened.take(block_rows)
-        sums = flat_out[start:stop] if scratch is None else scratch[: stop - start]
-        _bag_sums(block_rows, table, block_offsets, sums)
+        if direct:
+            sums = flat_out[start:stop]
+            _bag_sums_into(block_rows, table, block_offsets, sums)
+        else:
+            sums = F.embedding_bag(block_rows, table, block_offsets, mode="sum")
         if divisors is not None:
             sums.div_(divisors[start:stop, None])
-        if scratch is not None and flat_out is not None:
+        if flat_out is not None and not direct:
             flat_out[start:stop].copy_(sums)
         if visit is not None:
             visit(start, stop, sums)
@@ -95,7 +95,9 @@ B = 8, N = 15000 on the shared test machine); the public function is the fallbac
 the overload is missing."""
 
 
-def _bag_sums(rows: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, into) -> None:
+def _bag_sums_into(
+    rows: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, into: torch.Tensor
+) -> None:
     """``into[b] = Σ table[rows[j]]`` over bag b's rows, starting from zero, in order."""
     if _BAG_SUMS_INTO is not None and not table.requires_grad:
         none = rows.new_empty(0)
