@@ -15,8 +15,10 @@ blocks of the A×B matrix, so memory stays bounded while time is quadratic.
 The kernel is written to read its input as few times as possible (it exists to save
 time): the first round reads the input tokens in place, in row blocks that stay in cache
 while their norms and band dot products are computed (half precision is widened one block
-at a time), and the finiteness check is read off those norms. Merged features are written
-to workspaces that later rounds reuse.
+at a time), and the finiteness check is read off those norms. Merged rows are summed a
+block at a time (``slot_sums``); the next round's norms and band dot products are taken
+from each block while it is in cache, so a banded last round needs no merged rows at all,
+and the rows other rounds need go to workspaces that later rounds reuse.
 """
 
 from __future__ import annotations
