@@ -202,10 +202,12 @@ def test_block_sizes_do_not_change_results(monkeypatch, window, dtype):
 def test_slot_sums_are_index_add_onto_zeros(monkeypatch, method, dtype, block_elements):
     """Merged tokens are the sums ``index_add_`` makes onto zeros (each slot's sources added
     in source order, in float32 for half precision), divided by the slot size: bit for bit,
-    with big or tiny blocks of slots."""
+    with big or tiny blocks of slots or source rows (slots finished early or late)."""
+    from ltbm import plan as plan_module
     from ltbm import slot_sums
 
     monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(plan_module, "SOURCE_BLOCK_ELEMENTS", block_elements)
     tokens = torch.randn(2, 120, 16, generator=torch.Generator().manual_seed(4)).to(dtype)
     lengths = torch.tensor([120, 77])
     out = ltbm.compress(tokens, lengths, method, 0.1)

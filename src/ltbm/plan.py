@@ -13,12 +13,16 @@ from functools import cached_property
 import torch
 
 from ltbm.inputs import working_dtype
-from ltbm.memory import fresh_empty
+from ltbm.memory import fresh_empty, fresh_zeros
 from ltbm.scaling import times_power_of_two, unit_exponents
 from ltbm.slot_sums import sum_rows_into_slots
 
 APPLY_BLOCK_ELEMENTS = 1 << 17
 """Elements of a block of source rows widened at once by ``apply`` (512 KiB of float32)."""
+
+SOURCE_BLOCK_ELEMENTS = 1 << 20
+"""Elements of a block of consecutive source rows that ``apply`` adds into the slots at
+once (4 MiB of float32): the slots they complete are finished while still in cache."""
 
 NOT_KEPT = -1
 """Slot index of a source that feeds no output slot (pruned, or padding)."""
@@ -173,15 +177,21 @@ class Plan:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, K_max, ...]`` weighted mean per slot computed in ``dtype`` and returned in
         ``out_dtype``, and the sum of the real slots' means in ``dtype`` (to check that they
-        are finite). Each slot's sources are added in source order (see
-        :mod:`ltbm.slot_sums`); half precision is widened a block of rows at a time and
-        rounded back a block at a time, and the total is taken from each block of means
-        while it is in cache: no full-size float32 copy. Padding slots are zero."""
+        are finite). Each slot's sources are added onto zero in source order: by
+        ``index_add_`` over the input read in order when it is already in ``dtype`` on
+        CPU, otherwise by :mod:`ltbm.slot_sums` (half precision widened a block of rows at
+        a time and rounded back a block at a time). Either way the total is taken from
+        blocks of means while they are in cache: no full-size float32 copy. Padding slots
+        are zero."""
         if not self.unit_weights or (x.requires_grad and torch.is_grad_enabled()):
             # Weights other than one, or gradients wanted (the sums are written into
             # buffers, which autograd cannot follow): the index_add_ path, same sums.
             means = self._weighted_means_by_index_add(x, dtype)
             return means.to(out_dtype), means.sum()
+        if x.dtype == dtype and x.device.type == "cpu":
+            # No widening needed: add the input in order, in place (on accelerators
+            # index_add_ adds concurrently, in no fixed order).
+            return self._means_in_source_order(x, dtype)
         batch, width, slots = self.batch_size, self.num_sources, self.num_slots
         feature_shape = x.shape[2:]
         out = fresh_empty((batch * slots, *feature_shape), out_dtype, x.device)
@@ -221,6 +231,46 @@ class Plan:
             out[~self.slot_mask.to(x.device)] = 0
         total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
         return out, total
+
+    def _means_in_source_order(
+        self, x: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means per slot (``x`` already in ``dtype``, on CPU) and the sum of all means.
+
+        The sources are added onto zeros with ``index_add_``, a cache-sized block of
+        consecutive source rows at a time: the input is read once, in order, and each slot
+        gets its sources in source order (on CPU, ``index_add_`` adds one row after the
+        other: the same sums, bit for bit, as ``slot_sums`` makes). No temporary is
+        allocated. A slot is divided by its size (and added to the total) as soon as it
+        and every slot before it are complete, while its row is still in cache.
+        """
+        feature_shape = x.shape[2:]
+        flat, dump = self._flat_index()
+        out = fresh_zeros((dump + 1, *feature_shape), dtype, x.device)
+        source = x.reshape(-1, *feature_shape)
+        sizes = self.sizes.to(dtype=dtype).clamp(min=1).reshape(-1)
+        sizes = sizes.reshape(-1, *([1] * len(feature_shape)))
+        # Slots 0..s are complete once the source rows read so far reach past the last
+        # source of each of them (rows are flattened clip after clip).
+        positions = torch.arange(self.num_sources, device=x.device)
+        last = self._reduce(positions.expand_as(self.slot_index), "amax", -1)
+        clip_start = torch.arange(self.batch_size, device=x.device)[:, None] * self.num_sources
+        last = torch.where(last >= 0, clip_start + last, -1).reshape(-1)
+        complete_before = torch.cummax(last, 0).values if last.numel() else last
+        rows = max(1, SOURCE_BLOCK_ELEMENTS // max(source[0].numel(), 1))
+        stops = list(range(rows, source.shape[0], rows)) + [source.shape[0]]
+        done_after = torch.searchsorted(complete_before, torch.tensor(stops)).tolist()
+        totals, done = [], 0
+        for start, stop, ready in zip([0, *stops[:-1]], stops, done_after, strict=True):
+            out.index_add_(0, flat[start:stop], source[start:stop])
+            if ready > done:
+                finished = out[done:ready]
+                finished.div_(sizes[done:ready])
+                totals.append(finished.sum())
+                done = ready
+        means = out[:dump].view(self.batch_size, self.num_slots, *feature_shape)
+        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
+        return means, total
 
     def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The general case (weights other than one): weighted sources added per slot."""
