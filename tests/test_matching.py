@@ -49,6 +49,60 @@ def test_banded_scores_agree_with_dense_scores(width, window, seed):
         assert torch.allclose(chosen, expected_score, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("keep_ratio", [0.05, 0.25, 0.4])
+def test_in_order_sums_give_the_plans_of_the_bag_sums(monkeypatch, dtype, keep_ratio):
+    """A round whose successor is the last reads its rows once, in order, into a ring
+    (window 1); with that path switched off, every slot's rows summed as a bag give the
+    same plans and tokens (junk padding, mixed lengths, exact ties, tiny blocks)."""
+    from ltbm import slot_sums
+
+    monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", 24 * 9)
+    tokens = torch.randn(3, 301, 24, generator=torch.Generator().manual_seed(12))
+    tokens[:, 7::5] = tokens[:, 2:3]
+    lengths = torch.tensor([301, 180, 7])
+    tokens[1, 180:] = 1e4
+    tokens = tokens.to(dtype)
+    used = []
+    in_order = slot_sums.sum_rows_in_order
+
+    def recorded(*args):
+        used.append(in_order(*args))
+        return used[-1]
+
+    monkeypatch.setattr(matching, "sum_rows_in_order", recorded)
+    streamed = ltbm.compress(tokens, lengths, "ltbm", keep_ratio)
+    assert used and all(used)
+    monkeypatch.setattr(matching, "sum_rows_in_order", lambda *args: False)
+    bagged = ltbm.compress(tokens, lengths, "ltbm", keep_ratio)
+    assert torch.equal(streamed.plan.slot_index, bagged.plan.slot_index)
+    assert [e.tolist() for e in streamed.plan.history] == [e.tolist() for e in bagged.plan.history]
+    assert torch.equal(streamed.tokens, bagged.tokens)
+
+
+def test_in_order_sums_refuse_slots_out_of_row_order(monkeypatch):
+    """Slots that do not follow the rows (so that too many would be open at once) are
+    refused before anything is shown: the caller then sums bags."""
+    from ltbm import slot_sums
+
+    monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", 8 * 100)  # blocks of 100 rows
+    rows = torch.randn(4000, 8)
+    slot_of_row = torch.arange(4000) % 2000  # slot s gets rows s and s + 2000
+    shown = []
+    done = slot_sums.sum_rows_in_order(
+        rows, slot_of_row, 2000, torch.float32, lambda *args: shown.append(args)
+    )
+    assert not done and not shown
+    in_order = torch.arange(4000) // 2
+    sums = torch.empty(2000, 8)
+
+    def keep(start, stop, block):
+        sums[start:stop] = block
+
+    assert slot_sums.sum_rows_in_order(rows, in_order, 2000, torch.float32, keep)
+    assert torch.equal(sums, rows[0::2] + rows[1::2])
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     width=st.integers(1, 40),

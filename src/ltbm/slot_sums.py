@@ -150,3 +150,57 @@ class _WidenedRows:
         torch.index_select(self.source, 0, rows, out=self.gathered[:count])
         self.widened[:count].copy_(self.gathered[:count])
         return self.widened[:count], self.in_order[:count]
+
+
+def sum_rows_in_order(
+    source: torch.Tensor,
+    slot_of_row: torch.Tensor,
+    slots: int,
+    dtype: torch.dtype,
+    visit: Callable[[int, int, torch.Tensor], None],
+) -> bool:
+    """Show ``visit(start, stop, sums)`` the sum of every slot's rows, slots in order, where
+    row r of ``source [R, D]`` belongs to slot ``slot_of_row[r]`` (-1: to none) and each slot
+    is the sum, from zero, of its rows in row order; nothing is written anywhere else.
+
+    The rows are read once, in order, a cache-sized block at a time, and added with
+    ``index_add_`` into a small ring of slot rows that is handed to ``visit`` (and cleared)
+    as soon as its slots are complete: no temporary per block, no full-size output. That
+    needs the slots in progress at any time to fit in the ring, which holds when slots
+    follow the rows' order (merging with a window of 1); returns False, having done
+    nothing, when they do not. CPU only: elsewhere ``index_add_`` adds in no fixed order.
+    """
+    count, device = source.shape[0], source.device
+    flat_source = source.reshape(count, -1)
+    rows = max(1, BLOCK_ELEMENTS // max(flat_source.shape[1], 1))
+    stops = list(range(rows, count, rows)) + [count]
+    has_slot = slot_of_row >= 0
+    positions = torch.arange(count, device=device)
+    last = torch.full((slots,), -1, dtype=torch.long, device=device)
+    last.scatter_reduce_(0, slot_of_row[has_slot], positions[has_slot], "amax")
+    complete_before = torch.cummax(last, 0).values if slots else last
+    ready = torch.searchsorted(complete_before, torch.tensor(stops, device=device)).tolist()
+    touched = torch.where(has_slot, slot_of_row, -1)
+    touched = F.pad(touched, (0, len(stops) * rows - count), value=-1).view(len(stops), rows)
+    highest = touched.amax(dim=1).tolist()
+    ring_rows = rows + 64
+    if any(top + 1 - done > ring_rows for top, done in zip(highest, [0, *ready[:-1]], strict=True)):
+        return False
+    ring = torch.zeros(ring_rows + 1, flat_source.shape[1], dtype=dtype, device=device)
+    index = torch.where(has_slot, slot_of_row % ring_rows, ring_rows)  # last row: a dump
+    widened = None if source.dtype == dtype else torch.empty(rows, ring.shape[1], dtype=dtype)
+    done = 0
+    for start, stop, finished in zip([0, *stops[:-1]], stops, ready, strict=True):
+        block = flat_source[start:stop]
+        if widened is not None:
+            block = widened[: stop - start]
+            block.copy_(flat_source[start:stop])
+        ring.index_add_(0, index[start:stop], block)
+        while done < finished:  # the finished slots, at most two stretches of the ring
+            first = done % ring_rows
+            upto = min(finished, done + ring_rows - first)
+            sums = ring[first : first + upto - done]
+            visit(done, upto, sums)
+            sums.zero_()
+            done = upto
+    return True

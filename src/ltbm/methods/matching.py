@@ -39,7 +39,7 @@ from ltbm.memory import fresh_empty
 from ltbm.methods.neighbour_dots import StreamedNeighbourDots
 from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.scaling import times_power_of_two, unit_exponents
-from ltbm.slot_sums import sum_rows_into_slots
+from ltbm.slot_sums import sum_rows_in_order, sum_rows_into_slots
 
 DENSE_BLOCK_ELEMENTS = 1 << 22
 """How many A×B scores the dense path holds at once (16 MiB of float32, cache-sized)."""
@@ -324,6 +324,13 @@ def _next_round_input(
     merged = None
     if dense or not next_is_last:
         merged = workspaces.take(batch, new_width, dim, dtype, x.device)
+    elif x.device.type == "cpu":  # only the norms and dots are needed: try one in-order read
+        slot_of_row = _slots_in_row_order(merge, new_width)
+        rows = x.reshape(batch * width, dim)
+        if slot_of_row is not None and sum_rows_in_order(
+            rows, slot_of_row, batch * new_width, dtype, streamed.visit
+        ):
+            return None, streamed.result()
     clip_rows = torch.arange(batch, device=x.device)[:, None]
     a_clip, a_index = torch.nonzero(merge.merge_a, as_tuple=True)
     sum_rows_into_slots(
@@ -336,6 +343,26 @@ def _next_round_input(
         visit=None if streamed is None else streamed.visit,
     )
     return merged, None if streamed is None else streamed.result()
+
+
+def _slots_in_row_order(merge: RoundMerge, new_width: int) -> torch.Tensor | None:
+    """The new token (flat ``[B · n']`` index) each current row is added into, -1 for rows
+    past the new lengths, if adding every new token's rows in row order gives the same sum
+    as its survivor first and then the merged rows in A order; else None.
+
+    They agree when at most one merged row comes before the survivor (then the first two
+    additions onto zero only swap, and a + b = b + a exactly): always with a window of 1.
+    """
+    batch, width = merge.to_new.shape
+    clip = torch.arange(batch, device=merge.to_new.device)[:, None]
+    real = merge.to_new < merge.length[:, None]
+    slot_of_row = torch.where(real, clip * new_width + merge.to_new, -1).reshape(-1)
+    survivor = (clip * width + merge.keep).reshape(-1)
+    rows = torch.arange(batch * width, device=slot_of_row.device)
+    earlier = real.reshape(-1) & (rows < survivor[slot_of_row.clamp(min=0)])
+    if bool((torch.bincount(slot_of_row[earlier], minlength=1) > 1).any()):
+        return None
+    return slot_of_row
 
 
 def rescaled_tokens(
