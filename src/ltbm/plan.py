@@ -15,7 +15,7 @@ import torch
 from ltbm.inputs import working_dtype
 from ltbm.memory import fresh_empty, fresh_zeros
 from ltbm.scaling import times_power_of_two, unit_exponents
-from ltbm.slot_sums import sum_rows_into_slots
+from ltbm.slot_sums import sum_rows_in_order, sum_rows_into_slots
 
 APPLY_BLOCK_ELEMENTS = 1 << 17
 """Elements of a block of source rows widened at once by ``apply`` (512 KiB of float32)."""
@@ -188,10 +188,12 @@ class Plan:
             # buffers, which autograd cannot follow): the index_add_ path, same sums.
             means = self._weighted_means_by_index_add(x, dtype)
             return means.to(out_dtype), means.sum()
-        if x.dtype == dtype and x.device.type == "cpu":
-            # No widening needed: add the input in order, in place (on accelerators
-            # index_add_ adds concurrently, in no fixed order).
-            return self._means_in_source_order(x, dtype)
+        if x.device.type == "cpu":  # elsewhere index_add_ adds in no fixed order
+            if x.dtype == dtype:  # add the input in order, in place, into the output
+                return self._means_in_source_order(x, dtype)
+            in_order = self._means_in_row_order(x, dtype, out_dtype)  # widened in a ring
+            if in_order is not None:
+                return in_order
         batch, width, slots = self.batch_size, self.num_sources, self.num_slots
         feature_shape = x.shape[2:]
         out = fresh_empty((batch * slots, *feature_shape), out_dtype, x.device)
@@ -271,6 +273,33 @@ class Plan:
         means = out[:dump].view(self.batch_size, self.num_slots, *feature_shape)
         total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
         return means, total
+
+    def _means_in_row_order(
+        self, x: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Means per slot and their total, from one in-order read of ``x`` (CPU): the
+        sources are added onto zero in source order (``slot_sums.sum_rows_in_order``, the
+        same sums, bit for bit, as the bags), and each slot is divided, rounded to
+        ``out_dtype`` and added to the total as soon as it is complete, while in cache.
+        None when the plan's slots do not follow the source order closely enough."""
+        feature_shape = x.shape[2:]
+        flat, dump = self._flat_index()
+        slot_of_row = torch.where(flat == dump, -1, flat).to(x.device)
+        out = fresh_empty((dump, *feature_shape), out_dtype, x.device)
+        flat_out = out.view(dump, -1)
+        sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1).reshape(-1, 1)
+        totals = []
+
+        def finish(start: int, stop: int, sums: torch.Tensor) -> None:
+            sums.div_(sizes[start:stop])
+            flat_out[start:stop].copy_(sums)
+            totals.append(sums.sum())
+
+        source = x.reshape(-1, *feature_shape)
+        if not sum_rows_in_order(source, slot_of_row, dump, dtype, finish):
+            return None
+        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
+        return out.view(self.batch_size, self.num_slots, *feature_shape), total
 
     def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The general case (weights other than one): weighted sources added per slot."""
