@@ -1,20 +1,22 @@
-"""Sums of source rows per output slot, in a fixed order, with ``embedding_bag``.
+"""Sums of source rows per output slot, each slot's rows added onto zero in a fixed order.
 
 Merging (each round's merged features) and ``Plan.apply`` both need, for every output slot,
-the sum of a few source rows added in a fixed order. ``index_add_`` does this, but on CPU it
-scatters element by element (as ``scatter_add_`` over an expanded index) and runs about
-eight times slower than a gather of the same rows; gathering the rows layer by layer and
-adding each layer (the previous version) still read and wrote every row three times.
-``embedding_bag(mode="sum")`` is the operation itself: each slot ("bag") starts from zero
-and adds its rows one after the other, in the order listed, reading each source row once
-and writing each slot once. That is exactly the order of additions of ``index_add_`` onto
-zeros, so the results are identical bit for bit (also for infinities and NaN).
+the sum of a few source rows added in a fixed order. Two ways, with the same additions in
+the same order, so the same bits:
 
-It runs in cache-sized blocks of slots: a block's sums land in a small buffer that stays in
-cache while it is divided (for means) and copied into the output, which may be fresh memory
-on huge pages (``embedding_bag`` itself would return a new tensor each call, whose page
-faults cost more than the sums). Sources in another dtype than the output (half precision
-summed in float32) are widened a block of rows at a time first.
+- :func:`sum_rows_in_order` reads the rows once, in order, and adds each into its slot with
+  ``index_add_`` (on CPU one row after the other), into a small ring of slot rows that is
+  handed on as slots complete. It needs the slots to follow the rows' order closely
+  (``apply``; merging with a window of 1) and allocates nothing per block.
+- :func:`sum_rows_into_slots` works for any slot order: every slot's rows (its first row,
+  then its extras in the order listed) form one "bag" of ``embedding_bag(mode="sum")``,
+  which starts from zero and adds them one after the other. It runs in cache-sized blocks
+  of slots; each block's sums (a new small tensor) are divided, copied into the output
+  (fresh memory on huge pages, or a narrower dtype) and shown to the caller.
+
+Gathering the rows layer by layer and adding each layer (the version before) read and wrote
+every row about three times. Sources in another dtype than the sums (half precision summed
+in float32) are widened a block of rows at a time.
 """
 
 from __future__ import annotations
