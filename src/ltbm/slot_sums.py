@@ -154,6 +154,36 @@ class _WidenedRows:
         return self.widened[:count], self.in_order[:count]
 
 
+class InOrderRing:
+    """Slot sums built from rows that arrive in order: each batch of rows is added into a
+    ring of slot rows with ``index_add_`` (on CPU one row after the other, so each slot is
+    the sum, from zero, of its rows in arrival order), and the slots before a given one are
+    handed to ``visit(start, stop, sums)`` in order, then cleared, once they are complete.
+    Slots being filled at any time must fit in the ring (``fits`` says whether they do)."""
+
+    def __init__(self, dim: int, dtype: torch.dtype, device, capacity: int, visit) -> None:
+        self.capacity, self.visit, self.done = capacity, visit, 0
+        self.ring = torch.zeros(capacity + 1, dim, dtype=dtype, device=device)  # last: dump
+
+    def fits(self, highest_slot: int) -> bool:
+        return highest_slot - self.done < self.capacity
+
+    def add(self, rows: torch.Tensor, slot_of_row: torch.Tensor) -> None:
+        """Add ``rows [n, D]`` into their slots (-1: into none)."""
+        index = torch.where(slot_of_row >= 0, slot_of_row % self.capacity, self.capacity)
+        self.ring.index_add_(0, index, rows)
+
+    def finish(self, upto: int) -> None:
+        """Hand on slots ``done`` to ``upto`` (complete), at most two stretches of the ring."""
+        while self.done < upto:
+            first = self.done % self.capacity
+            stop = min(upto, self.done + self.capacity - first)
+            sums = self.ring[first : first + stop - self.done]
+            self.visit(self.done, stop, sums)
+            sums.zero_()
+            self.done = stop
+
+
 def sum_rows_in_order(
     source: torch.Tensor,
     slot_of_row: torch.Tensor,
@@ -185,24 +215,18 @@ def sum_rows_in_order(
     touched = torch.where(has_slot, slot_of_row, -1)
     touched = F.pad(touched, (0, len(stops) * rows - count), value=-1).view(len(stops), rows)
     highest = touched.amax(dim=1).tolist()
-    ring_rows = rows + 64
-    if any(top + 1 - done > ring_rows for top, done in zip(highest, [0, *ready[:-1]], strict=True)):
+    dim = flat_source.shape[1]
+    ring = InOrderRing(dim, dtype, device, rows + 64, visit)
+    if any(
+        top - done >= ring.capacity for top, done in zip(highest, [0, *ready[:-1]], strict=True)
+    ):
         return False
-    ring = torch.zeros(ring_rows + 1, flat_source.shape[1], dtype=dtype, device=device)
-    index = torch.where(has_slot, slot_of_row % ring_rows, ring_rows)  # last row: a dump
-    widened = None if source.dtype == dtype else torch.empty(rows, ring.shape[1], dtype=dtype)
-    done = 0
+    widened = None if source.dtype == dtype else torch.empty(rows, dim, dtype=dtype)
     for start, stop, finished in zip([0, *stops[:-1]], stops, ready, strict=True):
         block = flat_source[start:stop]
         if widened is not None:
             block = widened[: stop - start]
             block.copy_(flat_source[start:stop])
-        ring.index_add_(0, index[start:stop], block)
-        while done < finished:  # the finished slots, at most two stretches of the ring
-            first = done % ring_rows
-            upto = min(finished, done + ring_rows - first)
-            sums = ring[first : first + upto - done]
-            visit(done, upto, sums)
-            sums.zero_()
-            done = upto
+        ring.add(block, slot_of_row[start:stop])
+        ring.finish(finished)
     return True
