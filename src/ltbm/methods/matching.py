@@ -260,12 +260,16 @@ def _merge_round(
     batch, width = sizes.shape
     merges = torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
 
-    # The r best edges of each clip; a stable sort breaks ties by position.
-    order = torch.sort(best_score, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
-    )
-    merge_a = rank < merges[:, None]
+    # The r best edges of each clip; a stable sort breaks ties by position. When every
+    # column merges (full-length clips, r = |A|), no ranking is needed.
+    if bool((merges == best_score.shape[1]).all()):
+        merge_a = torch.ones_like(best_score, dtype=torch.bool)
+    else:
+        order = torch.sort(best_score, dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+        )
+        merge_a = rank < merges[:, None]
 
     positions = torch.arange(width, device=sizes.device).expand(batch, width)
     target = positions.clone()
