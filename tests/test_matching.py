@@ -49,6 +49,88 @@ def test_banded_scores_agree_with_dense_scores(width, window, seed):
         assert torch.allclose(chosen, expected_score, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("keep_ratio", [0.05, 0.25, 0.4])
+def test_in_order_sums_give_the_plans_of_the_bag_sums(monkeypatch, dtype, keep_ratio):
+    """A round whose successor is the last reads its rows once, in order, into a ring
+    (window 1); with that path switched off, every slot's rows summed as a bag give the
+    same plans and tokens (junk padding, mixed lengths, exact ties, tiny blocks)."""
+    from ltbm import slot_sums
+
+    monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", 24 * 9)
+    tokens = torch.randn(3, 301, 24, generator=torch.Generator().manual_seed(12))
+    tokens[:, 7::5] = tokens[:, 2:3]
+    lengths = torch.tensor([301, 180, 7])
+    tokens[1, 180:] = 1e4
+    tokens = tokens.to(dtype)
+    used = []
+    in_order = slot_sums.sum_rows_in_order
+
+    def recorded(*args):
+        used.append(in_order(*args))
+        return used[-1]
+
+    monkeypatch.setattr(matching, "sum_rows_in_order", recorded)
+    streamed = ltbm.compress(tokens, lengths, "ltbm", keep_ratio)
+    assert used and all(used)
+    monkeypatch.setattr(matching, "sum_rows_in_order", lambda *args: False)
+    bagged = ltbm.compress(tokens, lengths, "ltbm", keep_ratio)
+    assert torch.equal(streamed.plan.slot_index, bagged.plan.slot_index)
+    assert [e.tolist() for e in streamed.plan.history] == [e.tolist() for e in bagged.plan.history]
+    assert torch.equal(streamed.tokens, bagged.tokens)
+
+
+def test_in_order_sums_refuse_slots_out_of_row_order(monkeypatch):
+    """Slots that do not follow the rows (so that too many would be open at once) are
+    refused before anything is shown: the caller then sums bags."""
+    from ltbm import slot_sums
+
+    monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", 8 * 100)  # blocks of 100 rows
+    rows = torch.randn(4000, 8)
+    slot_of_row = torch.arange(4000) % 2000  # slot s gets rows s and s + 2000
+    shown = []
+    done = slot_sums.sum_rows_in_order(
+        rows, slot_of_row, 2000, torch.float32, lambda *args: shown.append(args)
+    )
+    assert not done and not shown
+    in_order = torch.arange(4000) // 2
+    sums = torch.empty(2000, 8)
+
+    def keep(start, stop, block):
+        sums[start:stop] = block
+
+    assert slot_sums.sum_rows_in_order(rows, in_order, 2000, torch.float32, keep)
+    assert torch.equal(sums, rows[0::2] + rows[1::2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(1, 40),
+    window=st.integers(1, 4),
+    blocks=st.lists(st.integers(1, 30), min_size=1, max_size=8),
+    seed=st.integers(0, 10_000),
+)
+def test_streamed_neighbour_dots_equal_the_whole_tensor_ones(width, window, blocks, seed):
+    """Norms and band dots taken block by block (blocks shorter than the band, pairs across
+    blocks and across clips) equal those of the whole tensor, bit for bit."""
+    from ltbm.methods.neighbour_dots import StreamedNeighbourDots
+
+    rows = torch.randn(3, width, 1280, generator=torch.Generator().manual_seed(seed))
+    distances = matching.band_distances(window)
+    norms, dots = matching.norms_and_neighbour_dots(rows, distances, torch.float32)
+    streamed = StreamedNeighbourDots(3, width, distances, torch.float32, rows.device)
+    flat, start = rows.reshape(3 * width, 1280), 0
+    while start < flat.shape[0]:
+        stop = min(flat.shape[0], start + blocks[start % len(blocks)])
+        streamed.visit(start, stop, flat[start:stop].clone())
+        start = stop
+    streamed_norms, streamed_dots = streamed.result()
+    assert torch.equal(streamed_norms, norms)
+    assert sorted(streamed_dots) == sorted(dots)
+    for d in distances:
+        assert torch.equal(streamed_dots[d], dots[d]), d
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     width=st.integers(3, 80),
@@ -169,14 +251,41 @@ def test_block_sizes_do_not_change_results(monkeypatch, window, dtype):
 
 
 @pytest.mark.parametrize("method", ["ltbm", "global", "pool"])
-def test_slot_sums_by_index_add_agree_with_layered_gathers(monkeypatch, method):
-    """Slots with very many sources fall back to index_add_: same additions, same tokens."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("block_elements", [1 << 20, 16 * 5])
+def test_slot_sums_are_index_add_onto_zeros(monkeypatch, method, dtype, block_elements):
+    """Merged tokens are the sums ``index_add_`` makes onto zeros (each slot's sources added
+    in source order, in float32 for half precision), divided by the slot size: bit for bit,
+    with big or tiny blocks of slots or source rows (slots finished early or late)."""
+    from ltbm import plan as plan_module
     from ltbm import slot_sums
 
-    tokens = torch.randn(2, 120, 16, generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(plan_module, "SOURCE_BLOCK_ELEMENTS", block_elements)
+    tokens = torch.randn(2, 120, 16, generator=torch.Generator().manual_seed(4)).to(dtype)
     lengths = torch.tensor([120, 77])
-    layered = ltbm.compress(tokens, lengths, method, 0.1)
-    monkeypatch.setattr(slot_sums, "MAX_WASTE", 0)
-    by_index_add = ltbm.compress(tokens, lengths, method, 0.1)
-    assert torch.equal(layered.plan.slot_index, by_index_add.plan.slot_index)
-    assert torch.equal(layered.tokens, by_index_add.tokens)
+    out = ltbm.compress(tokens, lengths, method, 0.1)
+    plan, width = out.plan, out.plan.num_slots
+    flat = torch.where(plan.slot_index >= 0, plan.slot_index + width * torch.arange(2)[:, None], -1)
+    kept = flat.reshape(-1) >= 0
+    sums_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    sums = torch.zeros(2 * width, 16, dtype=sums_dtype)
+    sums.index_add_(0, flat.reshape(-1)[kept], tokens.reshape(-1, 16)[kept].to(sums_dtype))
+    means = sums / plan.sizes.reshape(-1, 1).clamp(min=1).to(sums_dtype)
+    means = torch.where(plan.slot_mask.reshape(-1, 1), means, 0.0).to(dtype)
+    assert torch.equal(out.tokens.reshape(-1, 16), means)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_slot_sums_without_the_out_overload_give_the_same_tokens(monkeypatch, dtype):
+    """Where torch lacks the out= overload of embedding_bag's forward op, the public
+    ``embedding_bag`` plus a copy gives the same plan and the same tokens."""
+    from ltbm import slot_sums
+
+    tokens = torch.randn(3, 300, 40, generator=torch.Generator().manual_seed(8)).to(dtype)
+    lengths = torch.tensor([300, 211, 5])
+    direct = ltbm.compress(tokens, lengths, "ltbm", 0.1)
+    monkeypatch.setattr(slot_sums, "_BAG_SUMS_INTO", None)
+    copied = ltbm.compress(tokens, lengths, "ltbm", 0.1)
+    assert torch.equal(direct.plan.slot_index, copied.plan.slot_index)
+    assert torch.equal(direct.tokens, copied.tokens)

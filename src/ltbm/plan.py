@@ -13,12 +13,16 @@ from functools import cached_property
 import torch
 
 from ltbm.inputs import working_dtype
-from ltbm.memory import fresh_empty
+from ltbm.memory import fresh_empty, fresh_zeros
 from ltbm.scaling import times_power_of_two, unit_exponents
-from ltbm.slot_sums import sum_rows_into_slots
+from ltbm.slot_sums import sum_rows_in_order, sum_rows_into_slots
 
 APPLY_BLOCK_ELEMENTS = 1 << 17
 """Elements of a block of source rows widened at once by ``apply`` (512 KiB of float32)."""
+
+SOURCE_BLOCK_ELEMENTS = 1 << 20
+"""Elements of a block of consecutive source rows that ``apply`` adds into the slots at
+once (4 MiB of float32): the slots they complete are finished while still in cache."""
 
 NOT_KEPT = -1
 """Slot index of a source that feeds no output slot (pruned, or padding)."""
@@ -155,26 +159,44 @@ class Plan:
             mask = self.slot_mask.reshape(*index.shape[:2], *([1] * len(feature_shape)))
             return torch.where(mask.to(x.device), out, torch.zeros((), dtype=x.dtype))
         dtype = working_dtype(x.dtype)
-        out = self._weighted_means(x, dtype)
-        if not bool(torch.isfinite(out.sum())):
-            # Rare: non-finite sources (exact infinities need the slow path, the gathers
-            # would give NaN), or finite sources whose sum overflows (tokens near the
-            # dtype's largest value: averaged scaled down by a power of two, then back).
+        out, total = self._means_and_total(x, dtype, x.dtype)
+        if not bool(torch.isfinite(total)):
+            # Rare: non-finite sources (exact infinities need the slow path), or finite
+            # sources whose sum overflows (tokens near the dtype's largest value: averaged
+            # scaled down by a power of two, then back).
             out = self._weighted_means_by_index_add(x, dtype)
             out = self._rescaled_means(x, out)
         return out.to(x.dtype)
 
     def _weighted_means(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``[B, K_max, ...]`` weighted mean per slot in ``dtype``: each slot's sources added
-        in source order (as gathers, see :mod:`ltbm.slot_sums`), half precision widened a
-        block of rows at a time instead of copied whole. Padding slots are zero."""
+        """``[B, K_max, ...]`` weighted mean per slot in ``dtype``. Padding slots are zero."""
+        return self._means_and_total(x, dtype, dtype)[0]
+
+    def _means_and_total(
+        self, x: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, K_max, ...]`` weighted mean per slot computed in ``dtype`` and returned in
+        ``out_dtype``, and the sum of the real slots' means in ``dtype`` (to check that they
+        are finite). Each slot's sources are added onto zero in source order: by
+        ``index_add_`` over the input read in order when it is already in ``dtype`` on
+        CPU, otherwise by :mod:`ltbm.slot_sums` (half precision widened a block of rows at
+        a time and rounded back a block at a time). Either way the total is taken from
+        blocks of means while they are in cache: no full-size float32 copy. Padding slots
+        are zero."""
         if not self.unit_weights or (x.requires_grad and torch.is_grad_enabled()):
-            # Weights other than one, or gradients wanted (the gathers write into buffers,
-            # which autograd cannot follow): the index_add_ path, same sums.
-            return self._weighted_means_by_index_add(x, dtype)
+            # Weights other than one, or gradients wanted (the sums are written into
+            # buffers, which autograd cannot follow): the index_add_ path, same sums.
+            means = self._weighted_means_by_index_add(x, dtype)
+            return means.to(out_dtype), means.sum()
+        if x.device.type == "cpu":  # elsewhere index_add_ adds in no fixed order
+            if x.dtype == dtype:  # add the input in order, in place, into the output
+                return self._means_in_source_order(x, dtype)
+            in_order = self._means_in_row_order(x, dtype, out_dtype)  # widened in a ring
+            if in_order is not None:
+                return in_order
         batch, width, slots = self.batch_size, self.num_sources, self.num_slots
         feature_shape = x.shape[2:]
-        out = fresh_empty((batch * slots, *feature_shape), dtype, x.device)
+        out = fresh_empty((batch * slots, *feature_shape), out_dtype, x.device)
         first = self.first_sources().to(x.device)
         clip = torch.arange(batch, device=x.device)[:, None]
         kept = self.slot_index.to(x.device) >= 0
@@ -184,19 +206,100 @@ class Plan:
         )
         extra_clip, extra_source = torch.nonzero(kept & ~is_first, as_tuple=True)
         extra_slot = extra_clip * slots + self.slot_index.to(x.device)[extra_clip, extra_source]
+        sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
+        real = self.slot_mask.to(x.device).reshape(-1)
+        all_real = bool(real.all())
+        totals = []
+
+        def add_total(start: int, stop: int, means: torch.Tensor) -> None:
+            # Padding slots hold their clip's first row (maybe junk): left out of the total.
+            if not all_real:
+                real_here = real[start:stop].reshape(-1, *([1] * (means.dim() - 1)))
+                means = torch.where(real_here, means, 0)
+            totals.append(means.sum())
+
         sum_rows_into_slots(
-            out,
             x.reshape(batch * width, *feature_shape),
             (clip * width + first).reshape(-1),
             extra_slot,
             extra_clip * width + extra_source,
+            dtype=dtype,
+            out=out,
+            divisors=sizes.reshape(-1),
+            visit=add_total,
         )
         out = out.view(batch, slots, *feature_shape)
-        sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
-        out.div_(sizes.reshape(batch, slots, *([1] * len(feature_shape))))
-        if not bool(self.slot_mask.all()):
+        if not all_real:
             out[~self.slot_mask.to(x.device)] = 0
-        return out
+        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
+        return out, total
+
+    def _means_in_source_order(
+        self, x: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means per slot (``x`` already in ``dtype``, on CPU) and the sum of all means.
+
+        The sources are added onto zeros with ``index_add_``, a cache-sized block of
+        consecutive source rows at a time: the input is read once, in order, and each slot
+        gets its sources in source order (on CPU, ``index_add_`` adds one row after the
+        other: the same sums, bit for bit, as ``slot_sums`` makes). No temporary is
+        allocated. A slot is divided by its size (and added to the total) as soon as it
+        and every slot before it are complete, while its row is still in cache.
+        """
+        feature_shape = x.shape[2:]
+        flat, dump = self._flat_index()
+        out = fresh_zeros((dump + 1, *feature_shape), dtype, x.device)
+        source = x.reshape(-1, *feature_shape)
+        sizes = self.sizes.to(dtype=dtype).clamp(min=1).reshape(-1)
+        sizes = sizes.reshape(-1, *([1] * len(feature_shape)))
+        # Slots 0..s are complete once the source rows read so far reach past the last
+        # source of each of them (rows are flattened clip after clip).
+        positions = torch.arange(self.num_sources, device=x.device)
+        last = self._reduce(positions.expand_as(self.slot_index), "amax", -1)
+        clip_start = torch.arange(self.batch_size, device=x.device)[:, None] * self.num_sources
+        last = torch.where(last >= 0, clip_start + last, -1).reshape(-1)
+        complete_before = torch.cummax(last, 0).values if last.numel() else last
+        rows = max(1, SOURCE_BLOCK_ELEMENTS // max(source[0].numel(), 1))
+        stops = list(range(rows, source.shape[0], rows)) + [source.shape[0]]
+        done_after = torch.searchsorted(complete_before, torch.tensor(stops)).tolist()
+        totals, done = [], 0
+        for start, stop, ready in zip([0, *stops[:-1]], stops, done_after, strict=True):
+            out.index_add_(0, flat[start:stop], source[start:stop])
+            if ready > done:
+                finished = out[done:ready]
+                finished.div_(sizes[done:ready])
+                totals.append(finished.sum())
+                done = ready
+        means = out[:dump].view(self.batch_size, self.num_slots, *feature_shape)
+        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
+        return means, total
+
+    def _means_in_row_order(
+        self, x: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Means per slot and their total, from one in-order read of ``x`` (CPU): the
+        sources are added onto zero in source order (``slot_sums.sum_rows_in_order``, the
+        same sums, bit for bit, as the bags), and each slot is divided, rounded to
+        ``out_dtype`` and added to the total as soon as it is complete, while in cache.
+        None when the plan's slots do not follow the source order closely enough."""
+        feature_shape = x.shape[2:]
+        flat, dump = self._flat_index()
+        slot_of_row = torch.where(flat == dump, -1, flat).to(x.device)
+        out = fresh_empty((dump, *feature_shape), out_dtype, x.device)
+        flat_out = out.view(dump, -1)
+        sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1).reshape(-1, 1)
+        totals = []
+
+        def finish(start: int, stop: int, sums: torch.Tensor) -> None:
+            sums.div_(sizes[start:stop])
+            flat_out[start:stop].copy_(sums)
+            totals.append(sums.sum())
+
+        source = x.reshape(-1, *feature_shape)
+        if not sum_rows_in_order(source, slot_of_row, dump, dtype, finish):
+            return None
+        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
+        return out.view(self.batch_size, self.num_slots, *feature_shape), total
 
     def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The general case (weights other than one): weighted sources added per slot."""

@@ -15,11 +15,15 @@ blocks of the A×B matrix, so memory stays bounded while time is quadratic.
 The kernel is written to read its input as few times as possible (it exists to save
 time): the first round reads the input tokens in place, in row blocks that stay in cache
 while their norms and band dot products are computed (half precision is widened one block
-at a time), and the finiteness check is read off those norms. Merged features are written
-to workspaces that later rounds reuse.
+at a time), and the finiteness check is read off those norms. Merged rows are summed a
+block at a time (``slot_sums``); the next round's norms and band dot products are taken
+from each block while it is in cache, so a banded last round needs no merged rows at all,
+and the rows other rounds need go to workspaces that later rounds reuse.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -33,9 +37,10 @@ from ltbm.inputs import (
 )
 from ltbm.memory import fresh_empty
 from ltbm.methods.dense_scores import filtered_best_partners
+from ltbm.methods.neighbour_dots import StreamedNeighbourDots
 from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.scaling import times_power_of_two, unit_exponents
-from ltbm.slot_sums import sum_rows_into_slots
+from ltbm.slot_sums import sum_rows_in_order, sum_rows_into_slots
 
 DENSE_BLOCK_ELEMENTS = 1 << 22
 """How many A×B scores the dense path holds at once (16 MiB of float32, cache-sized)."""
@@ -185,16 +190,29 @@ def dense_best_partners(
     return best_score, best_b
 
 
+def band_distances(window: int) -> list[int]:
+    """Position distances whose dot products window w needs: 1, 3, …, 2w − 1."""
+    return [max_distance(w) for w in range(1, window + 1)]
+
+
 def best_partners(
-    x: torch.Tensor,
+    x: torch.Tensor | None,
     length: torch.Tensor,
     window: int | None,
     dtype: torch.dtype,
+    measured: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row norms and the best B partner (score, B index) of every A token of ``x``."""
-    dense = window is None or window >= x.shape[1]
-    distances = [] if dense else [max_distance(w) for w in range(1, window + 1)]
-    norms, dots = norms_and_neighbour_dots(x, distances, dtype)
+    """Row norms and the best B partner (score, B index) of every A token of ``x``.
+
+    ``measured``: the norms and band dot products of ``x``, when the round that made ``x``
+    took them already (then ``x`` itself may be None: a banded last round needs no rows).
+    """
+    width = x.shape[1] if measured is None else measured[0].shape[1]
+    dense = window is None or window >= width
+    if measured is None:
+        norms, dots = norms_and_neighbour_dots(x, [] if dense else band_distances(window), dtype)
+    else:
+        norms, dots = measured
     # The floor makes an all-zero token score 0 instead of NaN.
     norms.clamp_(min=1e-12)
     if dense:
@@ -223,35 +241,43 @@ class Workspaces:
         return buffer[:size].view(batch, width, dim)
 
 
+class RoundMerge(NamedTuple):
+    """What one round decided, in the positions of the sequence it started from."""
+
+    sizes: torch.Tensor  # [B, n'] sources per new token
+    frame_sums: torch.Tensor  # [B, n'] float64 sum of their frame indices
+    length: torch.Tensor  # [B] new valid lengths
+    to_new: torch.Tensor  # [B, n] new position of every current position
+    edges: torch.Tensor  # [E, 3] merged pairs (clip, a_pos, b_pos)
+    keep: torch.Tensor  # [B, n'] the current position each new token starts from
+    merge_a: torch.Tensor  # [B, |A|] which A tokens merged
+
+
 def _merge_round(
-    x: torch.Tensor,
     sizes: torch.Tensor,
     frame_sums: torch.Tensor,
     length: torch.Tensor,
     kept: torch.Tensor,
     best_score: torch.Tensor,
     best_b: torch.Tensor,
-    workspaces: Workspaces,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One round of bipartite merging on the current sequences ``x``, given each A token's
-    best partner.
-
-    Returns the new (features, sizes, frame_sums, length), the map from current positions
-    to new positions ``[B, n]`` and the merged edges ``[E, 3]`` (clip, a_pos, b_pos). After
-    the last round the features are not needed and come back as None.
-    """
-    batch, width, dim = x.shape
+) -> RoundMerge:
+    """One round of bipartite merging on the current sequences, given each A token's best
+    partner: which edges merge, and the new tokens' sizes, frame sums and temporal order."""
+    batch, width = sizes.shape
     merges = torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
 
-    # The r best edges of each clip; a stable sort breaks ties by position.
-    order = torch.sort(best_score, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
-    )
-    merge_a = rank < merges[:, None]
+    # The r best edges of each clip; a stable sort breaks ties by position. When every
+    # column merges (full-length clips, r = |A|), no ranking is needed.
+    if bool((merges == best_score.shape[1]).all()):
+        merge_a = torch.ones_like(best_score, dtype=torch.bool)
+    else:
+        order = torch.sort(best_score, dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+        )
+        merge_a = rank < merges[:, None]
 
-    positions = torch.arange(width, device=x.device).expand(batch, width)
+    positions = torch.arange(width, device=sizes.device).expand(batch, width)
     target = positions.clone()
     target[:, 0::2] = torch.where(merge_a, 2 * best_b + 1, positions[:, 0::2])
     edges = torch.nonzero(merge_a)
@@ -267,28 +293,86 @@ def _merge_round(
     to_new = new_position.gather(1, target)
 
     new_length = length - merges
-    new_width = int(new_length.max()) if batch else 0
-    keep = order[:, :new_width]
-    new = (merged_sizes.gather(1, keep), merged_frames.gather(1, keep), new_length)
-    if not bool((new_length > kept).any()):
-        # Last round: the plan needs only the assignment, not the merged features.
-        return None, *new, to_new, edges
-    # Each new row is its survivor's row plus the rows merged into it, added in A order
-    # (rows past a clip's length are ignored later). Rows are read in place, as gathers.
-    merged = workspaces.take(batch, new_width, dim, dtype, x.device)
-    clip_rows = torch.arange(batch, device=x.device)[:, None]
-    first = (clip_rows * width + keep).reshape(-1)
-    a_clip, a_index = torch.nonzero(merge_a, as_tuple=True)
-    extra_slot = a_clip * new_width + to_new[a_clip, 2 * a_index]
-    extra_row = a_clip * width + 2 * a_index
-    sum_rows_into_slots(
-        merged.view(batch * new_width, dim),
-        x.reshape(batch * width, dim),
-        first,
-        extra_slot,
-        extra_row,
+    keep = order[:, : int(new_length.max()) if batch else 0]
+    return RoundMerge(
+        merged_sizes.gather(1, keep),
+        merged_frames.gather(1, keep),
+        new_length,
+        to_new,
+        edges,
+        keep,
+        merge_a,
     )
-    return merged, *new, to_new, edges
+
+
+def _next_round_input(
+    x: torch.Tensor,
+    merge: RoundMerge,
+    kept: torch.Tensor,
+    window: int | None,
+    workspaces: Workspaces,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor, dict[int, torch.Tensor]] | None]:
+    """What the next round reads: the merged rows (written only if it needs them) and, for
+    a banded window, their norms and band dot products, taken while each block of merged
+    rows is in cache. (None, None) when there is no next round.
+
+    Each merged row is its survivor's row plus the rows merged into it, added in A order
+    (rows past a clip's length are ignored later).
+    """
+    if not bool((merge.length > kept).any()):
+        return None, None  # that was the last round: the plan needs only the assignment
+    batch, width = merge.to_new.shape
+    new_width, dim = merge.keep.shape[1], x.shape[2]
+    next_merges = torch.minimum(merge.length - kept, (merge.length + 1) // 2).clamp(min=0)
+    next_is_last = not bool((merge.length - next_merges > kept).any())
+    dense = window is None or window >= new_width
+    streamed = None
+    if not dense:
+        distances = band_distances(window)
+        streamed = StreamedNeighbourDots(batch, new_width, distances, dtype, x.device)
+    merged = None
+    if dense or not next_is_last:
+        merged = workspaces.take(batch, new_width, dim, dtype, x.device)
+    elif x.device.type == "cpu":  # only the norms and dots are needed: try one in-order read
+        slot_of_row = _slots_in_row_order(merge, new_width)
+        rows = x.reshape(batch * width, dim)
+        if slot_of_row is not None and sum_rows_in_order(
+            rows, slot_of_row, batch * new_width, dtype, streamed.visit
+        ):
+            return None, streamed.result()
+    clip_rows = torch.arange(batch, device=x.device)[:, None]
+    a_clip, a_index = torch.nonzero(merge.merge_a, as_tuple=True)
+    sum_rows_into_slots(
+        x.reshape(batch * width, dim),
+        (clip_rows * width + merge.keep).reshape(-1),
+        a_clip * new_width + merge.to_new[a_clip, 2 * a_index],
+        a_clip * width + 2 * a_index,
+        dtype=dtype,
+        out=None if merged is None else merged.view(batch * new_width, dim),
+        visit=None if streamed is None else streamed.visit,
+    )
+    return merged, None if streamed is None else streamed.result()
+
+
+def _slots_in_row_order(merge: RoundMerge, new_width: int) -> torch.Tensor | None:
+    """The new token (flat ``[B · n']`` index) each current row is added into, -1 for rows
+    past the new lengths, if adding every new token's rows in row order gives the same sum
+    as its survivor first and then the merged rows in A order; else None.
+
+    They agree when at most one merged row comes before the survivor (then the first two
+    additions onto zero only swap, and a + b = b + a exactly): always with a window of 1.
+    """
+    batch, width = merge.to_new.shape
+    clip = torch.arange(batch, device=merge.to_new.device)[:, None]
+    real = merge.to_new < merge.length[:, None]
+    slot_of_row = torch.where(real, clip * new_width + merge.to_new, -1).reshape(-1)
+    survivor = (clip * width + merge.keep).reshape(-1)
+    rows = torch.arange(batch * width, device=slot_of_row.device)
+    earlier = real.reshape(-1) & (rows < survivor[slot_of_row.clamp(min=0)])
+    if bool((torch.bincount(slot_of_row[earlier], minlength=1) > 1).any()):
+        return None
+    return slot_of_row
 
 
 def rescaled_tokens(
@@ -344,10 +428,10 @@ def bipartite_merge_plan(
     where = torch.where(valid, torch.arange(width, device=tokens.device), NOT_KEPT)
     length = lengths.clone()
     history = []
-    x, workspaces = tokens, Workspaces()
+    x, measured, workspaces = tokens, None, Workspaces()
     first_round = True
     while bool((length > kept).any()):
-        norms, best_score, best_b = best_partners(x, length, window, dtype)
+        norms, best_score, best_b = best_partners(x, length, window, dtype, measured)
         if first_round:
             rescale = clips_to_rescale(norms, length)
             if rescale:
@@ -356,11 +440,11 @@ def bipartite_merge_plan(
                 x = rescaled_tokens(tokens, lengths, dtype, rescale)
                 norms, best_score, best_b = best_partners(x, length, window, dtype)
             first_round = False
-        x, sizes, frame_sums, length, to_new, edges = _merge_round(
-            x, sizes, frame_sums, length, kept, best_score, best_b, workspaces, dtype
-        )
-        where = torch.where(where >= 0, to_new.gather(1, where.clamp(min=0)), NOT_KEPT)
-        history.append(edges)
+        merge = _merge_round(sizes, frame_sums, length, kept, best_score, best_b)
+        x, measured = _next_round_input(x, merge, kept, window, workspaces, dtype)
+        sizes, frame_sums, length = merge.sizes, merge.frame_sums, merge.length
+        where = torch.where(where >= 0, merge.to_new.gather(1, where.clamp(min=0)), NOT_KEPT)
+        history.append(merge.edges)
     if first_round:  # no round ran (keep ratio 1, or clips of at most two tokens)
         refuse_non_finite(tokens, lengths)
     return plan_from_slots(where, kept, history)

@@ -1,0 +1,69 @@
+"""Row norms and neighbour dot products of merged rows, taken while each block is in cache.
+
+A merge round builds its merged rows a cache-sized block at a time (``slot_sums``); the
+next round needs only their norms and the dot products of rows 1, 3, …, 2w − 1 apart.
+Computing them from the block just summed saves reading the merged rows back from memory,
+and when the next round is the last one the merged rows need not be written at all. The
+values are the same, bit for bit, as :func:`ltbm.methods.matching.norms_and_neighbour_dots`
+on the whole tensor: every norm and dot product is the same reduction of the same row(s).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StreamedNeighbourDots:
+    """Collects ``norms [B, n]`` and ``dots[d] [B, n]`` of a ``[B·n, D]`` sequence of rows
+    (clip after clip) that arrives in consecutive blocks, through :meth:`visit`."""
+
+    def __init__(
+        self, batch: int, width: int, distances: list[int], dtype: torch.dtype, device
+    ) -> None:
+        self.batch, self.width, self.distances = batch, width, distances
+        self.reach = max(distances, default=0)
+        self.norms = torch.empty(batch * width, dtype=dtype, device=device)
+        self.dots = {d: torch.zeros(batch * width, dtype=dtype, device=device) for d in distances}
+        self.tail: torch.Tensor | None = None  # the last ``reach`` rows seen so far
+        self.product: torch.Tensor | None = None
+
+    def visit(self, start: int, stop: int, rows: torch.Tensor) -> None:
+        """Take rows ``start`` to ``stop`` (flat positions) while they are in cache."""
+        torch.linalg.vector_norm(rows, dim=-1, out=self.norms[start:stop])
+        count = stop - start
+        if self.product is None or self.product.shape[0] < count:
+            self.product = torch.empty_like(rows)
+        if self.tail is not None:
+            self._dots_across(start, rows)
+        for d in self.distances:
+            pairs = count - d
+            if pairs <= 0:
+                continue
+            product = self.product[:pairs]
+            torch.mul(rows[:pairs], rows[d:], out=product)
+            torch.sum(product, -1, out=self.dots[d][start : start + pairs])
+        if self.reach:
+            tail = rows[-self.reach :]
+            if self.tail is not None and tail.shape[0] < self.reach:
+                tail = torch.cat([self.tail, tail])[-self.reach :]
+            self.tail = tail.clone()
+
+    def _dots_across(self, start: int, rows: torch.Tensor) -> None:
+        """Pairs whose first row lies in an earlier block and second in this one."""
+        tail_start = start - self.tail.shape[0]
+        for d in self.distances:
+            first = max(tail_start, start - d)  # earlier rows t with t + d in this block
+            last = min(start, start + rows.shape[0] - d)
+            if last <= first:
+                continue
+            earlier = self.tail[first - tail_start : last - tail_start]
+            later = rows[first + d - start : last + d - start]
+            torch.sum(earlier * later, -1, out=self.dots[d][first:last])
+
+    def result(self) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """``norms [B, n]`` and ``dots[d] [B, n]``, zero where t + d is past the clip's row."""
+        shape = (self.batch, self.width)
+        dots = {d: values.view(shape) for d, values in self.dots.items()}
+        for d, values in dots.items():
+            values[:, max(self.width - d, 0) :] = 0
+        return self.norms.view(shape), dots
