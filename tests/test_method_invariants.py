@@ -156,3 +156,20 @@ def test_spans_cover_each_slot_sources():
     plan = ltbm.compress(tokens, None, "pool", 0.1).plan
     assert plan.spans[0].tolist() == [[0, 9], [10, 19], [20, 29], [30, 39], [40, 49]]
     assert plan.sizes[0].tolist() == [10] * 5
+
+
+@pytest.mark.parametrize("method", ["uniform", "random", "prune"])
+def test_selection_apply_copies_the_selected_rows(method):
+    """A selection plan's output is its selected rows bit for bit, zeros on padding slots,
+    for a non-contiguous input too, and gradients flow to exactly those rows."""
+    tokens = torch.randn(3, 4, 40, dtype=torch.float64).transpose(1, 2)  # [3, 40, 4], a view
+    lengths = torch.tensor([40, 17, 2])
+    params = {"scorer": "norm"} if method == "prune" else {}
+    plan = ltbm.get_method(method, keep_ratio=0.25, **params).plan(tokens, lengths)
+    source = plan.selected_sources()
+    expected = torch.stack([tokens[b, source[b]] for b in range(3)])
+    expected[~plan.slot_mask] = 0
+    assert torch.equal(plan.apply(tokens), expected)
+    leaf = tokens.detach().requires_grad_()
+    plan.apply(leaf).sum().backward()
+    assert int(leaf.grad.sum()) == 4 * int(plan.slot_mask.sum())

@@ -151,13 +151,8 @@ class Plan:
                 f"plan was made for [B, N] = {list(self.slot_index.shape)} but x has shape "
                 f"{list(x.shape)}; apply a plan to tensors of the clips it was computed on"
             )
-        feature_shape = x.shape[2:]
         if self.is_selection:
-            index = self.selected_sources().to(x.device)
-            index = index.reshape(*index.shape, *([1] * len(feature_shape)))
-            out = torch.gather(x, 1, index.expand(-1, -1, *feature_shape))
-            mask = self.slot_mask.reshape(*index.shape[:2], *([1] * len(feature_shape)))
-            return torch.where(mask.to(x.device), out, torch.zeros((), dtype=x.dtype))
+            return self._gather_selected(x)
         dtype = working_dtype(x.dtype)
         out, total = self._means_and_total(x, dtype, x.dtype)
         if not bool(torch.isfinite(total)):
@@ -167,6 +162,27 @@ class Plan:
             out = self._weighted_means_by_index_add(x, dtype)
             out = self._rescaled_means(x, out)
         return out.to(x.dtype)
+
+    def _gather_selected(self, x: torch.Tensor) -> torch.Tensor:
+        """A selection plan's output: its rows copied whole. One ``index_select`` over the
+        clips' rows (a row copy, where ``gather`` with an expanded index reads an index per
+        element: 3× slower), into a fresh buffer, and only the padding slots zeroed."""
+        batch, slots = self.batch_size, self.num_slots
+        feature_shape = x.shape[2:]
+        offsets = torch.arange(batch, device=x.device)[:, None] * self.num_sources
+        index = (self.selected_sources().to(x.device) + offsets).reshape(-1)
+        rows = x.reshape(batch * self.num_sources, *feature_shape)
+        if x.requires_grad:
+            out = torch.index_select(rows, 0, index)
+        else:
+            out = fresh_empty((batch * slots, *feature_shape), x.dtype, x.device)
+            torch.index_select(rows, 0, index, out=out)
+        padding = (~self.slot_mask.to(x.device)).reshape(-1).nonzero().squeeze(1)
+        if padding.numel():
+            out = (
+                out.index_fill(0, padding, 0) if x.requires_grad else out.index_fill_(0, padding, 0)
+            )
+        return out.reshape(batch, slots, *feature_shape)
 
     def _weighted_means(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``[B, K_max, ...]`` weighted mean per slot in ``dtype``. Padding slots are zero."""
