@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import torch
 
 import ltbm
+from ltbm.backbones.placeholders import merge_audio_embeddings, resize_placeholder_runs
 
 METHOD_CASES = [
     ("ltbm", {"window": 3}),
@@ -200,3 +201,18 @@ def assert_dropin_restores(pipe, clips, prompts, texts, method) -> None:
     assert torch.equal(after, before_tokens)
     assert "replace_audio_token" not in vars(processor)
     assert not model._forward_pre_hooks
+
+
+def model_level_inputs(model, adapter, inputs, method):
+    """What the pipeline hands the LLM, built at the model level from processor-shaped
+    ``inputs`` (one window per clip): the audio, K placeholders per clip, their rows."""
+    clips = inputs["input_ids"].shape[0]
+    audio = adapter.audio_embeddings(
+        method, inputs[adapter.features_key], inputs[adapter.mask_key], [1] * clips
+    )
+    token = adapter.audio_token_id
+    ids, mask = resize_placeholder_runs(
+        inputs["input_ids"], inputs["attention_mask"], token, audio.kept_tokens, 0
+    )
+    embeds = merge_audio_embeddings(model.get_input_embeddings(), ids, token, audio.rows)
+    return audio, ids, mask, embeds

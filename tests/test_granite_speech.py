@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_checks import LOGITS, record_llm_inputs
+from hf_checks import LOGITS, model_level_inputs, record_llm_inputs
 
 import ltbm
-from ltbm.backbones.placeholders import merge_audio_embeddings, resize_placeholder_runs
 from ltbm.backbones.synthetic import model_config, tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -81,24 +80,11 @@ def users_inputs(tokenizer, counts: list[int] | None = None) -> tuple[dict, list
     return inputs, n
 
 
-def ours(model, adapter, inputs, method):
-    """What the pipeline hands the LLM: K placeholders per clip and their rows."""
-    audio = adapter.audio_embeddings(
-        method, inputs["input_features"], inputs["input_features_mask"], [1, 1]
-    )
-    token = adapter.audio_token_id
-    ids, mask = resize_placeholder_runs(
-        inputs["input_ids"], inputs["attention_mask"], token, audio.kept_tokens, 0
-    )
-    embeds = merge_audio_embeddings(model.get_input_embeddings(), ids, token, audio.rows)
-    return audio, ids, mask, embeds
-
-
 @pytest.mark.parametrize("method", [None, ltbm.get_method("ltbm", keep_ratio=1.0)])
 def test_keep_one_matches_the_models_own_logits_and_tokens(setup, method):
     model, tokenizer, adapter = setup
     inputs, counts = users_inputs(tokenizer)
-    audio, ids, mask, embeds = ours(model, adapter, inputs, method)
+    audio, ids, mask, embeds = model_level_inputs(model, adapter, inputs, method)
     assert audio.audio_tokens == counts == [30, 75]  # 10 tokens per second
     assert torch.equal(ids, inputs["input_ids"])
     with torch.no_grad():
@@ -123,7 +109,7 @@ def test_keep_one_matches_the_models_own_logits_and_tokens(setup, method):
 def test_keep_quarter_gives_the_llm_k_tokens_per_clip(setup, method):
     model, tokenizer, adapter = setup
     inputs, counts = users_inputs(tokenizer)
-    audio, ids, mask, embeds = ours(model, adapter, inputs, method)
+    audio, ids, mask, embeds = model_level_inputs(model, adapter, inputs, method)
     expected = [ltbm.kept_tokens(n, 0.25) for n in counts]
     assert audio.kept_tokens == expected == [8, 19]
     assert (ids == adapter.audio_token_id).sum(1).tolist() == expected
@@ -167,7 +153,7 @@ def test_dropin_takes_k_inside_and_restores_the_model_exactly(setup):
             inside = model(**inputs).logits
         generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **LOGITS)
 
-    audio, ids, mask, embeds = ours(model, adapter, before_inputs, method)
+    audio, ids, mask, embeds = model_level_inputs(model, adapter, before_inputs, method)
     assert [run.count("<|AUDIO|>") for run in written] == audio.kept_tokens == [8, 19]
     assert torch.equal(ids, inputs["input_ids"])
     with torch.no_grad():
@@ -237,7 +223,7 @@ def test_the_lora_adapter_is_on_when_the_pipeline_generates():
     model.add_adapter(lora)
     adapter = GraniteSpeechAdapter(model)
     inputs, _ = users_inputs(tokenizer)
-    _, ids, mask, embeds = ours(model, adapter, inputs, None)
+    _, ids, mask, embeds = model_level_inputs(model, adapter, inputs, None)
     embedded = {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask}
     expected = model.generate(**inputs, max_new_tokens=3, **LOGITS)
     base = model.generate(**embedded, max_new_tokens=3, **LOGITS)
@@ -253,7 +239,9 @@ def test_bfloat16_keeps_the_dtype_and_the_budget():
     model, tokenizer = tiny_model()
     adapter = GraniteSpeechAdapter(model.to(torch.bfloat16))
     inputs, counts = users_inputs(tokenizer)
-    audio, ids, mask, embeds = ours(model, adapter, inputs, ltbm.get_method("pool", 0.25))
+    audio, ids, mask, embeds = model_level_inputs(
+        model, adapter, inputs, ltbm.get_method("pool", 0.25)
+    )
     assert embeds.dtype == torch.bfloat16
     assert audio.kept_tokens == [ltbm.kept_tokens(n, 0.25) for n in counts]
     embedded = {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask}

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_checks import model_level_inputs
 from tiny_models import tone
 
 import ltbm
-from ltbm.backbones.placeholders import merge_audio_embeddings, resize_placeholder_runs
 from ltbm.backbones.synthetic import model_config, tiny_tokenizer, whisper_features
 
 transformers = pytest.importorskip("transformers")
@@ -66,14 +66,7 @@ def users_inputs(tokenizer, clips):
 
 def ours(model, adapter, inputs, method):
     """What the pipeline hands the LLM: K placeholders per clip, their rows, positions."""
-    audio = adapter.audio_embeddings(
-        method, inputs["input_features"], inputs["feature_attention_mask"], [1, 1]
-    )
-    token = adapter.audio_token_id
-    ids, mask = resize_placeholder_runs(
-        inputs["input_ids"], inputs["attention_mask"], token, audio.kept_tokens, 0
-    )
-    embeds = merge_audio_embeddings(model.get_input_embeddings(), ids, token, audio.rows)
+    audio, ids, mask, embeds = model_level_inputs(model, adapter, inputs, method)
     return audio, ids, mask, embeds, adapter.llm_inputs(ids, mask, audio)
 
 
