@@ -152,18 +152,26 @@ def assert_parity_with_transformers(pipe, clips, prompts, texts, method) -> None
 LOGITS = {"do_sample": False, "return_dict_in_generate": True, "output_logits": True}
 
 
-def assert_dropin_restores(pipe, clips, prompts, texts, method) -> None:
+def assert_dropin_restores(pipe, clips, prompts, texts, method, users_inputs=None) -> None:
     """Inside ``ltbm.compressed`` the processor writes K placeholders per clip and the model's
     own forward gives the pipeline's logits; after the block, inputs, logits and greedy tokens
-    are exactly those of before, and no hook or attribute is left behind."""
+    are exactly those of before, and no hook or attribute is left behind.
+
+    ``users_inputs()`` makes the processor's inputs as a user would (default:
+    ``processor_inputs(processor, texts, clips)``), called before, inside and after."""
     model, processor = pipe.model, pipe.processor
-    before_inputs = processor_inputs(processor, texts, clips)
+    if users_inputs is None:
+
+        def users_inputs():
+            return processor_inputs(processor, texts, clips)
+
+    before_inputs = users_inputs()
     with torch.no_grad():
         before_logits = model(**before_inputs).logits
     before_tokens = model.generate(**before_inputs, max_new_tokens=3, do_sample=False)
 
     with ltbm.compressed(model, processor, method):
-        inputs = processor_inputs(processor, texts, clips)
+        inputs = users_inputs()
         with torch.no_grad():
             inside = model(**inputs).logits
         generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **LOGITS)
@@ -193,13 +201,14 @@ def assert_dropin_restores(pipe, clips, prompts, texts, method) -> None:
     # Every decoding step's logits, so a step at the wrong position cannot pass.
     assert all(torch.equal(a, b) for a, b in zip(generated.logits, ours.logits, strict=True))
 
-    after_inputs = processor_inputs(processor, texts, clips)
+    after_inputs = users_inputs()
     assert all(torch.equal(after_inputs[k], before_inputs[k]) for k in before_inputs)
     with torch.no_grad():
         assert torch.equal(model(**after_inputs).logits, before_logits)
     after = model.generate(**after_inputs, max_new_tokens=3, do_sample=False)
     assert torch.equal(after, before_tokens)
-    assert "replace_audio_token" not in vars(processor)
+    wrapped = {"replace_audio_token", *getattr(pipe.adapter, "tokenizing_methods", ())}
+    assert not wrapped & set(vars(processor))  # the class's own methods again
     assert not model._forward_pre_hooks
 
 

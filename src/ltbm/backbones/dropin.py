@@ -11,7 +11,10 @@ on exit:
 
 * the processor's public ``replace_audio_token`` (the method every transformers 5
   processor calls to expand one audio placeholder into N copies) returns K copies,
-  K = ``kept_tokens(N, keep_ratio)``;
+  K = ``kept_tokens(N, keep_ratio)``; for a family whose placeholders are written elsewhere
+  (Voxtral: inside mistral-common's tokenizer), the public processor methods the adapter
+  names in ``tokenizing_methods`` are wrapped instead, and each run of N placeholder ids in
+  their tokenized output is rewritten to K (left-padded, as the ltbm pipeline does);
 * a forward pre-hook (``register_forward_pre_hook(..., with_kwargs=True)``, public torch
   API) on the model sees ``input_ids`` and the audio features before ``forward`` runs,
   computes the compressed audio embeddings with the same code as the ltbm pipeline, and
@@ -30,13 +33,14 @@ the processor); inputs processed outside it are refused with a message.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from ltbm.backbones.adapter import AudioAdapter
-from ltbm.backbones.placeholders import clip_runs, merge_audio_embeddings
+from ltbm.backbones.placeholders import clip_runs, merge_audio_embeddings, resize_placeholder_runs
 from ltbm.budget import kept_tokens
 from ltbm.methods import Method
 
@@ -68,7 +72,8 @@ class Compression:
                 "processor, method) instead"
             )
         self._handle: torch.utils.hooks.RemovableHandle | None = None
-        self._saved_replace: tuple[bool, Any] | None = None
+        self._saved: dict[str, tuple[bool, Any]] = {}
+        """Each wrapped processor method: (whether the instance had its own, that one)."""
         self._position_shift: torch.Tensor | None = None
         self._parameters = _positional_names(self.model.forward)
 
@@ -87,13 +92,12 @@ class Compression:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if self._saved_replace is not None:
-            had_own, previous = self._saved_replace
+        for name, (had_own, previous) in self._saved.items():
             if had_own:
-                self.processor.replace_audio_token = previous
+                setattr(self.processor, name, previous)
             else:
-                del self.processor.replace_audio_token
-            self._saved_replace = None
+                delattr(self.processor, name)
+        self._saved = {}
         _ACTIVE.difference_update({id(self.model), id(self.processor)})
 
     def __enter__(self) -> Compression:
@@ -104,9 +108,22 @@ class Compression:
 
     # --------------------------------------------------------------- processor
     def _wrap_processor(self) -> None:
-        processor, method = self.processor, self.method
-        token = processor.audio_token
-        original = processor.replace_audio_token
+        names = getattr(self.adapter, "tokenizing_methods", ())
+        if names:
+            for name in names:
+                self._patch(name, self._resized_output(getattr(self.processor, name)))
+        else:
+            self._patch("replace_audio_token", self._resized_expansion())
+
+    def _patch(self, name: str, function: Any) -> None:
+        """Set ``function`` as the processor instance's ``name``, remembering what to restore."""
+        self._saved[name] = (name in vars(self.processor), getattr(self.processor, name))
+        setattr(self.processor, name, function)
+
+    def _resized_expansion(self) -> Any:
+        """``replace_audio_token`` writing K placeholders where the processor writes N."""
+        token, ratio = self.processor.audio_token, self.method.keep_ratio
+        original = self.processor.replace_audio_token
 
         def replace_audio_token(audio_inputs: dict, audio_idx: int, **kwargs: Any) -> str:
             text = original(audio_inputs, audio_idx, **kwargs)
@@ -116,10 +133,30 @@ class Compression:
                     f"the processor's expansion of {token!r} is not one run of placeholders; "
                     "ltbm cannot resize it"
                 )
-            return text.replace(token * count, token * kept_tokens(count, method.keep_ratio), 1)
+            return text.replace(token * count, token * kept_tokens(count, ratio), 1)
 
-        self._saved_replace = ("replace_audio_token" in vars(processor), original)
-        processor.replace_audio_token = replace_audio_token
+        return replace_audio_token
+
+    def _resized_output(self, original: Any) -> Any:
+        """``original`` (a processor method returning tokenized inputs) with each clip's run of
+        N placeholder ids rewritten to K. Outputs without tensor ids (text) pass unchanged:
+        they cannot carry audio to the model, and the pre-hook refuses inputs with N."""
+        token_id, ratio = self.adapter.audio_token_id, self.method.keep_ratio
+        pad = getattr(self.processor.tokenizer, "pad_token_id", None)
+
+        def tokenizing_method(*args: Any, **kwargs: Any) -> Any:
+            output = original(*args, **kwargs)
+            ids = output.get("input_ids") if isinstance(output, Mapping) else None
+            if not isinstance(ids, torch.Tensor):
+                return output
+            mask = output.get("attention_mask")
+            mask = torch.ones_like(ids) if mask is None else mask
+            counts = [kept_tokens(n, ratio) for n in clip_runs(ids, mask, token_id)]
+            resized = resize_placeholder_runs(ids, mask, token_id, counts, pad or 0)
+            output["input_ids"], output["attention_mask"] = resized
+            return output
+
+        return tokenizing_method
 
     # ------------------------------------------------------------------- model
     def _pre_hook(

@@ -9,8 +9,12 @@ window included, so N = 375 × windows: Voxtral was trained to see that padding.
 
 Where compression sits: after the frame stacking, on the vectors the projector takes (as for
 GLM-ASR); merging may cross windows, since a clip's windows are one stream. No attention
-scorer (frames, not stacks, attend). No drop-in: the placeholders are written inside
-mistral-common's tokenizer, which ltbm does not patch; use ``ltbm.load``/``ltbm.pipeline``.
+scorer (frames, not stacks, attend). Drop-in: the placeholders are written inside
+mistral-common's tokenizer, so ``ltbm.compressed`` resizes the runs of N placeholder ids in
+the tokenized output of the processor's ``apply_chat_template`` and
+``apply_transcription_request``; the pre-hook recovers each clip's windows from its K
+(``group_windows``: N = 375 × windows, and a batch whose K could split the windows two ways
+is refused).
 """
 
 from __future__ import annotations
@@ -37,8 +41,15 @@ class VoxtralAdapter(GlmAsrAdapter):
     """GLM-ASR's stacking; every window is whole (no valid-length mask)."""
 
     model_type = "voxtral"
-    mask_key = "input_features_mask"  # all ones: see VoxtralPipeline._process
-    dropin = False
+    mask_key = "input_features_mask"  # all ones: the processor gives none (see frame_mask)
+    tokenizing_methods = ("apply_chat_template", "apply_transcription_request")
+    """The processor's public methods whose tokenized outputs ``ltbm.compressed`` resizes."""
+
+    def frame_mask(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Every mel frame of every window is used: a mask of ones gives N per window."""
+        if mask is not None:
+            return mask
+        return torch.ones(features.shape[0], features.shape[-1], device=features.device)
 
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
         return [self.full_window_tokens()] * frame_mask.shape[0]
@@ -76,9 +87,7 @@ class VoxtralPipeline(HFPipeline):
         inputs = self.processor.apply_chat_template(
             conversations, tokenize=True, return_dict=True, return_tensors="pt"
         )
-        features = inputs["input_features"]
-        # Every mel frame of every window is used: a mask of ones gives N per window.
-        inputs["input_features_mask"] = torch.ones(features.shape[0], features.shape[-1])
+        inputs["input_features_mask"] = self.adapter.frame_mask(inputs["input_features"], None)
         return inputs
 
 
