@@ -154,6 +154,9 @@ class AudioAdapter:
     """Whether ``encode`` can give the attention scorer its signal."""
     dropin: ClassVar[bool] = True
     """Whether ``ltbm.compressed`` can resize the processor's placeholders."""
+    tokenizing_methods: ClassVar[tuple[str, ...]] = ()
+    """Processor methods whose tokenized output the drop-in resizes (N → K placeholders per
+    clip), for processors that write placeholders outside ``replace_audio_token``."""
     tower_name: ClassVar[str] = "audio_tower"
     projector_name: ClassVar[str] = "multi_modal_projector"
 

@@ -108,7 +108,7 @@ class Compression:
 
     # --------------------------------------------------------------- processor
     def _wrap_processor(self) -> None:
-        names = getattr(self.adapter, "tokenizing_methods", ())
+        names = self.adapter.tokenizing_methods
         if names:
             for name in names:
                 self._patch(name, self._resized_output(getattr(self.processor, name)))
