@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,21 +148,41 @@ def rounded_down(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(nearest.double() > values, lower, nearest)
 
 
+KEPT_BUFFER_BYTES = 4 << 20
+"""Scratch buffers up to this size outlive the call (one set per thread). Fresh ones are
+faulted in again by every call: at N = 750 that made Global 1.5× slower than ToMe-in-rounds,
+with them kept it runs level. About 12 MB stay allocated per thread that ran Global; larger
+buffers (the unit rows of long clips) belong to the call."""
+
+_kept_buffers = threading.local()
+
+
 class Scratch:
     """Buffers reused by every block and clip of one call. Fresh memory costs a page fault
     per 4 KiB page: widening 256 rows into a new float64 buffer took 5× as long as into a
     reused one, which made the small inputs twice as slow as the plain matrix multiply.
-    Large ones are huge-page mappings (:func:`ltbm.memory.fresh_empty`), returned to the
-    system when the call ends rather than kept in the heap under the next round's buffers."""
+    Small ones are kept for the thread's next call (``kept``); large ones are huge-page
+    mappings (:func:`ltbm.memory.fresh_empty`), returned to the system when the call ends
+    rather than kept in the heap under the next round's buffers."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept: dict[str, torch.Tensor] | None = None) -> None:
         self.buffers: dict[str, torch.Tensor] = {}
+        self.kept = {} if kept is None else kept
+
+    @classmethod
+    def of_this_thread(cls) -> Scratch:
+        """A scratch whose small buffers are this thread's, kept between calls."""
+        if not hasattr(_kept_buffers, "buffers"):
+            _kept_buffers.buffers = {}
+        return cls(_kept_buffers.buffers)
 
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         size = math.prod(shape)
-        buffer = self.buffers.get(name)
+        nbytes = size * torch.empty((), dtype=dtype).element_size()
+        store = self.kept if nbytes <= KEPT_BUFFER_BYTES else self.buffers
+        buffer = store.get(name)
         if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
-            buffer = self.buffers[name] = fresh_empty((size,), dtype, torch.device("cpu"))
+            buffer = store[name] = fresh_empty((size,), dtype, torch.device("cpu"))
         return buffer[:size].view(shape)
 
 
@@ -173,11 +194,17 @@ def dot64(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
     return products_summed(a_rows.to(torch.float64, copy=True), b_rows)
 
 
-def products_summed(a64: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
+def products_summed(
+    a64: torch.Tensor, b_rows: torch.Tensor, b64: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`dot64` of contiguous float64 rows ``a64`` (overwritten with the products) and
-    ``b_rows`` of any float dtype (widened exactly inside the multiply)."""
+    ``b_rows`` of any float dtype, widened exactly first (into ``b64`` when given): a
+    float64 multiply of two float64 tensors is vectorised, one that mixes dtypes ran 2–3×
+    slower. Widening is exact, so the products are the same either way."""
     if a64.shape[0] == 1:  # a single output element would be summed across threads
         return products_summed(a64.expand(2, -1).clone(), b_rows.expand(2, -1))[:1]
+    if b_rows.dtype != torch.float64:
+        b_rows = (torch.empty_like(a64) if b64 is None else b64).copy_(b_rows)
     return a64.mul_(b_rows).sum(-1)
 
 
@@ -189,7 +216,8 @@ def exact_norms(rows: torch.Tensor, scratch: Scratch | None = None) -> torch.Ten
     for start in range(0, rows.shape[0], PAIR_CHUNK):
         chunk = rows[start : start + PAIR_CHUNK]
         widened = scratch.take("products", chunk.shape, torch.float64)
-        norms[start : start + chunk.shape[0]] = products_summed(widened.copy_(chunk), chunk)
+        widened.copy_(chunk)
+        norms[start : start + chunk.shape[0]] = products_summed(widened, widened)
     return norms.sqrt_().clamp_(min=1e-12)
 
 
@@ -264,8 +292,10 @@ def pair_scores(clip: Clip, rows: torch.Tensor, cols: torch.Tensor) -> torch.Ten
         a_rows = scratch.take("a rows", (r.shape[0], dim), clip.a.dtype)
         b_rows = scratch.take("b rows", (r.shape[0], dim), clip.b.dtype)
         products = scratch.take("products", (r.shape[0], dim), torch.float64)
+        widened_b = scratch.take("widened b", (r.shape[0], dim), torch.float64)
         products.copy_(torch.index_select(clip.a, 0, r, out=a_rows))
-        dots = products_summed(products, torch.index_select(clip.b, 0, c, out=b_rows))
+        b_selected = torch.index_select(clip.b, 0, c, out=b_rows)
+        dots = products_summed(products, b_selected, widened_b)
         scores[start : start + r.shape[0]] = cosines(dots, clip.a_norm[r], clip.b_norm[c])
     return scores
 
@@ -409,7 +439,7 @@ def filtered_best_partners(
     best_score = torch.full((batch, na), float("-inf"), dtype=torch.float32)
     best_b = torch.zeros((batch, na), dtype=torch.long)
     limit = int(_forced.get("limit", CANDIDATE_LIMIT))
-    scratch = Scratch()
+    scratch = Scratch.of_this_thread()
     for index, n in enumerate(length.tolist()):
         num_a, num_b = (n + 1) // 2, n // 2
         if num_b == 0:
