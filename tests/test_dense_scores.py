@@ -200,3 +200,31 @@ def test_encoder_width_plans_agree_across_paths_and_threads():
         assert torch.equal(plan.slot_index, reference.slot_index)
         for edges, reference_edges in zip(plan.history, reference.history, strict=True):
             assert torch.equal(edges, reference_edges)
+
+
+def test_kept_scratch_buffers_never_leak_between_calls_or_threads():
+    """Small scratch buffers outlive a call (one set per thread): a call after calls of other
+    shapes, and calls running at once on two threads, give the plan of a first call."""
+    import threading
+
+    first, _ = tokens_of("random", seed=3)
+    other, _ = tokens_of("ties", seed=4)
+    lengths = torch.tensor([150, 97, 4])
+    expected = ltbm.compress(first, lengths, "global", keep_ratio=0.25).plan.slot_index
+    ltbm.compress(other[:, :120], torch.tensor([120, 60, 2]), "global", keep_ratio=0.1)
+    assert torch.equal(ltbm.compress(first, lengths, "global", keep_ratio=0.25).plan.slot_index,
+                       expected)  # fmt: skip
+    results: list[torch.Tensor] = []
+
+    def run(tokens: torch.Tensor) -> None:
+        for _ in range(5):
+            plan = ltbm.compress(tokens, lengths, "global", keep_ratio=0.25).plan
+            results.append(plan.slot_index if tokens is first else None)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in (first, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kept = [r for r in results if r is not None]
+    assert len(kept) == 5 and all(torch.equal(r, expected) for r in kept)
