@@ -65,12 +65,6 @@ class Compression:
         self.method = method
         pipeline = pipeline_class(getattr(self.model.config, "model_type", None))
         self.adapter: AudioAdapter = pipeline.adapter_class(self.model)
-        if not self.adapter.dropin:
-            raise TypeError(
-                f"ltbm.compressed cannot resize {self.adapter.model_type}'s audio placeholders "
-                "(its processor writes them outside transformers); use ltbm.pipeline(model, "
-                "processor, method) instead"
-            )
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._saved: dict[str, tuple[bool, Any]] = {}
         """Each wrapped processor method: (whether the instance had its own, that one)."""
