@@ -40,7 +40,12 @@ import torch
 from torch import nn
 
 from ltbm.backbones.adapter import AudioAdapter
-from ltbm.backbones.placeholders import clip_runs, merge_audio_embeddings, resize_placeholder_runs
+from ltbm.backbones.placeholders import (
+    clip_runs,
+    merge_audio_embeddings,
+    pad_token_id,
+    resize_placeholder_runs,
+)
 from ltbm.budget import kept_tokens
 from ltbm.methods import Method
 
@@ -136,7 +141,7 @@ class Compression:
         N placeholder ids rewritten to K. Outputs without tensor ids (text) pass unchanged:
         they cannot carry audio to the model, and the pre-hook refuses inputs with N."""
         token_id, ratio = self.adapter.audio_token_id, self.method.keep_ratio
-        pad = getattr(self.processor.tokenizer, "pad_token_id", None)
+        pad = pad_token_id(self.processor.tokenizer)
 
         def tokenizing_method(*args: Any, **kwargs: Any) -> Any:
             output = original(*args, **kwargs)
@@ -146,7 +151,7 @@ class Compression:
             mask = output.get("attention_mask")
             mask = torch.ones_like(ids) if mask is None else mask
             counts = [kept_tokens(n, ratio) for n in clip_runs(ids, mask, token_id)]
-            resized = resize_placeholder_runs(ids, mask, token_id, counts, pad or 0)
+            resized = resize_placeholder_runs(ids, mask, token_id, counts, pad)
             output["input_ids"], output["attention_mask"] = resized
             return output
 
