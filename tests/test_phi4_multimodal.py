@@ -135,3 +135,5 @@ def test_speech_lora_without_peft_is_refused(folder, tmp_path):
     processor = transformers.AutoProcessor.from_pretrained(folder)
     with pytest.raises(ValueError, match="LoRA adapter .speech-lora/. that is not active"):
         ltbm.pipeline(model, processor)
+    with pytest.raises(ValueError, match="LoRA adapter .speech-lora/. that is not active"):
+        ltbm.compressed(model, processor, ltbm.get_method("ltbm", keep_ratio=0.25))
