@@ -1,4 +1,4 @@
-"""Checks shared by the Qwen2-Audio and Audio Flamingo 3 tests."""
+"""Checks shared by the backbone families' tests."""
 
 from __future__ import annotations
 
@@ -210,6 +210,18 @@ def assert_dropin_restores(pipe, clips, prompts, texts, method, users_inputs=Non
     wrapped = {"replace_audio_token", *getattr(pipe.adapter, "tokenizing_methods", ())}
     assert not wrapped & set(vars(processor))  # the class's own methods again
     assert not model._forward_pre_hooks
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows left-padded to the longest, with their attention mask: prompts as a
+    processor with ``padding_side="left"`` writes them, for the model-level tests."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
 
 
 def model_level_inputs(model, adapter, inputs, method):

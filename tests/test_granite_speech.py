@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_checks import LOGITS, model_level_inputs, record_llm_inputs
+from hf_checks import LOGITS, left_padded, model_level_inputs, record_llm_inputs
 
 import ltbm
 from ltbm.backbones.synthetic import model_config, tiny_tokenizer
@@ -46,17 +46,6 @@ def setup():
     return model, tokenizer, GraniteSpeechAdapter(model)
 
 
-def left_padded(tokenizer, rows: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = [tokenizer.convert_tokens_to_ids(row) for row in rows]
-    width = max(map(len, ids))
-    out = torch.full((len(ids), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(out)
-    for i, row in enumerate(ids):
-        out[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    return out, mask
-
-
 def users_inputs(tokenizer, counts: list[int] | None = None) -> tuple[dict, list[int]]:
     """The processor's outputs for two clips of SAMPLES; ``counts`` overrides the
     placeholders written per clip (the drop-in's processor writes K)."""
@@ -66,9 +55,9 @@ def users_inputs(tokenizer, counts: list[int] | None = None) -> tuple[dict, list
     frames = (max(SAMPLES) // 160 + 1) // 2  # mel frames of the padded batch, stacked in pairs
     features = torch.randn(len(SAMPLES), frames, 160, generator=torch.Generator().manual_seed(0))
     runs = counts or n
+    rows = [["user", *["<|AUDIO|>"] * k, *PROMPT * (1 + i)] for i, k in enumerate(runs)]
     ids, mask = left_padded(
-        tokenizer,
-        [["user", *["<|AUDIO|>"] * k, *PROMPT * (1 + i)] for i, k in enumerate(runs)],
+        [tokenizer.convert_tokens_to_ids(row) for row in rows], tokenizer.pad_token_id
     )
     feature_mask = torch.arange(max(n))[None, :] < torch.tensor(n)[:, None]
     inputs = {

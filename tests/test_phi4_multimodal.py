@@ -14,6 +14,7 @@ from tiny_models import tone
 
 import ltbm
 from ltbm.audio import AudioError
+from ltbm.backbones.loading import hf_identity, loaded_adapters
 from ltbm.backbones.shipped_lora import min_peft, peft_usable
 from ltbm.backbones.synthetic import save_model
 
@@ -109,6 +110,16 @@ def test_speech_lora_is_applied_by_load(tmp_path):
     inputs = processor_inputs(pipe.processor, texts, clips)
     with torch.no_grad():
         assert not torch.equal(base(**inputs).logits, pipe.model(**inputs).logits)
+    # Runs with and without the adapter must not share results.
+    assert list(hf_identity(pipe)["lora_adapters"]) == ["speech"]
+    assert loaded_adapters(base) == {}
+
+
+def test_identity_of_a_model_without_adapters_is_unchanged(pipe):
+    """No adapter, no key: runs stored before adapters were recorded keep their identity."""
+    identity = hf_identity(pipe)
+    assert "lora_adapters" not in identity
+    assert identity["model_type"] == "phi4_multimodal"
 
 
 def test_speech_lora_without_peft_is_refused(folder, tmp_path):
@@ -124,3 +135,5 @@ def test_speech_lora_without_peft_is_refused(folder, tmp_path):
     processor = transformers.AutoProcessor.from_pretrained(folder)
     with pytest.raises(ValueError, match="LoRA adapter .speech-lora/. that is not active"):
         ltbm.pipeline(model, processor)
+    with pytest.raises(ValueError, match="LoRA adapter .speech-lora/. that is not active"):
+        ltbm.compressed(model, processor, ltbm.get_method("ltbm", keep_ratio=0.25))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_checks import model_level_inputs
+from hf_checks import left_padded, model_level_inputs
 from tiny_models import tone
 
 import ltbm
@@ -49,12 +49,7 @@ def users_inputs(tokenizer, clips):
         + words("Describe the sound in one sentence.".split()) * (1 + i)
         for i, n in enumerate(counts)
     ]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
+    ids, mask = left_padded(rows, tokenizer.pad_token_id)
     inputs = {
         "input_ids": ids,
         "attention_mask": mask,

@@ -8,7 +8,7 @@ second, after any frame stacking; ``EncodedAudio.projector_input`` when the proj
 something else, e.g. tokens with a time embedding), the projector
 (:meth:`AudioAdapter.project`), how the processor's rows of features make clips
 (:meth:`AudioAdapter.clip_windows`), extra LLM inputs (:meth:`AudioAdapter.llm_inputs`) and
-its limits (``attention_scorer``, ``dropin``). Compression, the budget check and the
+its limits (``attention_scorer``). Compression, the budget check and the
 projection are shared here; placeholders and prompts are the pipeline's
 (:mod:`ltbm.backbones.pipeline`).
 """
@@ -152,8 +152,6 @@ class AudioAdapter:
     """Tokens per second of audio where compression applies."""
     attention_scorer: ClassVar[bool] = True
     """Whether ``encode`` can give the attention scorer its signal."""
-    dropin: ClassVar[bool] = True
-    """Whether ``ltbm.compressed`` can resize the processor's placeholders."""
     tokenizing_methods: ClassVar[tuple[str, ...]] = ()
     """Processor methods whose tokenized output the drop-in resizes (N → K placeholders per
     clip), for processors that write placeholders outside ``replace_audio_token``."""

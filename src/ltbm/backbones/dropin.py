@@ -40,7 +40,12 @@ import torch
 from torch import nn
 
 from ltbm.backbones.adapter import AudioAdapter
-from ltbm.backbones.placeholders import clip_runs, merge_audio_embeddings, resize_placeholder_runs
+from ltbm.backbones.placeholders import (
+    clip_runs,
+    merge_audio_embeddings,
+    pad_token_id,
+    resize_placeholder_runs,
+)
 from ltbm.budget import kept_tokens
 from ltbm.methods import Method
 
@@ -65,12 +70,6 @@ class Compression:
         self.method = method
         pipeline = pipeline_class(getattr(self.model.config, "model_type", None))
         self.adapter: AudioAdapter = pipeline.adapter_class(self.model)
-        if not self.adapter.dropin:
-            raise TypeError(
-                f"ltbm.compressed cannot resize {self.adapter.model_type}'s audio placeholders "
-                "(its processor writes them outside transformers); use ltbm.pipeline(model, "
-                "processor, method) instead"
-            )
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._saved: dict[str, tuple[bool, Any]] = {}
         """Each wrapped processor method: (whether the instance had its own, that one)."""
@@ -142,7 +141,7 @@ class Compression:
         N placeholder ids rewritten to K. Outputs without tensor ids (text) pass unchanged:
         they cannot carry audio to the model, and the pre-hook refuses inputs with N."""
         token_id, ratio = self.adapter.audio_token_id, self.method.keep_ratio
-        pad = getattr(self.processor.tokenizer, "pad_token_id", None)
+        pad = pad_token_id(self.processor.tokenizer)
 
         def tokenizing_method(*args: Any, **kwargs: Any) -> Any:
             output = original(*args, **kwargs)
@@ -152,7 +151,7 @@ class Compression:
             mask = output.get("attention_mask")
             mask = torch.ones_like(ids) if mask is None else mask
             counts = [kept_tokens(n, ratio) for n in clip_runs(ids, mask, token_id)]
-            resized = resize_placeholder_runs(ids, mask, token_id, counts, pad or 0)
+            resized = resize_placeholder_runs(ids, mask, token_id, counts, pad)
             output["input_ids"], output["attention_mask"] = resized
             return output
 

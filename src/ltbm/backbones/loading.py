@@ -239,7 +239,7 @@ def hf_identity(pipeline: HFPipeline) -> dict[str, Any]:
     generation = getattr(model, "generation_config", None)
     generation_config = generation.to_diff_dict() if generation is not None else {}
     generation_config.pop("transformers_version", None)
-    return {
+    identity = {
         "backbone": pipeline.name,
         "model": name,
         "model_type": config.model_type,
@@ -251,6 +251,37 @@ def hf_identity(pipeline: HFPipeline) -> dict[str, Any]:
         "generation_config": fingerprint(generation_config),
         "max_audio_seconds": pipeline.max_seconds(),
     }
+    adapters = loaded_adapters(model)
+    if adapters:  # only then: the identity of a model without adapters stays as it was
+        identity["lora_adapters"] = adapters
+    return identity
+
+
+def loaded_adapters(model: torch.nn.Module) -> dict[str, str]:
+    """Fingerprint of the settings of every peft adapter loaded into ``model``, by name.
+
+    Part of a run's identity: the same checkpoint answers differently with its LoRA adapter
+    loaded or not (Granite Speech's ``has_lora_adapter=False``, Phi-4's ``speech-lora``), and
+    nothing else in the identity tells the two apart. Sets in peft's settings (target
+    modules) are sorted, so the fingerprint does not depend on hash order."""
+    from ltbm.run.identity import fingerprint
+
+    if not getattr(model, "_hf_peft_config_loaded", False):
+        return {}
+    return {
+        name: fingerprint(_sorted_sets(config.to_dict()))
+        for name, config in sorted(model.peft_config.items())
+    }
+
+
+def _sorted_sets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_sets(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sorted_sets(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(str, value))
+    return value
 
 
 def _folder_fingerprint(name: str | None) -> dict[str, Any] | None:

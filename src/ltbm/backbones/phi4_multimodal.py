@@ -27,7 +27,6 @@ from ltbm.backbones.adapter import AudioAdapter, EncodedAudio, module_device_dty
 from ltbm.backbones.clips import Prompt
 from ltbm.backbones.pipeline import HFPipeline
 from ltbm.backbones.shipped_lora import apply_lora, require_active
-from ltbm.methods import Method
 
 MAX_SECONDS = 1800.0
 """ltbm's cap (22 500 tokens); the encoder itself takes any length in 40 s blocks."""
@@ -47,6 +46,8 @@ class Phi4MultimodalAdapter(AudioAdapter):
     attention_scorer = False
 
     def __init__(self, model: nn.Module) -> None:
+        # Here, not in the pipeline: ltbm.compressed builds the adapter too.
+        require_active(model, LORA, "speech")
         self.model = model
         self.inner = owner_of(model, "embed_tokens_extend").embed_tokens_extend.audio_embed
         self.tower = self.inner.encoder
@@ -95,10 +96,6 @@ class Phi4MultimodalPipeline(HFPipeline):
 
     name = "phi4-multimodal"
     adapter_class = Phi4MultimodalAdapter
-
-    def __init__(self, model: nn.Module, processor: Any, method: Method | None = None) -> None:
-        require_active(model, LORA, "speech")
-        super().__init__(model, processor, method)
 
     @classmethod
     def finish_loading(cls, model: nn.Module, source: str) -> None:

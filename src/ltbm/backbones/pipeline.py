@@ -26,6 +26,7 @@ from ltbm.backbones.clips import AudioSource, ChatMessages, Prompt, is_chat, pai
 from ltbm.backbones.placeholders import (
     clip_runs,
     merge_audio_embeddings,
+    pad_token_id,
     resize_placeholder_runs,
 )
 from ltbm.methods import Method
@@ -127,9 +128,9 @@ class HFPipeline:
         audio = self.adapter.audio_embeddings(method, features, frame_mask, windows)
         lengths, kept = audio.audio_tokens, audio.kept_tokens
         self._check_processor_agrees(inputs, lengths)
-        token_id = self.adapter.audio_token_id
+        token_id, pad = self.adapter.audio_token_id, pad_token_id(self.tokenizer)
         input_ids, attention_mask = resize_placeholder_runs(
-            inputs["input_ids"], inputs["attention_mask"], token_id, kept, self._pad_id()
+            inputs["input_ids"], inputs["attention_mask"], token_id, kept, pad
         )
         embeds = merge_audio_embeddings(
             self.model.get_input_embeddings(), input_ids, token_id, audio.rows
@@ -326,12 +327,6 @@ class HFPipeline:
                 "from ltbm; please report it"
             )
 
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id
-        return int(pad if pad is not None else 0)
-
     def _room_for_new_tokens(self, prompt_tokens: int, max_new_tokens: int) -> int:
         """``max_new_tokens``, capped where the prompt plus the answer would run past the
         language model's positions: a model that never stops would otherwise decode far past
@@ -352,7 +347,8 @@ class HFPipeline:
         """Generate from the prepared embeddings. The ids go along with them so that logits
         processors that look at the prompt (repetition_penalty, which the released
         generation configs set) see the same prompt as with the model's own inputs."""
-        kwargs = {"do_sample": False, "pad_token_id": self._pad_id(), **generate_kwargs}
+        pad = pad_token_id(self.tokenizer)
+        kwargs = {"do_sample": False, "pad_token_id": pad, **generate_kwargs}
         input_ids = batch.input_ids.to(batch.inputs_embeds.device)
         max_new_tokens = self._room_for_new_tokens(input_ids.shape[1], max_new_tokens)
         with torch.no_grad():

@@ -40,6 +40,16 @@ def clip_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_id: i
     ]
 
 
+def pad_token_id(tokenizer: object) -> int:
+    """The id that fills the padding of rewritten prompts: the tokenizer's pad token, else its
+    end-of-sequence token (many LLM tokenizers have no pad), else 0. The pipeline and the
+    drop-in pad alike with it, and ``generate`` gets it as ``pad_token_id``."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    return int(pad if pad is not None else 0)
+
+
 def resize_placeholder_runs(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,

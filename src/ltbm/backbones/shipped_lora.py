@@ -72,9 +72,11 @@ def apply_lora(model: nn.Module, source: str, subfolder: str, name: str) -> None
 
 
 def require_active(model: nn.Module, subfolder: str, name: str) -> None:
-    """Refuse a model whose checkpoint ships the adapter while no adapter is active."""
+    """Refuse a model whose checkpoint ships the adapter while no adapter is active. The
+    active check comes first: it is an attribute read, while ``ships_lora`` may ask the hub,
+    which every pipeline over a model from ``ltbm.load`` (adapter active) would otherwise do."""
     source = getattr(model.config, "_name_or_path", None)
-    if ships_lora(source, subfolder) and not lora_active(model):
+    if not lora_active(model) and ships_lora(source, subfolder):
         raise ValueError(
             f"{source} ships a LoRA adapter ({subfolder}/) that is not active, so the model "
             "would answer as its base LLM; load it with ltbm.load (needs peft), or call "

@@ -26,18 +26,37 @@ def whisper_encoder(size: str) -> dict[str, int]:
     return FULL_ENCODER if size == "full" else TINY_ENCODER
 
 
+def whisper_audio_config(encoder: dict[str, int], **overrides: Any) -> dict[str, Any]:
+    """An audio config in the Whisper encoder's key names (Qwen2-Audio, the Omni thinkers,
+    Voxtral), 128 mel bins, sized by ``encoder``; ``overrides`` are the family's extras."""
+    return {
+        "num_mel_bins": 128,
+        "encoder_layers": encoder["layers"],
+        "encoder_attention_heads": encoder["heads"],
+        "encoder_ffn_dim": encoder["ffn"],
+        "d_model": encoder["width"],
+        **overrides,
+    }
+
+
+def tiny_vision_config(**overrides: Any) -> dict[str, Any]:
+    """The Omni thinkers' vision tower at its smallest: built because the config requires
+    it, never run (ltbm feeds audio only)."""
+    return {
+        "depth": 1,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_heads": 2,
+        "out_hidden_size": TINY_TEXT["hidden_size"],
+        **overrides,
+    }
+
+
 def qwen2_audio_config(size: str, tokenizer):
     from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig
 
     encoder = whisper_encoder(size)
-    audio = Qwen2AudioEncoderConfig(
-        num_mel_bins=128,
-        encoder_layers=encoder["layers"],
-        encoder_attention_heads=encoder["heads"],
-        encoder_ffn_dim=encoder["ffn"],
-        d_model=encoder["width"],
-        max_source_positions=1500,
-    )
+    audio = Qwen2AudioEncoderConfig(**whisper_audio_config(encoder, max_source_positions=1500))
     return Qwen2AudioConfig(
         audio_config=audio.to_dict(),
         text_config=text_config("qwen2_audio", size, tokenizer),
@@ -138,7 +157,7 @@ def glmasr_processor(tokenizer):
 def qwen2_5_omni_thinker_config(size: str, tokenizer):
     from transformers import Qwen2_5OmniThinkerConfig
 
-    encoder, text = TINY_ENCODER, text_config("qwen2_5_omni", size, tokenizer)
+    text = text_config("qwen2_5_omni", size, tokenizer)
     head_dim = TINY_TEXT["hidden_size"] // TINY_TEXT["num_attention_heads"]
     sections = [head_dim // 2 - 2 * (head_dim // 6), head_dim // 6, head_dim // 6]
     text.update(
@@ -147,22 +166,8 @@ def qwen2_5_omni_thinker_config(size: str, tokenizer):
     )
     ids = tokenizer.convert_tokens_to_ids
     return Qwen2_5OmniThinkerConfig(
-        audio_config={
-            "num_mel_bins": 128,
-            "encoder_layers": encoder["layers"],
-            "encoder_attention_heads": encoder["heads"],
-            "encoder_ffn_dim": encoder["ffn"],
-            "d_model": encoder["width"],
-            "output_dim": TINY_TEXT["hidden_size"],
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_heads": 2,
-            "out_hidden_size": TINY_TEXT["hidden_size"],
-            "fullatt_block_indexes": [0],
-        },
+        audio_config=whisper_audio_config(TINY_ENCODER, output_dim=TINY_TEXT["hidden_size"]),
+        vision_config=tiny_vision_config(fullatt_block_indexes=[0]),
         text_config=text,
         audio_token_index=ids("<|AUDIO|>"),
         image_token_index=ids("<|IMAGE|>"),
@@ -216,26 +221,13 @@ def qwen3_omni_moe_thinker_config(size: str, tokenizer):
     omni = qwen2_5_omni_thinker_config(size, tokenizer)
     text = {**omni.text_config.to_dict(), "model_type": "qwen3_omni_moe_text"}
     text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
-    encoder = TINY_ENCODER
     ids = tokenizer.convert_tokens_to_ids
+    audio = whisper_audio_config(
+        TINY_ENCODER, output_dim=TINY_TEXT["hidden_size"], downsample_hidden_size=8
+    )
     return Qwen3OmniMoeThinkerConfig(
-        audio_config={
-            "num_mel_bins": 128,
-            "encoder_layers": encoder["layers"],
-            "encoder_attention_heads": encoder["heads"],
-            "encoder_ffn_dim": encoder["ffn"],
-            "d_model": encoder["width"],
-            "output_dim": TINY_TEXT["hidden_size"],
-            "downsample_hidden_size": 8,
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_heads": 2,
-            "out_hidden_size": TINY_TEXT["hidden_size"],
-            "deepstack_visual_indexes": [0],
-        },
+        audio_config=audio,
+        vision_config=tiny_vision_config(deepstack_visual_indexes=[0]),
         text_config=text,
         audio_token_id=ids("<|AUDIO|>"),
         image_token_id=ids("<|IMAGE|>"),
@@ -311,19 +303,14 @@ def tekken_vocabulary() -> dict[str, Any]:
 def voxtral_config(size: str, tokenizer):
     from transformers import VoxtralConfig
 
-    encoder = TINY_ENCODER
+    width = TINY_ENCODER["width"]
     text = {**TINY_TEXT, "model_type": "llama", "vocab_size": 256 + VOXTRAL_SPECIAL}
     text.update(pad_token_id=11, bos_token_id=1, eos_token_id=2)
     return VoxtralConfig(
-        audio_config={
-            "num_mel_bins": 128,
-            "encoder_layers": encoder["layers"],
-            "encoder_attention_heads": encoder["heads"],
-            # Also the width of 4 stacked frames (the config's intermediate_size).
-            "encoder_ffn_dim": 4 * encoder["width"],
-            "d_model": encoder["width"],
-            "max_source_positions": 1500,
-        },
+        # encoder_ffn_dim is also the width of 4 stacked frames (the config's intermediate_size).
+        audio_config=whisper_audio_config(
+            TINY_ENCODER, encoder_ffn_dim=4 * width, max_source_positions=1500
+        ),
         text_config=text,
         audio_token_id=24,
     )

@@ -57,11 +57,6 @@ class VoxtralAdapter(GlmAsrAdapter):
     def full_window_tokens(self) -> int:
         return int(self.tower.config.max_source_positions) // STACK
 
-    def _run_tower(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.tower(features, return_dict=True).last_hidden_state
-        width = int(self.model.config.audio_config.intermediate_size)
-        return hidden.reshape(features.shape[0], -1, width)
-
 
 class VoxtralPipeline(HFPipeline):
     """Voxtral with a bound compression method; clips up to 30 minutes.
