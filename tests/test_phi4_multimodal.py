@@ -122,6 +122,20 @@ def test_identity_of_a_model_without_adapters_is_unchanged(pipe):
     assert identity["model_type"] == "phi4_multimodal"
 
 
+def test_weights_in_a_subfolder_enter_the_identity(tmp_path):
+    """A local checkpoint's shipped LoRA (``speech-lora/``) is part of its weights: other
+    adapter weights give another identity, so their runs never share results."""
+    from ltbm.backbones.loading import _folder_fingerprint
+
+    (tmp_path / "speech-lora").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "speech-lora" / "adapter_model.safetensors").write_bytes(b"0" * 8)
+    before = _folder_fingerprint(str(tmp_path))
+    assert set(before) == {"config.json", "speech-lora/adapter_model.safetensors"}
+    (tmp_path / "speech-lora" / "adapter_model.safetensors").write_bytes(b"0" * 9)
+    assert _folder_fingerprint(str(tmp_path)) != before
+
+
 def test_speech_lora_without_peft_is_refused(folder, tmp_path):
     if peft_usable():
         pytest.skip("peft is installed: the LoRA is applied instead")

@@ -285,17 +285,21 @@ def _sorted_sets(value: Any) -> Any:
 
 
 def _folder_fingerprint(name: str | None) -> dict[str, Any] | None:
-    """Weight files of a local checkpoint folder: sizes, and hashes of the JSON files."""
+    """Weight files of a local checkpoint folder and its subfolders (a shipped LoRA such as
+    Phi-4's ``speech-lora/`` lives in one): sizes, and hashes of the JSON files, by path
+    relative to the folder (top-level files keep their plain names)."""
     from pathlib import Path
 
     from ltbm.tasks.base import file_sha256
 
     if not name or not Path(name).is_dir():
         return None
+    root = Path(name)
     found: dict[str, Any] = {}
-    for path in sorted(Path(name).iterdir()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        key = path.relative_to(root).as_posix()
         if path.suffix == ".json":
-            found[path.name] = file_sha256(path)
+            found[key] = file_sha256(path)
         elif path.suffix in (".safetensors", ".bin", ".pt"):
-            found[path.name] = path.stat().st_size
+            found[key] = path.stat().st_size
     return found
