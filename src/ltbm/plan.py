@@ -71,8 +71,10 @@ class Plan:
         return slots[None, :] < self.kept[:, None]
 
     # ------------------------------------------------------------- statistics
+    @cached_property
     def _flat_index(self) -> tuple[torch.Tensor, int]:
-        """Flattened destination row per source; not-kept sources go to a dump row."""
+        """Flattened destination row per source; not-kept sources go to a dump row. Cached:
+        every statistic and every ``apply`` (twice on the in-order path) needs it."""
         width = self.num_slots
         dump = self.batch_size * width
         rows = torch.arange(self.batch_size, device=self.slot_index.device)[:, None] * width
@@ -81,7 +83,7 @@ class Plan:
 
     def _reduce(self, values: torch.Tensor, reduce: str, fill: float) -> torch.Tensor:
         """Reduce a per-source ``[B, N]`` tensor into ``[B, K_max]`` per slot."""
-        flat, dump = self._flat_index()
+        flat, dump = self._flat_index
         out = torch.full((dump + 1,), fill, dtype=values.dtype, device=values.device)
         out = out.scatter_reduce(0, flat, values.reshape(-1), reduce=reduce, include_self=True)
         return out[:dump].reshape(self.batch_size, self.num_slots)
@@ -263,7 +265,7 @@ class Plan:
         and every slot before it are complete, while its row is still in cache.
         """
         feature_shape = x.shape[2:]
-        flat, dump = self._flat_index()
+        flat, dump = self._flat_index
         out = fresh_zeros((dump + 1, *feature_shape), dtype, x.device)
         source = x.reshape(-1, *feature_shape)
         sizes = self.sizes.to(dtype=dtype).clamp(min=1).reshape(-1)
@@ -299,7 +301,7 @@ class Plan:
         ``out_dtype`` and added to the total as soon as it is complete, while in cache.
         None when the plan's slots do not follow the source order closely enough."""
         feature_shape = x.shape[2:]
-        flat, dump = self._flat_index()
+        flat, dump = self._flat_index
         slot_of_row = torch.where(flat == dump, -1, flat).to(x.device)
         out = fresh_empty((dump, *feature_shape), out_dtype, x.device)
         flat_out = out.view(dump, -1)
@@ -320,7 +322,7 @@ class Plan:
     def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The general case (weights other than one): weighted sources added per slot."""
         feature_shape = x.shape[2:]
-        flat, dump = self._flat_index()
+        flat, dump = self._flat_index
         flat = flat.to(x.device)
         weights = self.weights.reshape(-1).to(device=x.device, dtype=dtype)
         values = x.reshape(-1, *feature_shape)
