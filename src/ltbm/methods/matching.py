@@ -190,6 +190,17 @@ def dense_best_partners(
     return best_score, best_b
 
 
+def is_dense(window: int | None, width: int) -> bool:
+    """Whether a round over ``width`` positions compares every A×B pair: no window, or one
+    that covers the whole sequence."""
+    return window is None or window >= width
+
+
+def round_merges(length: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Merges per clip this round: r = min(n − K, |A|), never negative."""
+    return torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
+
+
 def band_distances(window: int) -> list[int]:
     """Position distances whose dot products window w needs: 1, 3, …, 2w − 1."""
     return [max_distance(w) for w in range(1, window + 1)]
@@ -208,7 +219,7 @@ def best_partners(
     took them already (then ``x`` itself may be None: a banded last round needs no rows).
     """
     width = x.shape[1] if measured is None else measured[0].shape[1]
-    dense = window is None or window >= width
+    dense = is_dense(window, width)
     if measured is None:
         norms, dots = norms_and_neighbour_dots(x, [] if dense else band_distances(window), dtype)
     else:
@@ -264,7 +275,7 @@ def _merge_round(
     """One round of bipartite merging on the current sequences, given each A token's best
     partner: which edges merge, and the new tokens' sizes, frame sums and temporal order."""
     batch, width = sizes.shape
-    merges = torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
+    merges = round_merges(length, kept)
 
     # The r best edges of each clip; a stable sort breaks ties by position. When every
     # column merges (full-length clips, r = |A|), no ranking is needed.
@@ -324,9 +335,8 @@ def _next_round_input(
         return None, None  # that was the last round: the plan needs only the assignment
     batch, width = merge.to_new.shape
     new_width, dim = merge.keep.shape[1], x.shape[2]
-    next_merges = torch.minimum(merge.length - kept, (merge.length + 1) // 2).clamp(min=0)
-    next_is_last = not bool((merge.length - next_merges > kept).any())
-    dense = window is None or window >= new_width
+    next_is_last = not bool((merge.length - round_merges(merge.length, kept) > kept).any())
+    dense = is_dense(window, new_width)
     streamed = None
     if not dense:
         distances = band_distances(window)
@@ -391,14 +401,12 @@ def rescaled_tokens(
 def clips_to_rescale(norms: torch.Tensor, lengths: torch.Tensor) -> list[int]:
     """Clips whose largest valid token norm is not finite (NaN, Inf, or an overflow of
     finite values) or lies outside :data:`SAFE_NORMS`."""
-    valid = valid_mask(lengths, norms.shape[1])
-    largest = torch.where(valid, norms, 0.0).amax(dim=1) if norms.shape[1] else None
-    if largest is None:
+    if norms.shape[1] == 0:
         return []
-    finite_nan = torch.where(valid, norms, 0.0).isnan().any(dim=1)
+    # amax propagates NaN, so one masked maximum catches NaN, Inf and overflow alike.
+    largest = torch.where(valid_mask(lengths, norms.shape[1]), norms, 0.0).amax(dim=1)
     low, high = SAFE_NORMS
-    outside = ~torch.isfinite(largest) | finite_nan | (largest > high)
-    outside |= (largest > 0) & (largest < low)
+    outside = ~torch.isfinite(largest) | (largest > high) | ((largest > 0) & (largest < low))
     return torch.nonzero(outside)[:, 0].tolist()
 
 
