@@ -78,39 +78,33 @@ def norms_and_neighbour_dots(
     """Row norms ``[B, n]`` of ``x [B, n, D]`` and, for every distance d, the dot products
     ``x_t · x_{t+d}`` ``[B, n]`` (zero where t + d ≥ n), in ``dtype``.
 
-    One sweep over row blocks: each block (with the few rows after it that its pairs reach)
-    is widened to ``dtype`` once if needed, and its norms and pair products are computed
-    while it is in cache. Products are multiplied into one reused buffer and summed per
-    row, which reads strided rows in place (no per-row matrix multiplies, no copies).
+    One sweep over row blocks, read in place (widened to ``dtype`` one block at a time if
+    needed), handed to the :class:`StreamedNeighbourDots` that also takes the merged rows'
+    values: one implementation, so the first round and later ones reduce the same way.
     """
     batch, width, dim = x.shape
-    reach = max(distances, default=0)
-    elements = ROW_BLOCK_ELEMENTS * max(1, torch.get_num_threads())
-    rows = max(1, elements // max(batch * dim, 1))
+    streamed = StreamedNeighbourDots(batch, width, distances, dtype, x.device)
+    if batch * width == 0:
+        return streamed.result()
+    try:  # clips one after the other, as the streamed rows are: blocks may span clips
+        sources = [x.view(batch * width, dim)]
+    except RuntimeError:  # a strided view: clip by clip, no copy
+        sources = list(x)
+    rows = max(1, ROW_BLOCK_ELEMENTS * max(1, torch.get_num_threads()) // max(dim, 1))
     if x.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
-        rows = max(width, 1)
-    norms = torch.empty(batch, width, dtype=dtype, device=x.device)
-    dots = {d: torch.zeros(batch, width, dtype=dtype, device=x.device) for d in distances}
-    widen = x.dtype != dtype
-    block = torch.empty(batch, rows + reach, dim, dtype=dtype, device=x.device) if widen else None
-    product = torch.empty(batch, rows, dim, dtype=dtype, device=x.device) if distances else None
-    for start in range(0, width, rows):
-        stop = min(width, start + rows)
-        end = min(width, stop + reach)
-        if widen:
-            rows_here = block[:, : end - start]
-            rows_here.copy_(x[:, start:end])
-        else:
-            rows_here = x[:, start:end]
-        norms[:, start:stop] = torch.linalg.vector_norm(rows_here[:, : stop - start], dim=-1)
-        for d in distances:
-            count = min(stop, width - d) - start
-            if count <= 0:
-                continue
-            out = product[:, :count]
-            torch.mul(rows_here[:, :count], rows_here[:, d : d + count], out=out)
-            dots[d][:, start : start + count] = out.sum(-1)
-    return norms, dots
+        rows = sources[0].shape[0]
+    widened = None
+    if x.dtype != dtype:
+        widened = torch.empty(min(rows, sources[0].shape[0]), dim, dtype=dtype, device=x.device)
+    offset = 0
+    for source in sources:
+        for start in range(0, source.shape[0], rows):
+            block = source[start : start + rows]
+            if widened is not None:
+                block = widened[: block.shape[0]].copy_(block)
+            streamed.visit(offset + start, offset + start + block.shape[0], block)
+        offset += source.shape[0]
+    return streamed.result()
 
 
 def banded_best_partners(
