@@ -18,7 +18,8 @@ from ltbm.scaling import times_power_of_two, unit_exponents
 from ltbm.slot_sums import sum_rows_in_order, sum_rows_into_slots
 
 APPLY_BLOCK_ELEMENTS = 1 << 17
-"""Elements of a block of source rows widened at once by ``apply`` (512 KiB of float32)."""
+"""Elements of a block of source rows weighted at once by ``apply``'s general ``index_add_``
+path (weights other than one, gradients, non-finite sums; 512 KiB of float32)."""
 
 SOURCE_BLOCK_ELEMENTS = 1 << 20
 """Elements of a block of consecutive source rows that ``apply`` adds into the slots at
