@@ -25,7 +25,7 @@ def _mapped(
     """A zero-filled tensor on a private anonymous mapping advised to use huge pages, or None
     where that is not available. The tensor keeps the mapping alive; it is unmapped when
     the tensor is freed."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if torch.device(device).type != "cpu" or nbytes < HUGE_PAGE_MIN_BYTES:
         return None
     if not hasattr(mmap, "MADV_HUGEPAGE") or not hasattr(mmap, "MAP_PRIVATE"):

@@ -18,7 +18,8 @@ from ltbm.scaling import times_power_of_two, unit_exponents
 from ltbm.slot_sums import sum_rows_in_order, sum_rows_into_slots
 
 APPLY_BLOCK_ELEMENTS = 1 << 17
-"""Elements of a block of source rows widened at once by ``apply`` (512 KiB of float32)."""
+"""Elements of a block of source rows weighted at once by ``apply``'s general ``index_add_``
+path (weights other than one, gradients, non-finite sums; 512 KiB of float32)."""
 
 SOURCE_BLOCK_ELEMENTS = 1 << 20
 """Elements of a block of consecutive source rows that ``apply`` adds into the slots at
@@ -71,8 +72,10 @@ class Plan:
         return slots[None, :] < self.kept[:, None]
 
     # ------------------------------------------------------------- statistics
+    @cached_property
     def _flat_index(self) -> tuple[torch.Tensor, int]:
-        """Flattened destination row per source; not-kept sources go to a dump row."""
+        """Flattened destination row per source; not-kept sources go to a dump row. Cached:
+        every statistic and every ``apply`` (twice on the in-order path) needs it."""
         width = self.num_slots
         dump = self.batch_size * width
         rows = torch.arange(self.batch_size, device=self.slot_index.device)[:, None] * width
@@ -81,7 +84,7 @@ class Plan:
 
     def _reduce(self, values: torch.Tensor, reduce: str, fill: float) -> torch.Tensor:
         """Reduce a per-source ``[B, N]`` tensor into ``[B, K_max]`` per slot."""
-        flat, dump = self._flat_index()
+        flat, dump = self._flat_index
         out = torch.full((dump + 1,), fill, dtype=values.dtype, device=values.device)
         out = out.scatter_reduce(0, flat, values.reshape(-1), reduce=reduce, include_self=True)
         return out[:dump].reshape(self.batch_size, self.num_slots)
@@ -263,7 +266,7 @@ class Plan:
         and every slot before it are complete, while its row is still in cache.
         """
         feature_shape = x.shape[2:]
-        flat, dump = self._flat_index()
+        flat, dump = self._flat_index
         out = fresh_zeros((dump + 1, *feature_shape), dtype, x.device)
         source = x.reshape(-1, *feature_shape)
         sizes = self.sizes.to(dtype=dtype).clamp(min=1).reshape(-1)
@@ -299,7 +302,7 @@ class Plan:
         ``out_dtype`` and added to the total as soon as it is complete, while in cache.
         None when the plan's slots do not follow the source order closely enough."""
         feature_shape = x.shape[2:]
-        flat, dump = self._flat_index()
+        flat, dump = self._flat_index
         slot_of_row = torch.where(flat == dump, -1, flat).to(x.device)
         out = fresh_empty((dump, *feature_shape), out_dtype, x.device)
         flat_out = out.view(dump, -1)
@@ -320,7 +323,7 @@ class Plan:
     def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The general case (weights other than one): weighted sources added per slot."""
         feature_shape = x.shape[2:]
-        flat, dump = self._flat_index()
+        flat, dump = self._flat_index
         flat = flat.to(x.device)
         weights = self.weights.reshape(-1).to(device=x.device, dtype=dtype)
         values = x.reshape(-1, *feature_shape)

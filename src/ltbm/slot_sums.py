@@ -159,14 +159,12 @@ class InOrderRing:
     ring of slot rows with ``index_add_`` (on CPU one row after the other, so each slot is
     the sum, from zero, of its rows in arrival order), and the slots before a given one are
     handed to ``visit(start, stop, sums)`` in order, then cleared, once they are complete.
-    Slots being filled at any time must fit in the ring (``fits`` says whether they do)."""
+    Slots being filled at any time must fit in the ring (:func:`sum_rows_in_order` checks
+    that before the first row is added)."""
 
     def __init__(self, dim: int, dtype: torch.dtype, device, capacity: int, visit) -> None:
         self.capacity, self.visit, self.done = capacity, visit, 0
         self.ring = torch.zeros(capacity + 1, dim, dtype=dtype, device=device)  # last: dump
-
-    def fits(self, highest_slot: int) -> bool:
-        return highest_slot - self.done < self.capacity
 
     def add(self, rows: torch.Tensor, slot_of_row: torch.Tensor) -> None:
         """Add ``rows [n, D]`` into their slots (-1: into none)."""
@@ -212,15 +210,13 @@ def sum_rows_in_order(
     last.scatter_reduce_(0, slot_of_row[has_slot], positions[has_slot], "amax")
     complete_before = torch.cummax(last, 0).values if slots else last
     ready = torch.searchsorted(complete_before, torch.tensor(stops, device=device)).tolist()
-    touched = torch.where(has_slot, slot_of_row, -1)
-    touched = F.pad(touched, (0, len(stops) * rows - count), value=-1).view(len(stops), rows)
+    touched = F.pad(slot_of_row, (0, len(stops) * rows - count), value=-1).view(len(stops), rows)
     highest = touched.amax(dim=1).tolist()
+    capacity = rows + 64
+    if any(top - done >= capacity for top, done in zip(highest, [0, *ready[:-1]], strict=True)):
+        return False  # checked before the ring is allocated
     dim = flat_source.shape[1]
-    ring = InOrderRing(dim, dtype, device, rows + 64, visit)
-    if any(
-        top - done >= ring.capacity for top, done in zip(highest, [0, *ready[:-1]], strict=True)
-    ):
-        return False
+    ring = InOrderRing(dim, dtype, device, capacity, visit)
     widened = None if source.dtype == dtype else torch.empty(rows, dim, dtype=dtype)
     for start, stop, finished in zip([0, *stops[:-1]], stops, ready, strict=True):
         block = flat_source[start:stop]

@@ -178,7 +178,7 @@ class Scratch:
 
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         size = math.prod(shape)
-        nbytes = size * torch.empty((), dtype=dtype).element_size()
+        nbytes = size * dtype.itemsize
         store = self.kept if nbytes <= KEPT_BUFFER_BYTES else self.buffers
         buffer = store.get(name)
         if buffer is None or buffer.numel() < size or buffer.dtype != dtype:

@@ -78,39 +78,33 @@ def norms_and_neighbour_dots(
     """Row norms ``[B, n]`` of ``x [B, n, D]`` and, for every distance d, the dot products
     ``x_t · x_{t+d}`` ``[B, n]`` (zero where t + d ≥ n), in ``dtype``.
 
-    One sweep over row blocks: each block (with the few rows after it that its pairs reach)
-    is widened to ``dtype`` once if needed, and its norms and pair products are computed
-    while it is in cache. Products are multiplied into one reused buffer and summed per
-    row, which reads strided rows in place (no per-row matrix multiplies, no copies).
+    One sweep over row blocks, read in place (widened to ``dtype`` one block at a time if
+    needed), handed to the :class:`StreamedNeighbourDots` that also takes the merged rows'
+    values: one implementation, so the first round and later ones reduce the same way.
     """
     batch, width, dim = x.shape
-    reach = max(distances, default=0)
-    elements = ROW_BLOCK_ELEMENTS * max(1, torch.get_num_threads())
-    rows = max(1, elements // max(batch * dim, 1))
+    streamed = StreamedNeighbourDots(batch, width, distances, dtype, x.device)
+    if batch * width == 0:
+        return streamed.result()
+    try:  # clips one after the other, as the streamed rows are: blocks may span clips
+        sources = [x.view(batch * width, dim)]
+    except RuntimeError:  # a strided view: clip by clip, no copy
+        sources = list(x)
+    rows = max(1, ROW_BLOCK_ELEMENTS * max(1, torch.get_num_threads()) // max(dim, 1))
     if x.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
-        rows = max(width, 1)
-    norms = torch.empty(batch, width, dtype=dtype, device=x.device)
-    dots = {d: torch.zeros(batch, width, dtype=dtype, device=x.device) for d in distances}
-    widen = x.dtype != dtype
-    block = torch.empty(batch, rows + reach, dim, dtype=dtype, device=x.device) if widen else None
-    product = torch.empty(batch, rows, dim, dtype=dtype, device=x.device) if distances else None
-    for start in range(0, width, rows):
-        stop = min(width, start + rows)
-        end = min(width, stop + reach)
-        if widen:
-            rows_here = block[:, : end - start]
-            rows_here.copy_(x[:, start:end])
-        else:
-            rows_here = x[:, start:end]
-        norms[:, start:stop] = torch.linalg.vector_norm(rows_here[:, : stop - start], dim=-1)
-        for d in distances:
-            count = min(stop, width - d) - start
-            if count <= 0:
-                continue
-            out = product[:, :count]
-            torch.mul(rows_here[:, :count], rows_here[:, d : d + count], out=out)
-            dots[d][:, start : start + count] = out.sum(-1)
-    return norms, dots
+        rows = sources[0].shape[0]
+    widened = None
+    if x.dtype != dtype:
+        widened = torch.empty(min(rows, sources[0].shape[0]), dim, dtype=dtype, device=x.device)
+    offset = 0
+    for source in sources:
+        for start in range(0, source.shape[0], rows):
+            block = source[start : start + rows]
+            if widened is not None:
+                block = widened[: block.shape[0]].copy_(block)
+            streamed.visit(offset + start, offset + start + block.shape[0], block)
+        offset += source.shape[0]
+    return streamed.result()
 
 
 def banded_best_partners(
@@ -190,6 +184,17 @@ def dense_best_partners(
     return best_score, best_b
 
 
+def is_dense(window: int | None, width: int) -> bool:
+    """Whether a round over ``width`` positions compares every A×B pair: no window, or one
+    that covers the whole sequence."""
+    return window is None or window >= width
+
+
+def round_merges(length: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Merges per clip this round: r = min(n − K, |A|), never negative."""
+    return torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
+
+
 def band_distances(window: int) -> list[int]:
     """Position distances whose dot products window w needs: 1, 3, …, 2w − 1."""
     return [max_distance(w) for w in range(1, window + 1)]
@@ -208,7 +213,7 @@ def best_partners(
     took them already (then ``x`` itself may be None: a banded last round needs no rows).
     """
     width = x.shape[1] if measured is None else measured[0].shape[1]
-    dense = window is None or window >= width
+    dense = is_dense(window, width)
     if measured is None:
         norms, dots = norms_and_neighbour_dots(x, [] if dense else band_distances(window), dtype)
     else:
@@ -264,7 +269,7 @@ def _merge_round(
     """One round of bipartite merging on the current sequences, given each A token's best
     partner: which edges merge, and the new tokens' sizes, frame sums and temporal order."""
     batch, width = sizes.shape
-    merges = torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
+    merges = round_merges(length, kept)
 
     # The r best edges of each clip; a stable sort breaks ties by position. When every
     # column merges (full-length clips, r = |A|), no ranking is needed.
@@ -324,9 +329,8 @@ def _next_round_input(
         return None, None  # that was the last round: the plan needs only the assignment
     batch, width = merge.to_new.shape
     new_width, dim = merge.keep.shape[1], x.shape[2]
-    next_merges = torch.minimum(merge.length - kept, (merge.length + 1) // 2).clamp(min=0)
-    next_is_last = not bool((merge.length - next_merges > kept).any())
-    dense = window is None or window >= new_width
+    next_is_last = not bool((merge.length - round_merges(merge.length, kept) > kept).any())
+    dense = is_dense(window, new_width)
     streamed = None
     if not dense:
         distances = band_distances(window)
@@ -391,14 +395,12 @@ def rescaled_tokens(
 def clips_to_rescale(norms: torch.Tensor, lengths: torch.Tensor) -> list[int]:
     """Clips whose largest valid token norm is not finite (NaN, Inf, or an overflow of
     finite values) or lies outside :data:`SAFE_NORMS`."""
-    valid = valid_mask(lengths, norms.shape[1])
-    largest = torch.where(valid, norms, 0.0).amax(dim=1) if norms.shape[1] else None
-    if largest is None:
+    if norms.shape[1] == 0:
         return []
-    finite_nan = torch.where(valid, norms, 0.0).isnan().any(dim=1)
+    # amax propagates NaN, so one masked maximum catches NaN, Inf and overflow alike.
+    largest = torch.where(valid_mask(lengths, norms.shape[1]), norms, 0.0).amax(dim=1)
     low, high = SAFE_NORMS
-    outside = ~torch.isfinite(largest) | finite_nan | (largest > high)
-    outside |= (largest > 0) & (largest < low)
+    outside = ~torch.isfinite(largest) | (largest > high) | ((largest > 0) & (largest < low))
     return torch.nonzero(outside)[:, 0].tolist()
 
 

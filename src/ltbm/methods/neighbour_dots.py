@@ -4,8 +4,10 @@ A merge round builds its merged rows a cache-sized block at a time (``slot_sums`
 next round needs only their norms and the dot products of rows 1, 3, …, 2w − 1 apart.
 Computing them from the block just summed saves reading the merged rows back from memory,
 and when the next round is the last one the merged rows need not be written at all. The
-values are the same, bit for bit, as :func:`ltbm.methods.matching.norms_and_neighbour_dots`
-on the whole tensor: every norm and dot product is the same reduction of the same row(s).
+first round takes the input's values through the same class
+(:func:`ltbm.methods.matching.norms_and_neighbour_dots`), so every round reduces the same
+way; the values do not depend on how the rows are cut into blocks (each norm and dot
+product is the same reduction of the same row or rows).
 """
 
 from __future__ import annotations

@@ -1,0 +1,32 @@
+"""The methods benchmark writes a JSON that names the run behind its figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_methods_benchmark_records_its_command_and_commit(tmp_path):
+    out = tmp_path / "methods.json"
+    args = ["--sizes", "16", "--batches", "1", "--dim", "8", "--threads", "1", "--repeats", "1"]
+    args += ["--methods", "ltbm", "tome", "--half-methods", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "methods.py"), *args],
+        check=True, capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    written = json.loads(out.read_text())
+    assert [(c["method"], c["n"], c["kept"]) for c in written["cells"]] == [
+        ("ltbm", 16, 4),
+        ("tome", 16, 4),
+    ]
+    run = written["run"]
+    assert run["command"] == "python benchmarks/methods.py " + " ".join(args)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    if head.returncode == 0:
+        assert run["commit"] == head.stdout.strip() and isinstance(run["dirty"], bool)
