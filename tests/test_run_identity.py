@@ -383,3 +383,20 @@ def test_a_report_refuses_to_compare_cells_run_under_other_settings(tmp_path, ce
     reported = run("report", str(cells))
     assert reported.exit_code == 0, reported.output
     assert "pool" in (cells / "report-stats.md").read_text()
+
+
+def test_pooled_tasks_must_share_their_settings_apart_from_their_data(tmp_path):
+    """``--pool-tasks`` joins two data sets into one item set: allowed across data, refused
+    when the two were run with other generation limits."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    other = speech_folder(tmp_path / "other", count=1, first=5)
+    assert run(*eval_args(first)).exit_code == 0
+    assert run(*eval_args(second), "--root", str(other)).exit_code == 0
+    pooled = run("report", str(first), str(second), "--pool-tasks", "--out", str(tmp_path / "r"))
+    assert pooled.exit_code == 0, pooled.output
+
+    third = tmp_path / "third"
+    assert run(*eval_args(third), "--root", str(other), "--max-new-tokens", "20").exit_code == 0
+    args = ["report", str(first), str(third), "--pool-tasks", "--out", str(tmp_path / "r2")]
+    message = one_line_error(run(*args))
+    assert "settings.max_new_tokens: 224 in the first, 20 in the second" in message
