@@ -71,13 +71,25 @@ def sweep_command(stage: Stage, folder: Path, out: Path) -> list[str]:
     ]
 
 
+def stage_numbers(text: str) -> list[int]:
+    """``--stages 0,2``, each a stage that exists (argparse reports a bad one in one line)."""
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated numbers") from None
+    wrong = [n for n in numbers if not 0 <= n < len(STAGES)]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"no stage {wrong[0]}: stages are 0 to {len(STAGES) - 1}")
+    return numbers
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="runs folder of the study")
-    parser.add_argument("--stages", default=None, help="comma-separated stage numbers")
+    parser.add_argument("--stages", type=stage_numbers, help="comma-separated stage numbers")
     parser.add_argument("--audio", type=Path, default=SHARED_AUDIO, help="the shared audio")
     args = parser.parse_args()
-    chosen = range(len(STAGES)) if args.stages is None else map(int, args.stages.split(","))
+    chosen = range(len(STAGES)) if args.stages is None else args.stages
     for number in chosen:
         for name in DATA_FOLDERS:
             command = sweep_command(STAGES[number], args.audio / name, args.out)

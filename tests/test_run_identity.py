@@ -365,3 +365,38 @@ def test_a_sweep_checks_every_cell_before_running_the_first(tmp_path):
     message = one_line_error(run(*args, "--scorer", "attention", "--out", str(out)))
     assert "scorer='norm'" in message
     assert not list(out.rglob("items*.jsonl"))
+
+
+def test_a_report_refuses_to_compare_cells_run_under_other_settings(tmp_path, cells):
+    """Two cells of one task and backbone made with other generation limits: their paired
+    difference would hold the limit's effect as the method's, so the report stops and names
+    the setting; cells made under one setting are reported."""
+    out = tmp_path / "runs"
+    assert run(*eval_args(out)).exit_code == 0
+    pool = ["--method", "pool", "--keep-ratio", "0.5"]
+    assert run(*eval_args(out), *pool, "--max-new-tokens", "20").exit_code == 0
+    message = one_line_error(run("report", str(out / "speech" / "whisper-ct2")))
+    assert "settings.max_new_tokens: 224 in the first, 20 in the second" in message
+    assert "cannot be compared" in message and "pool-r0.5" in message
+
+    assert run(*eval_args(out), *pool, "--fresh").exit_code == 0
+    reported = run("report", str(cells))
+    assert reported.exit_code == 0, reported.output
+    assert "pool" in (cells / "report-stats.md").read_text()
+
+
+def test_pooled_tasks_must_share_their_settings_apart_from_their_data(tmp_path):
+    """``--pool-tasks`` joins two data sets into one item set: allowed across data, refused
+    when the two were run with other generation limits."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    other = speech_folder(tmp_path / "other", count=1, first=5)
+    assert run(*eval_args(first)).exit_code == 0
+    assert run(*eval_args(second), "--root", str(other)).exit_code == 0
+    pooled = run("report", str(first), str(second), "--pool-tasks", "--out", str(tmp_path / "r"))
+    assert pooled.exit_code == 0, pooled.output
+
+    third = tmp_path / "third"
+    assert run(*eval_args(third), "--root", str(other), "--max-new-tokens", "20").exit_code == 0
+    args = ["report", str(first), str(third), "--pool-tasks", "--out", str(tmp_path / "r2")]
+    message = one_line_error(run(*args))
+    assert "settings.max_new_tokens: 224 in the first, 20 in the second" in message

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltbm.run.identity import differences, read_identity
 from ltbm.run.records import read_records
 
 PRIMARY_METRIC = {"caption": "cider_d", "mcq": "accuracy", "asr": "wer"}
@@ -175,10 +176,15 @@ def load_cells(runs_dirs: Sequence[Path], pool_tasks: bool = False) -> list[Cell
     runs = [(folder, *run) for folder in runs_dirs for run in finished_runs(folder)]
     clashes = _task_names_in_several(runs)
     cells: dict[tuple, CellItems] = {}
+    settings: dict[Condition, tuple[Path, dict[str, Any]]] = {}
     for folder, run_dir, metrics in runs:
         task = metrics["task"]
         one = _cell_items(run_dir, metrics, f"{task}@{folder.name}" if task in clashes else task)
         condition = _with_task(one.condition, "") if pool_tasks else one.condition
+        shared = _shared_settings(run_dir)
+        _check_same_settings(settings, one.condition, run_dir, shared)
+        if pool_tasks and shared is not None:
+            _check_same_settings(settings, condition, run_dir, _without_data(shared))
         key = (condition, one.identity())
         target = cells.setdefault(key, CellItems(condition, one.cell, [], []))
         _merge(target, one)
@@ -186,6 +192,52 @@ def load_cells(runs_dirs: Sequence[Path], pool_tasks: bool = False) -> list[Cell
         for cell in cells.values():
             cell.condition = _with_task(cell.condition, "+".join(sorted(cell.tasks)))
     return sorted(cells.values(), key=_cell_order)
+
+
+CELL_PARTS = ("cell", "method_params")
+"""The parts of a run's identity that belong to its cell: everything else must be the same
+for two cells to be compared item by item."""
+
+
+def _shared_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The run's identity without its cell (data, backbone and its settings, prompt,
+    generation limit, ltbm version), or None for a folder made before identities were
+    stored."""
+    stored = read_identity(run_dir)
+    if stored is None:
+        return None
+    identity = stored.get("identity")
+    identity = identity if isinstance(identity, dict) else {}
+    return {key: value for key, value in identity.items() if key not in CELL_PARTS}
+
+
+def _without_data(shared: dict[str, Any]) -> dict[str, Any]:
+    """What pooled tasks must share: all but their data and task name."""
+    rest = {key: value for key, value in shared.items() if key != "dataset"}
+    if isinstance(rest.get("settings"), dict):
+        rest["settings"] = {k: v for k, v in rest["settings"].items() if k != "task"}
+    return rest
+
+
+def _check_same_settings(
+    seen: dict[Condition, tuple[Path, dict[str, Any]]],
+    condition: Condition,
+    run_dir: Path,
+    shared: dict[str, Any] | None,
+) -> None:
+    """Refuse to compare cells run under other settings (another prompt, token limit,
+    dataset listing, checkpoint or ltbm version): their paired differences would mix the
+    method's effect with the settings' and look like the method's alone."""
+    if shared is None:
+        return
+    first_dir, first = seen.setdefault(condition, (run_dir, shared))
+    found = differences(first, shared, labels=("in the first", "in the second"))
+    if found:
+        raise ValueError(
+            f"{first_dir} and {run_dir} were run under other settings ({'; '.join(found[:4])}), "
+            "so their items cannot be compared; report them from separate folders, or rerun "
+            "one with the other's settings"
+        )
 
 
 def _with_task(condition: Condition, task: str) -> Condition:

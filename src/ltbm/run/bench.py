@@ -16,7 +16,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -277,15 +277,8 @@ def run_bench(
         for batch_size in grid.batch_sizes:
             audios = None
             for cell in grid.cells():
-                key = (
-                    cell.method,
-                    cell.keep_ratio,
-                    cell.window,
-                    cell.scorer,
-                    batch_size,
-                    float(seconds),
-                )
-                row = reusable.get(key)
+                place = {"batch_size": batch_size, "audio_seconds": float(seconds)}
+                row = reusable.get(cell_key({**asdict(cell), **place}))
                 if row is None:
                     audios = audios if audios is not None else clips(batch_size, seconds)
                     row = {**_measure_or_oom(pipeline, cell, audios, prompt, grid), "run": run_id}

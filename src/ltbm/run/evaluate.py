@@ -373,8 +373,8 @@ def finalize(
     cell: Cell,
     settings: RunSettings,
     template: str,
-    identity: dict[str, Any] | None = None,
-    selection: dict[str, Any] | None = None,
+    identity: dict[str, Any],
+    selection: dict[str, Any],
 ) -> dict[str, Any]:
     """Merge every shard's records and write ``metrics.json`` with the full configuration,
     the identity's fingerprint and the selection it covers."""
@@ -382,7 +382,6 @@ def finalize(
     ordered = [records[item.id] for item in items if item.id in records]
     succeeded = [r for r in ordered if "error" not in r]
     scores = score_records(task, items, succeeded, run_dir)
-    identity = identity or run_identity(backbone, task, cell, settings, template)
     failed = [{"id": r["id"], "error": r["error"]} for r in ordered if "error" in r]
     payload = {
         "task": settings.task,
@@ -390,10 +389,10 @@ def finalize(
         "backbone": settings.backbone_folder or settings.backbone,
         "backbone_name": settings.backbone,
         "fingerprint": fingerprint(identity),
-        "selection": selection or selection_of(settings, items),
+        "selection": selection,
         "cell": asdict(cell),
         "cell_name": cell.name,
-        "method_params": cell.build().params() if cell.method != NO_COMPRESSION else None,
+        "method_params": identity["method_params"],
         "prompt_template": template,
         "settings": {
             **{k: v for k, v in asdict(settings).items() if k not in ("out_root", "details")},

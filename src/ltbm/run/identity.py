@@ -41,23 +41,26 @@ def plain(value: Any) -> Any:
     return json.loads(canonical(value))
 
 
-def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+def differences(
+    stored: Any, current: Any, prefix: str = "", labels: tuple[str, str] = ("in the folder", "now")
+) -> list[str]:
     """Dotted names of the settings that differ, with both values, e.g.
-    ``backbone.frame_rate_hz: 50 in the folder, 25 now``."""
+    ``backbone.frame_rate_hz: 50 in the folder, 25 now`` (``labels`` name the two sides)."""
+    first, second = labels
     if isinstance(stored, dict) and isinstance(current, dict):
         found = []
         for key in sorted(set(stored) | set(current), key=str):
             name = f"{prefix}.{key}" if prefix else str(key)
             if key not in stored:
-                found.append(f"{name}: absent in the folder, {_short(current[key])} now")
+                found.append(f"{name}: absent {first}, {_short(current[key])} {second}")
             elif key not in current:
-                found.append(f"{name}: {_short(stored[key])} in the folder, absent now")
+                found.append(f"{name}: {_short(stored[key])} {first}, absent {second}")
             else:
-                found += differences(stored[key], current[key], name)
+                found += differences(stored[key], current[key], name, labels)
         return found
     if stored == current:
         return []
-    return [f"{prefix or 'identity'}: {_short(stored)} in the folder, {_short(current)} now"]
+    return [f"{prefix or 'identity'}: {_short(stored)} {first}, {_short(current)} {second}"]
 
 
 def _short(value: Any, limit: int = 60) -> str:

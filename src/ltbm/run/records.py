@@ -53,13 +53,20 @@ def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Every complete record of a run, from all its shard files, keyed by item id. An id
     with several lines counts once: the latest by ``finished_at`` (ties, and records
     without the field: the later file in name order, then the later line)."""
-    records: dict[str, dict[str, Any]] = {}
-    for path in sorted(run_dir.glob(ITEMS_PATTERN)):
-        for record in _read_lines(path):
-            current = records.get(record["id"])
-            if current is None or _finished(record) >= _finished(current):
-                records[record["id"]] = record
-    return records
+    paths = sorted(run_dir.glob(ITEMS_PATTERN))
+    return _latest(record for path in paths for record in _read_lines(path))
+
+
+def _latest(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each id's latest record by ``finished_at`` (a tie goes to the later one), in the order
+    the kept records finished."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        current = latest.get(record["id"])
+        if current is None or _finished(record) >= _finished(current):
+            latest.pop(record["id"], None)  # re-inserted last: finishing order is kept
+            latest[record["id"]] = record
+    return latest
 
 
 def compact(path: Path) -> None:
@@ -68,15 +75,9 @@ def compact(path: Path) -> None:
     rewrite goes through a temporary file and a rename: a failure leaves the file as it was."""
     if not path.exists():
         return
-    latest: dict[str, dict[str, Any]] = {}
-    count = 0
-    for record in _read_lines(path):
-        count += 1
-        current = latest.get(record["id"])
-        if current is None or _finished(record) >= _finished(current):
-            latest.pop(record["id"], None)  # re-inserted last: the file keeps finishing order
-            latest[record["id"]] = record
-    if count == len(latest):
+    records = list(_read_lines(path))
+    latest = _latest(records)
+    if len(records) == len(latest):
         return
     temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in latest.values())
