@@ -20,4 +20,4 @@ lint: install
 	ruff format --check src tests benchmarks scripts
 
 bench: install
-	$(PYTHON) benchmarks/methods.py
+	$(PYTHON) benchmarks/methods.py --repeats 3 --budget-s 10 --out benchmarks/results/methods.json

@@ -450,18 +450,3 @@ def bipartite_merge_plan(
     if first_round:  # no round ran (keep ratio 1, or clips of at most two tokens)
         refuse_non_finite(tokens, lengths)
     return plan_from_slots(where, kept, history)
-
-
-def ltbm_plan(
-    tokens: torch.Tensor, lengths: torch.Tensor | None, keep_ratio: float, window: int = 1
-) -> Plan:
-    """Local Temporal Bipartite Merging: each A token matches only its ``window`` nearest B
-    tokens on either side (positions ±1, ±3, …, ±(2·window − 1))."""
-    if window is None:
-        raise ValueError("ltbm needs an integer window; use method='global' for no window")
-    return bipartite_merge_plan(tokens, lengths, keep_ratio, window)
-
-
-def global_plan(tokens: torch.Tensor, lengths: torch.Tensor | None, keep_ratio: float) -> Plan:
-    """Global Merge: the LTBM procedure with every A×B pair allowed."""
-    return bipartite_merge_plan(tokens, lengths, keep_ratio, None)
