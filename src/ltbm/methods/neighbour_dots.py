@@ -8,11 +8,17 @@ first round takes the input's values through the same class
 (:func:`ltbm.methods.matching.norms_and_neighbour_dots`), so every round reduces the same
 way; the values do not depend on how the rows are cut into blocks (each norm and dot
 product is the same reduction of the same row or rows).
+
+On CPU the compiled loop of :mod:`ltbm.native_dots` takes each block in one read where it
+gives torch's values (it also reads half precision rows in place); torch operations
+(a norm, then a multiply and a row sum per distance) do the work elsewhere.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ltbm import native_dots
 
 
 class StreamedNeighbourDots:
@@ -22,15 +28,33 @@ class StreamedNeighbourDots:
     def __init__(
         self, batch: int, width: int, distances: list[int], dtype: torch.dtype, device
     ) -> None:
-        self.batch, self.width, self.distances = batch, width, distances
+        self.batch, self.width, self.distances, self.dtype = batch, width, distances, dtype
         self.reach = max(distances, default=0)
         self.norms = torch.empty(batch * width, dtype=dtype, device=device)
         self.dots = {d: torch.zeros(batch * width, dtype=dtype, device=device) for d in distances}
-        self.tail: torch.Tensor | None = None  # the last ``reach`` rows seen so far
+        self.tail: torch.Tensor | None = None  # the last ``reach`` rows seen so far, in dtype
         self.product: torch.Tensor | None = None
+        self.compiled = dtype == torch.float32 and torch.device(device).type == "cpu"
+
+    def takes_in_place(self, rows: torch.Tensor) -> bool:
+        """Whether :meth:`visit` reads these rows as they are (half precision included)."""
+        return self.compiled and native_dots.accepts(rows, self.distances)
 
     def visit(self, start: int, stop: int, rows: torch.Tensor) -> None:
-        """Take rows ``start`` to ``stop`` (flat positions) while they are in cache."""
+        """Take rows ``start`` to ``stop`` (flat positions) while they are in cache: rows in
+        ``dtype``, or any rows :meth:`takes_in_place` accepts."""
+        if self.takes_in_place(rows):
+            dots = {d: self.dots[d] for d in self.distances}
+            native_dots.norms_and_dots(rows, self.tail, self.norms, dots, start)
+        else:
+            self._visit_with_torch(start, stop, rows)
+        if self.reach:
+            tail = rows[-self.reach :].to(self.dtype, copy=True)
+            if self.tail is not None and tail.shape[0] < self.reach:
+                tail = torch.cat([self.tail, tail])[-self.reach :]
+            self.tail = tail
+
+    def _visit_with_torch(self, start: int, stop: int, rows: torch.Tensor) -> None:
         torch.linalg.vector_norm(rows, dim=-1, out=self.norms[start:stop])
         count = stop - start
         if self.product is None or self.product.shape[0] < count:
@@ -44,11 +68,6 @@ class StreamedNeighbourDots:
             product = self.product[:pairs]
             torch.mul(rows[:pairs], rows[d:], out=product)
             torch.sum(product, -1, out=self.dots[d][start : start + pairs])
-        if self.reach:
-            tail = rows[-self.reach :]
-            if self.tail is not None and tail.shape[0] < self.reach:
-                tail = torch.cat([self.tail, tail])[-self.reach :]
-            self.tail = tail.clone()
 
     def _dots_across(self, start: int, rows: torch.Tensor) -> None:
         """Pairs whose first row lies in an earlier block and second in this one."""

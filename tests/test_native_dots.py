@@ -1,0 +1,141 @@
+"""The compiled loop for norms and neighbour dot products gives torch's values, bit for bit.
+
+Plans are decided by these numbers, so the loop may only change how fast they come: every
+test compares it with the torch operations it replaces (the same class with the loop
+switched off)."""
+
+import platform
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ltbm import native_dots
+from ltbm.methods import matching
+from ltbm.methods.neighbour_dots import StreamedNeighbourDots
+
+needs_loop = pytest.mark.skipif(
+    native_dots._native is None, reason="ltbm._native was not built (no C compiler)"
+)
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or shutil.which("gcc") is None,
+    reason="the extension is built where a C compiler is present",
+)
+def test_the_loop_is_built_and_matches_torch_here():
+    """Where pip had a compiler the extension exists, and its probe finds torch's order for
+    the widths encoders use (else every call would silently take the slower path)."""
+    assert native_dots._native is not None
+    for dim in (384, 512, 1024, 1280, 3584):
+        assert native_dots.variant_for(dim) is not None, dim
+
+
+def _streamed(rows, distances, blocks, compiled, batch=1):
+    """Norms and dots of ``rows [n, D]`` visited in blocks of the given sizes (cycled)."""
+    count = rows.shape[0]
+    streamed = StreamedNeighbourDots(batch, count // batch, distances, torch.float32, "cpu")
+    streamed.compiled = compiled
+    start = 0
+    while start < count:
+        stop = min(count, start + blocks[start % len(blocks)])
+        streamed.visit(start, stop, rows[start:stop])
+        start = stop
+    return streamed.result()
+
+
+def _exactly(got, expected):
+    """Equal bit for bit, NaN where the other has NaN."""
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def _assert_same(got, expected):
+    norms, dots = got
+    expected_norms, expected_dots = expected
+    _exactly(norms, expected_norms)
+    assert sorted(dots) == sorted(expected_dots)
+    for d, values in dots.items():
+        _exactly(values, expected_dots[d])
+
+
+@needs_loop
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(1, 60),
+    dim=st.sampled_from([8, 16, 24, 72, 384, 1280, 1296]),
+    window=st.integers(1, 5),
+    blocks=st.lists(st.integers(1, 25), min_size=1, max_size=6),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    seed=st.integers(0, 10_000),
+)
+def test_loop_equals_torch_operations(count, dim, window, blocks, dtype, seed):
+    """Any block split (blocks shorter than the band, pairs reaching into earlier blocks),
+    any band, rows of every scale and of every dtype the loop reads in place."""
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.exp(torch.randn(count, 1, generator=generator) * 6)
+    rows = (torch.randn(count, dim, generator=generator) * scales).to(dtype)
+    distances = matching.band_distances(window)
+    expected = _streamed(rows.float(), distances, blocks, compiled=False)
+    assert native_dots.accepts(rows, distances) == (native_dots.variant_for(dim) is not None)
+    _assert_same(_streamed(rows, distances, blocks, compiled=True), expected)
+
+
+@needs_loop
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_loop_equals_torch_on_special_values(dtype):
+    """Zero rows, signed zeros, subnormals, the dtype's extremes, infinities and NaN: the
+    same numbers (NaN where torch gives NaN)."""
+    info = torch.finfo(dtype)
+    rows = torch.randn(12, 64).to(dtype)
+    rows[1] = 0
+    rows[2] = -0.0
+    rows[3, :5] = torch.tensor([info.tiny / 4, -info.tiny, info.max, -info.max, info.eps])
+    rows[5, 7] = float("inf")
+    rows[8, 3] = float("nan")
+    rows[10] = info.max
+    distances = [1, 3]
+    expected = _streamed(rows.float(), distances, [5], compiled=False)
+    _assert_same(_streamed(rows, distances, [5], compiled=True), expected)
+
+
+@needs_loop
+def test_every_half_precision_value_is_widened_exactly():
+    """All 65536 float16 bit patterns (bfloat16 is a shift) reach the loop as torch widens
+    them: a row holding one value has that value's magnitude as its norm."""
+    values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    rows = torch.zeros(65536, 8, dtype=torch.float16)
+    rows[:, 0] = values
+    norms, _ = _streamed(rows, [], [65536], compiled=True)
+    expected, _ = _streamed(rows.float(), [], [65536], compiled=False)
+    _exactly(norms, expected)
+
+
+def test_rows_the_loop_cannot_take_go_to_torch():
+    """Strided rows, float64, widths no variant covers: refused by ``accepts``, so the
+    class computes them with torch operations."""
+    rows = torch.randn(10, 64)
+    assert not native_dots.accepts(rows[:, ::2], [1])
+    assert not native_dots.accepts(rows.double(), [1])
+    assert not native_dots.accepts(torch.randn(10, 12), [1])
+    assert not native_dots.accepts(rows, list(range(1, 40)))
+
+
+@needs_loop
+def test_first_round_reads_half_precision_in_place_with_the_same_plans():
+    """The first round takes half precision rows without a widened copy; its plans equal
+    those made with the loop switched off."""
+    import ltbm
+
+    tokens = torch.randn(2, 301, 64, generator=torch.Generator().manual_seed(3)).half()
+    lengths = torch.tensor([301, 177])
+    with_loop = ltbm.compress(tokens, lengths, "ltbm", 0.25, window=2)
+    original = StreamedNeighbourDots.takes_in_place
+    StreamedNeighbourDots.takes_in_place = lambda self, rows: False
+    try:
+        without = ltbm.compress(tokens, lengths, "ltbm", 0.25, window=2)
+    finally:
+        StreamedNeighbourDots.takes_in_place = original
+    assert torch.equal(with_loop.plan.slot_index, without.plan.slot_index)
+    assert torch.equal(with_loop.tokens, without.tokens)
