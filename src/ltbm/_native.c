@@ -327,10 +327,110 @@ static PyObject *norms_and_dots(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- slot sums: rows added into their slots one after the other ----
+ *
+ * torch's CPU index_add_ along dim 0 adds one source row after the other; each element's
+ * sum is then a chain of float32 additions in row order, which any vectorisation of the
+ * row repeats exactly. No probe is needed here. */
+
+CLONES static void add_row(float *into, const char *row, int kind, int64_t dim) {
+    if (kind == KIND_F32) {
+        const float *values = (const float *)row;
+        for (int64_t i = 0; i < dim; ++i) into[i] = into[i] + values[i];
+    } else if (kind == KIND_BF16) {
+        const uint16_t *values = (const uint16_t *)row;
+        for (int64_t i = 0; i < dim; ++i) into[i] = into[i] + bf16_to_f32(values[i]);
+    } else {
+        const uint16_t *values = (const uint16_t *)row;
+        for (int64_t i = 0; i < dim; ++i) into[i] = into[i] + f16_to_f32(values[i]);
+    }
+}
+
+/* Divide a finished slot by its size; whether every value stayed finite. */
+CLONES static int divide_row(float *row, float size, int64_t dim) {
+    int finite = 1;
+    for (int64_t i = 0; i < dim; ++i) {
+        row[i] = row[i] / size;
+        finite &= isfinite(row[i]) != 0;
+    }
+    return finite;
+}
+
+static PyObject *add_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long into, rows, slot_of_row;
+    long long into_rows, count, dim;
+    int kind;
+    if (!PyArg_ParseTuple(args, "KLKLiLK", &into, &into_rows, &rows, &count, &kind, &dim,
+                          &slot_of_row))
+        return NULL;
+    if (kind < KIND_F32 || kind > KIND_BF16 || dim <= 0) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 0-2 and dim positive");
+        return NULL;
+    }
+    const int64_t *slots = (const int64_t *)(uintptr_t)slot_of_row;
+    for (int64_t r = 0; r < count; ++r)
+        if (slots[r] < 0 || slots[r] >= into_rows) {
+            PyErr_SetString(PyExc_IndexError, "a row's slot is outside the destination");
+            return NULL;
+        }
+    float *sums = (float *)(uintptr_t)into;
+    const char *source = (const char *)(uintptr_t)rows;
+    const size_t row_bytes = (size_t)dim * (kind == KIND_F32 ? 4 : 2);
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < count; ++r)
+        add_row(sums + slots[r] * dim, source + (size_t)r * row_bytes, kind, dim);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *means_in_order(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long into, rows, slot_of_row, complete_after, sizes_at;
+    long long into_rows, count, dim, slots;
+    int kind;
+    if (!PyArg_ParseTuple(args, "KLKLiLKKLK", &into, &into_rows, &rows, &count, &kind, &dim,
+                          &slot_of_row, &complete_after, &slots, &sizes_at))
+        return NULL;
+    if (kind < KIND_F32 || kind > KIND_BF16 || dim <= 0 || slots > into_rows) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 0-2, dim positive, slots <= rows");
+        return NULL;
+    }
+    const int64_t *slot = (const int64_t *)(uintptr_t)slot_of_row;
+    const int64_t *ready = (const int64_t *)(uintptr_t)complete_after;
+    for (int64_t r = 0; r < count; ++r)
+        if (slot[r] < 0 || slot[r] >= into_rows) {
+            PyErr_SetString(PyExc_IndexError, "a row's slot is outside the destination");
+            return NULL;
+        }
+    float *sums = (float *)(uintptr_t)into;
+    const float *sizes = (const float *)(uintptr_t)sizes_at;
+    const char *source = (const char *)(uintptr_t)rows;
+    const size_t row_bytes = (size_t)dim * (kind == KIND_F32 ? 4 : 2);
+    int finite = 1;
+    int64_t done = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < count; ++r) {
+        add_row(sums + slot[r] * dim, source + (size_t)r * row_bytes, kind, dim);
+        for (; done < slots && ready[done] <= r; ++done)
+            finite &= divide_row(sums + done * dim, sizes[done], dim);
+    }
+    for (; done < slots; ++done) finite &= divide_row(sums + done * dim, sizes[done], dim);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(finite);
+}
+
 static PyMethodDef METHODS[] = {
     {"norms_and_dots", norms_and_dots, METH_VARARGS,
      "norms_and_dots(rows, count, previous, previous_count, kind, dim, width, fused, norms, "
      "distances, dots): row norms and neighbour dot products, torch's values bit for bit."},
+    {"add_rows", add_rows, METH_VARARGS,
+     "add_rows(into, into_rows, rows, count, kind, dim, slot_of_row): into[slot_of_row[r]] += "
+     "rows[r], one row after the other (index_add_ along dim 0, the same bits)."},
+    {"means_in_order", means_in_order, METH_VARARGS,
+     "means_in_order(into, into_rows, rows, count, kind, dim, slot_of_row, complete_after, "
+     "slots, sizes): add_rows, dividing slot s by sizes[s] once row complete_after[s] is "
+     "added; returns whether every mean is finite."},
     {NULL, NULL, 0, NULL},
 };
 

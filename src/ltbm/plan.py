@@ -15,7 +15,7 @@ import torch
 from ltbm.inputs import working_dtype
 from ltbm.memory import fresh_empty, fresh_zeros
 from ltbm.scaling import times_power_of_two, unit_exponents
-from ltbm.slot_sums import sum_rows_in_order, sum_rows_into_slots
+from ltbm.slot_sums import all_finite, means_in_order, sum_rows_in_order, sum_rows_into_slots
 
 APPLY_BLOCK_ELEMENTS = 1 << 17
 """Elements of a block of source rows weighted at once by ``apply``'s general ``index_add_``
@@ -157,8 +157,8 @@ class Plan:
         if self.is_selection:
             return self._gather_selected(x)
         dtype = working_dtype(x.dtype)
-        out, total = self._means_and_total(x, dtype, x.dtype)
-        if not bool(torch.isfinite(total)):
+        out, finite = self._means_and_finite(x, dtype, x.dtype)
+        if not finite:
             # Rare: non-finite sources (exact infinities need the slow path), or finite
             # sources whose sum overflows (tokens near the dtype's largest value: averaged
             # scaled down by a power of two, then back).
@@ -189,24 +189,25 @@ class Plan:
 
     def _weighted_means(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``[B, K_max, ...]`` weighted mean per slot in ``dtype``. Padding slots are zero."""
-        return self._means_and_total(x, dtype, dtype)[0]
+        return self._means_and_finite(x, dtype, dtype)[0]
 
-    def _means_and_total(
+    def _means_and_finite(
         self, x: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, bool]:
         """``[B, K_max, ...]`` weighted mean per slot computed in ``dtype`` and returned in
-        ``out_dtype``, and the sum of the real slots' means in ``dtype`` (to check that they
-        are finite). Each slot's sources are added onto zero in source order: by
-        ``index_add_`` over the input read in order when it is already in ``dtype`` on
-        CPU, otherwise by :mod:`ltbm.slot_sums` (half precision widened a block of rows at
-        a time and rounded back a block at a time). Either way the total is taken from
-        blocks of means while they are in cache: no full-size float32 copy. Padding slots
-        are zero."""
+        ``out_dtype``, and whether every real slot's mean is finite (a NaN, an infinity or a
+        sum that overflowed sends ``apply`` to its slow path).
+
+        Each slot's sources are added onto zero in source order: on CPU by one in-order read
+        of the input (the compiled loop, or ``index_add_`` a block at a time; half precision
+        widened as it is read and rounded back a block at a time), otherwise by
+        :mod:`ltbm.slot_sums`' bags. Either way finiteness is checked on blocks of means
+        while they are in cache: no full-size float32 copy. Padding slots are zero."""
         if not self.unit_weights or (x.requires_grad and torch.is_grad_enabled()):
             # Weights other than one, or gradients wanted (the sums are written into
             # buffers, which autograd cannot follow): the index_add_ path, same sums.
             means = self._weighted_means_by_index_add(x, dtype)
-            return means.to(out_dtype), means.sum()
+            return means.to(out_dtype), all_finite(means)
         if x.device.type == "cpu":  # elsewhere index_add_ adds in no fixed order
             if x.dtype == dtype:  # add the input in order, in place, into the output
                 return self._means_in_source_order(x, dtype)
@@ -228,14 +229,14 @@ class Plan:
         sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
         real = self.slot_mask.to(x.device).reshape(-1)
         all_real = bool(real.all())
-        totals = []
+        checks = []
 
-        def add_total(start: int, stop: int, means: torch.Tensor) -> None:
-            # Padding slots hold their clip's first row (maybe junk): left out of the total.
+        def check_finite(start: int, stop: int, means: torch.Tensor) -> None:
+            # Padding slots hold their clip's first row (maybe junk): left out of the check.
             if not all_real:
                 real_here = real[start:stop].reshape(-1, *([1] * (means.dim() - 1)))
                 means = torch.where(real_here, means, 0)
-            totals.append(means.sum())
+            checks.append(all_finite(means))
 
         sum_rows_into_slots(
             x.reshape(batch * width, *feature_shape),
@@ -245,61 +246,62 @@ class Plan:
             dtype=dtype,
             out=out,
             divisors=sizes.reshape(-1),
-            visit=add_total,
+            visit=check_finite,
         )
         out = out.view(batch, slots, *feature_shape)
         if not all_real:
             out[~self.slot_mask.to(x.device)] = 0
-        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
-        return out, total
+        return out, all(checks)
 
     def _means_in_source_order(
         self, x: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Means per slot (``x`` already in ``dtype``, on CPU) and the sum of all means.
+    ) -> tuple[torch.Tensor, bool]:
+        """Means per slot (``x`` already in ``dtype``, on CPU) and whether all are finite.
 
-        The sources are added onto zeros with ``index_add_``, a cache-sized block of
-        consecutive source rows at a time: the input is read once, in order, and each slot
-        gets its sources in source order (on CPU, ``index_add_`` adds one row after the
-        other: the same sums, bit for bit, as ``slot_sums`` makes). No temporary is
-        allocated. A slot is divided by its size (and added to the total) as soon as it
-        and every slot before it are complete, while its row is still in cache.
+        The sources are added onto zeros one row after the other (``add_rows_into``: the
+        compiled loop, or ``index_add_`` a cache-sized block of consecutive source rows at
+        a time): the input is read once, in order, and each slot gets its sources in source
+        order (the same sums, bit for bit, as ``slot_sums`` makes). No temporary is
+        allocated. A slot is divided by its size (and checked) as soon as it and every slot
+        before it are complete, while its row is still in cache.
         """
         feature_shape = x.shape[2:]
         flat, dump = self._flat_index
         out = fresh_zeros((dump + 1, *feature_shape), dtype, x.device)
         source = x.reshape(-1, *feature_shape)
         sizes = self.sizes.to(dtype=dtype).clamp(min=1).reshape(-1)
-        sizes = sizes.reshape(-1, *([1] * len(feature_shape)))
         # Slots 0..s are complete once the source rows read so far reach past the last
         # source of each of them (rows are flattened clip after clip).
         positions = torch.arange(self.num_sources, device=x.device)
         last = self._reduce(positions.expand_as(self.slot_index), "amax", -1)
         clip_start = torch.arange(self.batch_size, device=x.device)[:, None] * self.num_sources
         last = torch.where(last >= 0, clip_start + last, -1).reshape(-1)
-        complete_before = torch.cummax(last, 0).values if last.numel() else last
+        complete_after = torch.cummax(last, 0).values if last.numel() else last
+        means = out[:dump].view(self.batch_size, self.num_slots, *feature_shape)
+        finite = means_in_order(out, source, flat, complete_after, sizes)
+        if finite is not None:
+            return means, finite
+        sizes = sizes.reshape(-1, *([1] * len(feature_shape)))
         rows = max(1, SOURCE_BLOCK_ELEMENTS // max(source[0].numel(), 1))
         stops = list(range(rows, source.shape[0], rows)) + [source.shape[0]]
-        done_after = torch.searchsorted(complete_before, torch.tensor(stops)).tolist()
-        totals, done = [], 0
+        done_after = torch.searchsorted(complete_after, torch.tensor(stops)).tolist()
+        checks, done = [], 0
         for start, stop, ready in zip([0, *stops[:-1]], stops, done_after, strict=True):
             out.index_add_(0, flat[start:stop], source[start:stop])
             if ready > done:
                 finished = out[done:ready]
                 finished.div_(sizes[done:ready])
-                totals.append(finished.sum())
+                checks.append(all_finite(finished))
                 done = ready
-        means = out[:dump].view(self.batch_size, self.num_slots, *feature_shape)
-        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
-        return means, total
+        return means, all(checks)
 
     def _means_in_row_order(
         self, x: torch.Tensor, dtype: torch.dtype, out_dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Means per slot and their total, from one in-order read of ``x`` (CPU): the
+    ) -> tuple[torch.Tensor, bool] | None:
+        """Means per slot and whether all are finite, from one in-order read of ``x`` (CPU): the
         sources are added onto zero in source order (``slot_sums.sum_rows_in_order``, the
         same sums, bit for bit, as the bags), and each slot is divided, rounded to
-        ``out_dtype`` and added to the total as soon as it is complete, while in cache.
+        ``out_dtype`` and checked as soon as it is complete, while in cache.
         None when the plan's slots do not follow the source order closely enough."""
         feature_shape = x.shape[2:]
         flat, dump = self._flat_index
@@ -307,18 +309,17 @@ class Plan:
         out = fresh_empty((dump, *feature_shape), out_dtype, x.device)
         flat_out = out.view(dump, -1)
         sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1).reshape(-1, 1)
-        totals = []
+        checks = []
 
         def finish(start: int, stop: int, sums: torch.Tensor) -> None:
             sums.div_(sizes[start:stop])
             flat_out[start:stop].copy_(sums)
-            totals.append(sums.sum())
+            checks.append(all_finite(sums))
 
         source = x.reshape(-1, *feature_shape)
         if not sum_rows_in_order(source, slot_of_row, dump, dtype, finish):
             return None
-        total = torch.stack(totals).sum() if totals else torch.zeros((), dtype=dtype)
-        return out.view(self.batch_size, self.num_slots, *feature_shape), total
+        return out.view(self.batch_size, self.num_slots, *feature_shape), all(checks)
 
     def _weighted_means_by_index_add(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The general case (weights other than one): weighted sources added per slot."""

@@ -21,10 +21,19 @@ in float32) are widened a block of rows at a time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+try:
+    from ltbm import _native
+except ImportError:  # built without a C compiler: torch's index_add_ does the same sums
+    _native = None
+
+KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+"""Source dtypes the compiled loop reads (half precision widened exactly, summed in float32)."""
 
 BLOCK_ELEMENTS = 1 << 20
 """Elements of the source rows one block sums (4 MiB of float32): the block's sums and, for
@@ -169,7 +178,7 @@ class InOrderRing:
     def add(self, rows: torch.Tensor, slot_of_row: torch.Tensor) -> None:
         """Add ``rows [n, D]`` into their slots (-1: into none)."""
         index = torch.where(slot_of_row >= 0, slot_of_row % self.capacity, self.capacity)
-        self.ring.index_add_(0, index, rows)
+        add_rows_into(self.ring, rows, index)
 
     def finish(self, upto: int) -> None:
         """Hand on slots ``done`` to ``upto`` (complete), at most two stretches of the ring."""
@@ -217,7 +226,8 @@ def sum_rows_in_order(
         return False  # checked before the ring is allocated
     dim = flat_source.shape[1]
     ring = InOrderRing(dim, dtype, device, capacity, visit)
-    widened = None if source.dtype == dtype else torch.empty(rows, dim, dtype=dtype)
+    in_place = source.dtype == dtype or _compiled_rows(ring.ring, flat_source, slot_of_row)
+    widened = None if in_place else torch.empty(rows, dim, dtype=dtype)
     for start, stop, finished in zip([0, *stops[:-1]], stops, ready, strict=True):
         block = flat_source[start:stop]
         if widened is not None:
@@ -226,3 +236,71 @@ def sum_rows_in_order(
         ring.add(block, slot_of_row[start:stop])
         ring.finish(finished)
     return True
+
+
+def all_finite(values: torch.Tensor) -> bool:
+    """Whether every value is finite. A finite sum says so for the price of a sum (a NaN or
+    an infinity makes the sum NaN or infinite); only a sum that is not finite needs the
+    elementwise check, which is 30 times slower (finite values whose sum overflows)."""
+    return math.isfinite(values.sum().item()) or bool(torch.isfinite(values).all())
+
+
+def _compiled_rows(into: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> bool:
+    """Whether the compiled loop can add these rows: float32 sums, float32 or half rows,
+    all contiguous on CPU, one long index per row."""
+    return (
+        _native is not None
+        and into.device.type == "cpu"
+        and into.dtype == torch.float32
+        and into.is_contiguous()
+        and rows.device.type == "cpu"
+        and rows.dtype in KINDS
+        and rows.is_contiguous()
+        and not rows.requires_grad
+        and rows.shape[0] == index.shape[0]
+        and index.dtype == torch.long
+        and index.is_contiguous()
+        and into[0].numel() == rows[0].numel()
+        and into[0].numel() > 0
+    )
+
+
+def add_rows_into(into: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> None:
+    """``into.index_add_(0, index, rows)`` with the rows widened to ``into``'s dtype: each
+    row added onto its slot one after the other. The compiled loop does it in one read
+    (half precision widened as it goes); torch's ``index_add_`` makes the same sums, bit
+    for bit (on CPU it adds one row after the other too)."""
+    if _compiled_rows(into, rows, index):
+        _native.add_rows(
+            into.data_ptr(), into.shape[0], rows.data_ptr(), rows.shape[0],
+            KINDS[rows.dtype], into[0].numel(), index.data_ptr(),
+        )  # fmt: skip
+        return
+    into.index_add_(0, index, rows.to(into.dtype))
+
+
+def means_in_order(
+    into: torch.Tensor,
+    rows: torch.Tensor,
+    index: torch.Tensor,
+    complete_after: torch.Tensor,
+    sizes: torch.Tensor,
+) -> bool | None:
+    """Add every row onto its slot (``into`` zero-filled, rows in order), dividing slot s by
+    ``sizes[s]`` as soon as row ``complete_after[s]`` has been added (while it is in
+    cache); whether every mean is finite. One call of the compiled loop; None, having done
+    nothing, where it cannot take these tensors (the caller then does the same in blocks)."""
+    if not (
+        _compiled_rows(into, rows, index)
+        and complete_after.dtype == torch.long
+        and complete_after.is_contiguous()
+        and sizes.dtype == torch.float32
+        and sizes.is_contiguous()
+        and sizes.shape[0] == complete_after.shape[0] <= into.shape[0]
+    ):
+        return None
+    return _native.means_in_order(
+        into.data_ptr(), into.shape[0], rows.data_ptr(), rows.shape[0], KINDS[rows.dtype],
+        into[0].numel(), index.data_ptr(), complete_after.data_ptr(), sizes.shape[0],
+        sizes.data_ptr(),
+    )  # fmt: skip

@@ -1,8 +1,8 @@
-"""The compiled loop for norms and neighbour dot products gives torch's values, bit for bit.
+"""The compiled loops (``ltbm._native``) give torch's values, bit for bit.
 
-Plans are decided by these numbers, so the loop may only change how fast they come: every
-test compares it with the torch operations it replaces (the same class with the loop
-switched off)."""
+Plans are decided by the norms and band dot products, and tokens are the slot sums: the
+loops may only change how fast they come. Every test compares a loop with the torch
+operations it replaces (the same code with the loop switched off)."""
 
 import platform
 import shutil
@@ -12,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ltbm import native_dots
+import ltbm
+from ltbm import native_dots, slot_sums
 from ltbm.methods import matching
 from ltbm.methods.neighbour_dots import StreamedNeighbourDots
 
@@ -126,8 +127,6 @@ def test_rows_the_loop_cannot_take_go_to_torch():
 def test_first_round_reads_half_precision_in_place_with_the_same_plans():
     """The first round takes half precision rows without a widened copy; its plans equal
     those made with the loop switched off."""
-    import ltbm
-
     tokens = torch.randn(2, 301, 64, generator=torch.Generator().manual_seed(3)).half()
     lengths = torch.tensor([301, 177])
     with_loop = ltbm.compress(tokens, lengths, "ltbm", 0.25, window=2)
@@ -139,3 +138,77 @@ def test_first_round_reads_half_precision_in_place_with_the_same_plans():
         StreamedNeighbourDots.takes_in_place = original
     assert torch.equal(with_loop.plan.slot_index, without.plan.slot_index)
     assert torch.equal(with_loop.tokens, without.tokens)
+
+
+@needs_loop
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(1, 80),
+    slots=st.integers(1, 12),
+    dim=st.sampled_from([1, 7, 64, 1280]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    seed=st.integers(0, 10_000),
+)
+def test_add_rows_equals_index_add(count, slots, dim, dtype, seed):
+    """Rows added onto their slots one after the other, any slot order with repeats: the
+    sums of ``index_add_`` on the widened rows, bit for bit."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = (torch.randn(count, dim, generator=generator) * 1e3).to(dtype)
+    index = torch.randint(0, slots, (count,), generator=generator)
+    start = torch.randn(slots, dim, generator=generator)
+    expected = start.clone().index_add_(0, index, rows.float())
+    got = start.clone()
+    slot_sums.add_rows_into(got, rows, index)
+    _exactly(got, expected)
+
+
+def _without_loops(monkeypatch):
+    """Switch both compiled loops off: the torch operations they replace run instead."""
+    monkeypatch.setattr(slot_sums, "_native", None)
+    monkeypatch.setattr(StreamedNeighbourDots, "takes_in_place", lambda self, rows: False)
+
+
+@needs_loop
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("ltbm", {"window": 1}), ("ltbm", {"window": 3}), ("global", {}), ("pool", {})],
+)
+def test_compress_is_the_same_with_and_without_the_loops(monkeypatch, dtype, method, options):
+    """Plans and tokens, padded clips included, whether the loops run or not."""
+    generator = torch.Generator().manual_seed(11)
+    tokens = (torch.randn(3, 257, 48, generator=generator) * 40).to(dtype)
+    lengths = torch.tensor([257, 130, 3])
+    with_loops = ltbm.compress(tokens, lengths, method, 0.25, **options)
+    _without_loops(monkeypatch)
+    without = ltbm.compress(tokens, lengths, method, 0.25, **options)
+    assert torch.equal(with_loops.plan.slot_index, without.plan.slot_index)
+    _exactly(with_loops.tokens, without.tokens)
+
+
+@needs_loop
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_and_overflowing_tokens_agree(monkeypatch, dtype):
+    """NaN, infinities, and finite tokens whose sums overflow (``apply``'s slow path): the
+    same tokens with and without the loops."""
+    info = torch.finfo(dtype)
+    clean = torch.randn(2, 64, 16).to(dtype)
+    plan = ltbm.compress(clean, None, "ltbm", 0.25).plan
+    tokens = clean.clone()
+    tokens[0, 5, 3] = float("nan")
+    tokens[0, 9, 1] = float("inf")
+    tokens[1, :8] = info.max
+    with_loops = plan.apply(tokens)
+    _without_loops(monkeypatch)
+    _exactly(with_loops, plan.apply(tokens))
+
+
+def test_finite_means_with_a_huge_total_keep_their_exact_values():
+    """Means that are all finite are returned as summed, even when their total would
+    overflow (the old check summed all means: it sent such tokens to the rescaled path,
+    which rounds the clip's small values differently)."""
+    tokens = torch.full((1, 8, 4), 1.5e38)  # pairs sum to 3e38: finite; all 16 do not
+    tokens[0, :, 0] = 1e-40  # subnormal: a power-of-two rescaling would change it
+    plan = ltbm.compress(tokens, None, "pool", 0.5).plan
+    expected = plan._weighted_means_by_index_add(tokens, torch.float32)
+    _exactly(plan.apply(tokens), expected)
