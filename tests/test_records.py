@@ -173,3 +173,24 @@ def test_compact_keeps_the_latest_record_of_each_item(tmp_path):
     stamp = path.stat().st_mtime_ns
     compact(path)  # nothing to drop: the file is left alone
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_only_markers_of_this_world_size_and_full_records_finish_a_launch(tmp_path):
+    """A marker left by a launch of another size, or by an older ltbm (a bare time), never
+    counts; and all markers are not enough while an item has no record."""
+    from ltbm.run.folder import done_marker, launch_finished, mark_done
+
+    items = [Item(id=name, audio=None) for name in "ab"]
+    with RecordWriter(shard_file(tmp_path, 0, 2)) as writer:
+        writer.write({"id": "a", "prediction": "x"})
+    mark_done(tmp_path, 0, 2)
+    mark_done(tmp_path, 1, 4)  # rank 1 of an earlier 4-shard launch
+    assert not launch_finished(tmp_path, 2, items)
+    done_marker(tmp_path, 1).write_text("1764262345.5")  # an older ltbm's marker
+    assert not launch_finished(tmp_path, 2, items)
+    mark_done(tmp_path, 1, 2)
+    assert not launch_finished(tmp_path, 2, items), "item b has no record"
+    with RecordWriter(shard_file(tmp_path, 1, 2)) as writer:
+        writer.write({"id": "b", "prediction": "y"})
+    assert launch_finished(tmp_path, 2, items)
+    assert not launch_finished(tmp_path, 3, items)

@@ -30,10 +30,13 @@ from ltbm.run.folder import (
     cell_lock,
     check_cell,
     clear_results,
+    done_marker,
+    finish_lock,
     is_complete,
+    launch_finished,
+    mark_done,
     pending,
     store_identity,
-    write_text,
 )
 from ltbm.run.identity import RunConflict, canonical, fingerprint, plain
 from ltbm.run.records import (
@@ -225,8 +228,8 @@ def evaluate(
     fresh: bool = False,
     retry_failed: bool = True,
 ) -> Path:
-    """Run (or resume) one cell; returns its folder. The metrics file is written once every
-    shard has finished.
+    """Run (or resume) one cell; returns its folder. The metrics file is written by the last
+    shard of the launch to finish, once the records cover every selected item.
 
     Resumes only under the same identity (else :class:`RunConflict`, before any work);
     ``fresh`` first removes the cell's earlier results; ``retry_failed`` (the default) runs
@@ -262,15 +265,18 @@ def evaluate(
         if not todo and is_complete(run_dir, identity, selection, retry_failed):
             compact(records_file)  # a line copied in by hand or a killed compaction
             return run_dir
-        (run_dir / f"done.rank{shard.rank}").unlink(missing_ok=True)
+        done_marker(run_dir, shard.rank).unlink(missing_ok=True)
         with RecordWriter(records_file) as writer:
             for batch in _batches(todo, settings.batch_size, progress, cell.name):
                 for record in _run_batch(backbone, batch, method, template, settings):
                     writer.write(record)
         compact(records_file)
-        write_text(run_dir / f"done.rank{shard.rank}", str(time.time()))
-    if all((run_dir / f"done.rank{r}").exists() for r in range(shard.world_size)):
-        finalize(run_dir, backbone, task, items, cell, settings, template, identity, selection)
+        with finish_lock(run_dir):
+            mark_done(run_dir, shard.rank, shard.world_size)
+            if launch_finished(run_dir, shard.world_size, items):
+                finalize(
+                    run_dir, backbone, task, items, cell, settings, template, identity, selection
+                )
     return run_dir
 
 

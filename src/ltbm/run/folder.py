@@ -3,7 +3,9 @@ its writer lock, and which items a resumed run still has to do.
 
 A folder is bound to one identity (:mod:`ltbm.run.identity`); one process writes each
 (cell, rank) at a time; an item is done when its latest record succeeded (or failed, when
-failures are kept) on the audio file as it is now.
+failures are kept) on the audio file as it is now. Each rank of a launch leaves a done
+marker naming the launch's world size, and the cell is finalized once every rank of that
+size has one and the records cover every selected item.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +27,7 @@ from ltbm.run.identity import (
     identity_payload,
     read_identity,
 )
-from ltbm.run.records import ITEMS_PATTERN, ResultWriteError, write_json_atomic
+from ltbm.run.records import ITEMS_PATTERN, ResultWriteError, read_records, write_json_atomic
 from ltbm.tasks.base import Item
 
 
@@ -54,6 +57,47 @@ def clear_results(run_dir: Path) -> None:
 def cell_lock(run_dir: Path, rank: int):
     """One writer per (cell, rank): see :func:`writer_lock`."""
     return writer_lock(run_dir / f"writer.rank{rank}.lock")
+
+
+def done_marker(run_dir: Path, rank: int) -> Path:
+    return run_dir / f"done.rank{rank}"
+
+
+def mark_done(run_dir: Path, rank: int, world_size: int) -> None:
+    """Say that ``rank`` of a ``world_size``-process launch has written all its items."""
+    marker = {"rank": rank, "world_size": world_size, "finished_at": time.time()}
+    write_text(done_marker(run_dir, rank), json.dumps(marker))
+
+
+def launch_finished(run_dir: Path, world_size: int, items: list[Item]) -> bool:
+    """Whether the cell can be finalized: every rank of a ``world_size``-process launch has
+    a done marker written under that same world size, and the records hold every selected
+    item. A marker left by a launch of another size (or by an older ltbm, which wrote only a
+    time) never counts; one left by an earlier launch of the same size may, but then the
+    records must still cover the selection, so metrics are never written with items missing."""
+    if any(_marker_world_size(run_dir, rank) != world_size for rank in range(world_size)):
+        return False
+    records = read_records(run_dir)
+    return all(item.id in records for item in items)
+
+
+def _marker_world_size(run_dir: Path, rank: int) -> int | None:
+    try:
+        marker = json.loads(done_marker(run_dir, rank).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no marker, or a damaged one: that rank has not finished
+    return marker.get("world_size") if isinstance(marker, dict) else None
+
+
+@contextmanager
+def finish_lock(run_dir: Path) -> Iterator[None]:
+    """Held by a rank while it marks itself done and, if it is the last, finalizes: ranks
+    finishing together take turns, so exactly one of them sees every marker. It waits rather
+    than refuses (the holder is only scoring), and the OS frees it if the holder dies."""
+    from filelock import FileLock
+
+    with FileLock(str(run_dir / "finish.lock")):
+        yield
 
 
 @contextmanager
