@@ -182,3 +182,16 @@ def test_bench_refuses_a_missing_file_or_one_of_no_reported_cell(runs, measured,
     other = place(measured, tmp_path / "af3.json", backbone="audioflamingo3")
     result, output = report(str(runs), "--bench", str(other))
     assert result.exit_code == 2 and "measures no cell of the reported runs" in output, output
+
+
+def test_two_runs_folders_share_one_condition(runs, measured, tmp_path):
+    """The join spans every folder of one report, so two folders cannot each bring a device."""
+    other = tmp_path / "other"
+    write_cell(other, Cell("global", 0.25), asr_records({}), backbone="qwen2-audio")
+    place(measured, runs / "bench.json")
+    place({**measured, "cells": []}, other / "bench.json", **H100)  # matches no row: ignored
+    result, output = report(str(runs), str(other), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, output
+    place(measured, other / "bench.json", **H100)
+    result, output = report(str(runs), str(other), "--out", str(tmp_path / "out2"))
+    assert result.exit_code == 2 and "../other/bench.json and ../runs/bench.json" in output, output

@@ -28,7 +28,7 @@ PROVENANCE_FIELDS = ("bench_file", "bench_device", "bench_batch", "bench_seconds
 folder), the device it measured on, and the batch size and audio length of the cell."""
 
 CELL_KEYS = ("method", "keep_ratio", "batch_size", "audio_seconds")
-CHOOSE = "choose the bench file(s) for this report with --bench PATH"
+CHOOSE = "choose the bench file(s) with `ltbm report RUNS --bench PATH`"
 
 
 @dataclass(frozen=True)
