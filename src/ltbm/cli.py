@@ -439,6 +439,12 @@ def report(
     resamples: int = typer.Option(None, help="bootstrap resamples (10000)"),
     seed: int = typer.Option(None, help="bootstrap seed (0)"),
     level: float = typer.Option(None, help="confidence level of the intervals (0.95)"),
+    bench: list[Path] = typer.Option(
+        None,
+        "--bench",
+        help="bench JSON for the efficiency columns (repeatable); nothing else is searched "
+        "(default: every bench*.json under the runs folders)",
+    ),
 ) -> None:
     """Tables (markdown, CSV, JSON), plots and paired-bootstrap statistics from finished runs."""
     from ltbm.report import write_report
@@ -453,7 +459,7 @@ def report(
     )
     if out is not None:
         check_out_dir(out)
-    paths = write_report(runs_dirs, out, options)
+    paths = write_report(runs_dirs, out, options, bench)
     typer.echo(paths["stats_markdown"].read_text())
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")

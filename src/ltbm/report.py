@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ltbm.report_efficiency import EFFICIENCY_FIELDS, PROVENANCE_FIELDS, join_efficiency
 from ltbm.report_items import (
     LOWER_IS_BETTER,
     PRIMARY_METRIC,
@@ -24,11 +25,10 @@ from ltbm.report_plots import plot_statistics
 from ltbm.report_stats import StatsOptions, summarize
 from ltbm.report_tables import item_rows, stats_markdown, write_stats
 
-EFFICIENCY_FIELDS = ("prefill_ms", "ttft_ms", "peak_memory_mib", "kv_cache_mib")
-
 
 def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished run (``metrics.json``) under ``runs_dir``."""
+    """One row per finished run (``metrics.json``) under ``runs_dir``, without efficiency
+    figures (:func:`ltbm.report_efficiency.join_efficiency` adds them)."""
     rows = []
     for _, metrics in finished_runs(runs_dir):
         cell = metrics["cell"]
@@ -47,7 +47,6 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
         }
         row.update(_numeric(metrics.get("metrics", {})))
         rows.append(row)
-    _join_efficiency(rows, runs_dir)
     return sorted(rows, key=_row_order)
 
 
@@ -68,25 +67,6 @@ def _row_order(row: dict[str, Any]):
     return (row["task"], row["backbone"], -row["keep_ratio"], rank, row["window"] or 0)
 
 
-def _join_efficiency(rows: list[dict[str, Any]], runs_dir: Path) -> None:
-    """Add prefill time and memory from ``ltbm bench`` results found in the runs folder,
-    matched on backbone, method, keep ratio and window (batch 1 figures preferred)."""
-    measured: dict[tuple, dict[str, Any]] = {}
-    for path in sorted(runs_dir.rglob("bench*.json")):
-        bench = json.loads(path.read_text())
-        for cell in bench.get("cells", []):
-            if cell.get("error"):
-                continue
-            key = (bench.get("backbone"), cell["method"], cell["keep_ratio"], cell.get("window"))
-            best = measured.get(key)
-            if best is None or cell.get("batch_size", 1) < best.get("batch_size", 1):
-                measured[key] = cell
-    for row in rows:
-        cell = measured.get((row["backbone"], row["method"], row["keep_ratio"], row["window"]))
-        if cell:
-            row.update({f: cell.get(f) for f in EFFICIENCY_FIELDS if f in cell})
-
-
 def columns(rows: list[dict[str, Any]]) -> list[str]:
     fixed = [
         "task",
@@ -100,8 +80,9 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
         "audio_tokens",
         "kept_tokens",
     ]
-    extra = sorted({k for r in rows for k in r} - set(fixed) - {"kind"} - set(EFFICIENCY_FIELDS))
-    efficiency = [f for f in EFFICIENCY_FIELDS if any(f in r for r in rows)]
+    joined = EFFICIENCY_FIELDS + PROVENANCE_FIELDS
+    extra = sorted({k for r in rows for k in r} - set(fixed) - {"kind"} - set(joined))
+    efficiency = [f for f in joined if any(f in r for r in rows)]
     return fixed + extra + efficiency
 
 
@@ -109,17 +90,21 @@ def write_report(
     runs_dirs: Path | Sequence[Path],
     out_dir: Path | None = None,
     options: StatsOptions | None = None,
+    bench: Sequence[Path] | None = None,
 ) -> dict[str, Path]:
     """Write the tables (``report.md``, ``report.csv``, ``report.json``), the plots, and
     the statistics (``report-stats.md``, ``report-stats.json``, ``report-cells.csv``,
     ``report-differences.csv``, ``report-items.csv``, ``report-mmau.csv`` for MMAU, and a
     ``*_intervals.png`` figure per condition);
-    ``report.md`` ends with the statistics too. Returns the paths written."""
+    ``report.md`` ends with the statistics too. Efficiency columns come from the ``bench``
+    files given, or else from every ``bench*.json`` under the runs folders. Returns the
+    paths written."""
     folders = [runs_dirs] if isinstance(runs_dirs, Path) else list(runs_dirs)
     if out_dir is None and len(folders) != 1:
         raise ValueError("several runs folders are reported together: pass --out for the report")
     out_dir = out_dir or folders[0]
     rows = [row for folder in folders for row in collect_runs(folder)]
+    join_efficiency(rows, folders, out_dir, bench)
     cells = load_cells(folders, (options or StatsOptions()).pool_tasks)
     stats = summarize(cells, options or StatsOptions())
     out_dir.mkdir(parents=True, exist_ok=True)
