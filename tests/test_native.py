@@ -212,3 +212,12 @@ def test_finite_means_with_a_huge_total_keep_their_exact_values():
     plan = ltbm.compress(tokens, None, "pool", 0.5).plan
     expected = plan._weighted_means_by_index_add(tokens, torch.float32)
     _exactly(plan.apply(tokens), expected)
+
+
+@needs_loop
+def test_add_rows_refuses_a_slot_outside_the_destination():
+    """A bad index is an error before anything is written, not a write past the buffer."""
+    into = torch.zeros(3, 8)
+    with pytest.raises(IndexError, match="outside the destination"):
+        slot_sums.add_rows_into(into, torch.ones(2, 8), torch.tensor([0, 3]))
+    assert not into.any()

@@ -356,6 +356,16 @@ CLONES static int divide_row(float *row, float size, int64_t dim) {
     return finite;
 }
 
+/* Every row's slot lies in the destination (else an IndexError is set). */
+static int slots_fit(const int64_t *slots, int64_t count, int64_t into_rows) {
+    for (int64_t r = 0; r < count; ++r)
+        if (slots[r] < 0 || slots[r] >= into_rows) {
+            PyErr_SetString(PyExc_IndexError, "a row's slot is outside the destination");
+            return 0;
+        }
+    return 1;
+}
+
 static PyObject *add_rows(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long into, rows, slot_of_row;
@@ -369,11 +379,7 @@ static PyObject *add_rows(PyObject *self, PyObject *args) {
         return NULL;
     }
     const int64_t *slots = (const int64_t *)(uintptr_t)slot_of_row;
-    for (int64_t r = 0; r < count; ++r)
-        if (slots[r] < 0 || slots[r] >= into_rows) {
-            PyErr_SetString(PyExc_IndexError, "a row's slot is outside the destination");
-            return NULL;
-        }
+    if (!slots_fit(slots, count, into_rows)) return NULL;
     float *sums = (float *)(uintptr_t)into;
     const char *source = (const char *)(uintptr_t)rows;
     const size_t row_bytes = (size_t)dim * (kind == KIND_F32 ? 4 : 2);
@@ -398,11 +404,7 @@ static PyObject *means_in_order(PyObject *self, PyObject *args) {
     }
     const int64_t *slot = (const int64_t *)(uintptr_t)slot_of_row;
     const int64_t *ready = (const int64_t *)(uintptr_t)complete_after;
-    for (int64_t r = 0; r < count; ++r)
-        if (slot[r] < 0 || slot[r] >= into_rows) {
-            PyErr_SetString(PyExc_IndexError, "a row's slot is outside the destination");
-            return NULL;
-        }
+    if (!slots_fit(slot, count, into_rows)) return NULL;
     float *sums = (float *)(uintptr_t)into;
     const float *sizes = (const float *)(uintptr_t)sizes_at;
     const char *source = (const char *)(uintptr_t)rows;
