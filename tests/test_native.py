@@ -221,3 +221,21 @@ def test_add_rows_refuses_a_slot_outside_the_destination():
     with pytest.raises(IndexError, match="outside the destination"):
         slot_sums.add_rows_into(into, torch.ones(2, 8), torch.tensor([0, 3]))
     assert not into.any()
+
+
+@needs_loop
+def test_outputs_too_short_for_the_rows_are_refused():
+    """The loop writes through raw pointers: outputs that do not cover the rows (or
+    previous rows that do not fit before the start) are refused before it runs."""
+    rows = torch.randn(6, 64)
+    norms, dots = torch.empty(6), {1: torch.zeros(6)}
+    with pytest.raises(ValueError, match="norms"):
+        native_dots.norms_and_dots(rows, None, torch.empty(5), dots, 0)
+    with pytest.raises(ValueError, match="dots"):
+        native_dots.norms_and_dots(rows, None, norms, {1: torch.zeros(5)}, 0)
+    with pytest.raises(ValueError, match="previous"):
+        native_dots.norms_and_dots(rows[2:], rows[:3], norms, dots, 2)
+    native_dots.norms_and_dots(rows[2:], rows[:2], norms, dots, 2)
+    expected = _streamed(rows, [1], [6], compiled=False)
+    _exactly(norms[2:], expected[0][0, 2:])
+    _exactly(dots[1][1:5], expected[1][1][0, 1:5])  # pairs whose later row is in the block

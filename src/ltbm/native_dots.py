@@ -116,6 +116,8 @@ def norms_and_dots(
     for values in dots.values():
         if values.dtype != torch.float32 or not values.is_contiguous() or values.dim() != 1:
             raise ValueError("dots must be contiguous 1-D float32 tensors")
+        if start + count > values.shape[0]:
+            raise ValueError("each dots tensor must cover the rows, like norms")
     _sweep(
         rows,
         previous,
