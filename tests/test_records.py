@@ -194,3 +194,23 @@ def test_only_markers_of_this_world_size_and_full_records_finish_a_launch(tmp_pa
         writer.write({"id": "b", "prediction": "y"})
     assert launch_finished(tmp_path, 2, items)
     assert not launch_finished(tmp_path, 3, items)
+
+
+def test_metrics_are_current_only_when_written_after_every_done_marker(tmp_path):
+    """A shard that finishes before the last one must not show an earlier launch's metrics
+    as this launch's results: they are current only if newer than every done marker."""
+    import os
+
+    from ltbm.run.folder import done_marker, metrics_are_current
+
+    metrics = tmp_path / "metrics.json"
+    assert not metrics_are_current(tmp_path)  # none yet
+    metrics.write_text("{}")
+    os.utime(metrics, (1000, 1000))
+    assert metrics_are_current(tmp_path)  # no markers: a single, finished run
+    done_marker(tmp_path, 0).write_text("{}")
+    os.utime(done_marker(tmp_path, 0), (900, 900))
+    assert metrics_are_current(tmp_path)  # written after the launch finished
+    done_marker(tmp_path, 1).write_text("{}")
+    os.utime(done_marker(tmp_path, 1), (2000, 2000))
+    assert not metrics_are_current(tmp_path)  # a shard of a newer launch finished since

@@ -236,6 +236,7 @@ def eval_command(
 
     from ltbm.methods.registry import DEFAULT_WINDOW
     from ltbm.run.evaluate import Cell, evaluate
+    from ltbm.run.folder import metrics_are_current
     from ltbm.run.options import check_seed
 
     if method == "ltbm" and window is None:
@@ -280,8 +281,8 @@ def eval_command(
         model_object, task_object, cell, settings, fresh=fresh, retry_failed=retry_failed
     )
     metrics_path = run_dir / "metrics.json"
-    if not metrics_path.exists():
-        console.print(f"this shard is done; results in {run_dir}")
+    if not metrics_are_current(run_dir):  # none yet, or an earlier launch's
+        console.print(f"this shard is done; the last shard to finish writes {metrics_path}")
         return
     metrics = json.loads(metrics_path.read_text())
     console.print_json(json.dumps(metrics["metrics"]))

@@ -81,6 +81,18 @@ def launch_finished(run_dir: Path, world_size: int, items: list[Item]) -> bool:
     return all(item.id in records for item in items)
 
 
+def metrics_are_current(run_dir: Path) -> bool:
+    """Whether ``metrics.json`` was written after every done marker in the folder, i.e. by
+    the launch that just ran (or the cell was complete before it). A shard that finishes
+    before the last one finds the metrics of an earlier launch, if any: older than its own
+    marker, so not what this launch will report."""
+    metrics = run_dir / "metrics.json"
+    if not metrics.exists():
+        return False
+    written = metrics.stat().st_mtime
+    return all(path.stat().st_mtime <= written for path in run_dir.glob("done.rank*"))
+
+
 def _marker_world_size(run_dir: Path, rank: int) -> int | None:
     try:
         marker = json.loads(done_marker(run_dir, rank).read_text(encoding="utf-8"))
