@@ -19,6 +19,8 @@ try:
     from ltbm import _native
 except ImportError:  # built without a C compiler: torch operations do the same work
     _native = None
+if _native is not None and not all(hasattr(_native, name) for name in ("norms_and_dots",)):
+    _native = None  # a stale build from an older checkout: rebuild with `pip install -e .`
 
 KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 """Row dtypes the loop reads (half precision widened exactly to float32)."""
