@@ -239,3 +239,23 @@ def test_outputs_too_short_for_the_rows_are_refused():
     expected = _streamed(rows, [1], [6], compiled=False)
     _exactly(norms[2:], expected[0][0, 2:])
     _exactly(dots[1][1:5], expected[1][1][0, 1:5])  # pairs whose later row is in the block
+
+
+@needs_loop
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [1, 3])
+def test_pieces_on_several_threads_equal_one_piece(monkeypatch, dtype, window):
+    """A long stretch cut into one piece per thread (pairs reaching back across pieces,
+    pieces shorter than the band included) gives the values of torch's operations."""
+    import ltbm.methods.neighbour_dots as neighbour_dots
+
+    monkeypatch.setattr(neighbour_dots, "PIECE_ROWS", 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        rows = torch.randn(14, 64, generator=torch.Generator().manual_seed(window)).to(dtype)
+        distances = matching.band_distances(window)
+        got = _streamed(rows, distances, [14], compiled=True)
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same(got, _streamed(rows.float(), distances, [14], compiled=False))

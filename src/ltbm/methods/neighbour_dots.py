@@ -16,9 +16,14 @@ gives torch's values (it also reads half precision rows in place); torch operati
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from ltbm import native_dots
+
+PIECE_ROWS = 4096
+"""Fewest rows per piece when the compiled loop splits a long stretch across threads."""
 
 
 class StreamedNeighbourDots:
@@ -44,8 +49,7 @@ class StreamedNeighbourDots:
         """Take rows ``start`` to ``stop`` (flat positions) while they are in cache: rows in
         ``dtype``, or any rows :meth:`takes_in_place` accepts."""
         if self.takes_in_place(rows):
-            dots = {d: self.dots[d] for d in self.distances}
-            native_dots.norms_and_dots(rows, self.tail, self.norms, dots, start)
+            self._visit_compiled(start, rows)
         else:
             self._visit_with_torch(start, stop, rows)
         if self.reach:
@@ -53,6 +57,31 @@ class StreamedNeighbourDots:
             if self.tail is not None and tail.shape[0] < self.reach:
                 tail = torch.cat([self.tail, tail])[-self.reach :]
             self.tail = tail
+
+    def _visit_compiled(self, start: int, rows: torch.Tensor) -> None:
+        """The compiled loop, in one piece per torch thread for long stretches (the first
+        round's whole input): torch's own operations would use every thread, and the loop
+        releases the GIL. A piece takes the rows just before it for the pairs that reach
+        back; each pair is written by the piece of its later row."""
+        dots = {d: self.dots[d] for d in self.distances}
+        count = rows.shape[0]
+        pieces = min(torch.get_num_threads(), count // PIECE_ROWS)
+        if pieces <= 1:
+            native_dots.norms_and_dots(rows, self.tail, self.norms, dots, start)
+            return
+        bounds = [count * piece // pieces for piece in range(pieces + 1)]
+
+        def run(piece: int) -> None:
+            low, high = bounds[piece], bounds[piece + 1]
+            previous = self.tail
+            if low > 0:
+                previous = rows[max(0, low - self.reach) : low].to(torch.float32)
+            if previous is not None and previous.shape[0] == 0:
+                previous = None
+            native_dots.norms_and_dots(rows[low:high], previous, self.norms, dots, start + low)
+
+        with ThreadPoolExecutor(pieces) as pool:
+            list(pool.map(run, range(pieces)))
 
     def _visit_with_torch(self, start: int, stop: int, rows: torch.Tensor) -> None:
         torch.linalg.vector_norm(rows, dim=-1, out=self.norms[start:stop])
