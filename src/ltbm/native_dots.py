@@ -16,14 +16,16 @@ import functools
 import torch
 
 try:
-    from ltbm import _native
+    from ltbm import _native as compiled
 except ImportError:  # built without a C compiler: torch operations do the same work
-    _native = None
-if _native is not None and not all(hasattr(_native, name) for name in ("norms_and_dots",)):
-    _native = None  # a stale build from an older checkout: rebuild with `pip install -e .`
+    compiled = None
+LOOPS = ("norms_and_dots", "add_rows", "means_in_order")
+if compiled is not None and not all(hasattr(compiled, name) for name in LOOPS):
+    compiled = None  # a stale build from an older checkout: rebuild with `pip install -e .`
+"""The extension module with every loop (this one's and :mod:`ltbm.slot_sums`'), or None."""
 
 KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-"""Row dtypes the loop reads (half precision widened exactly to float32)."""
+"""Row dtypes the loops read (half precision widened exactly to float32)."""
 
 MAX_DISTANCES = 16
 PROBE_DISTANCES = (1, 2, 3, 5)
@@ -38,7 +40,7 @@ def _sweep(
     variant: tuple[int, int],
 ) -> None:
     width, fused = variant
-    _native.norms_and_dots(
+    compiled.norms_and_dots(
         rows.data_ptr(),
         rows.shape[0],
         0 if previous is None else previous.data_ptr(),
@@ -57,7 +59,7 @@ def _sweep(
 def variant_for(dim: int) -> tuple[int, int] | None:
     """The (vector width, fused multiply-add) under which the loop reproduces torch's
     ``vector_norm`` and ``sum(a * b, -1)`` for float32 rows of ``dim`` values, or None."""
-    if _native is None:
+    if compiled is None:
         return None
     generator = torch.Generator().manual_seed(dim)
     count = 2 * max(PROBE_DISTANCES) + 3

@@ -27,16 +27,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-try:
-    from ltbm import _native
-except ImportError:  # built without a C compiler: torch's index_add_ does the same sums
-    _native = None
-LOOPS = ("add_rows", "means_in_order")
-if _native is not None and not all(hasattr(_native, name) for name in LOOPS):
-    _native = None  # a stale build from an older checkout: rebuild with `pip install -e .`
-
-KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-"""Source dtypes the compiled loop reads (half precision widened exactly, summed in float32)."""
+from ltbm.native_dots import KINDS
+from ltbm.native_dots import compiled as _native  # None: torch's index_add_, the same sums
 
 BLOCK_ELEMENTS = 1 << 20
 """Elements of the source rows one block sums (4 MiB of float32): the block's sums and, for

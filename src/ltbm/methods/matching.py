@@ -91,12 +91,13 @@ def norms_and_neighbour_dots(
     except RuntimeError:  # a strided view: clip by clip, no copy
         sources = list(x)
     rows = max(1, ROW_BLOCK_ELEMENTS * max(1, torch.get_num_threads()) // max(dim, 1))
-    if x.device.type != "cpu" or streamed.takes_in_place(sources[0]):
+    in_place = streamed.takes_in_place(sources[0])
+    if x.device.type != "cpu" or in_place:
         # accelerators: one block, as few kernel launches as possible; the compiled loop:
         # one call, every row read once, in place
         rows = sources[0].shape[0]
     widened = None
-    if x.dtype != dtype and not streamed.takes_in_place(sources[0]):
+    if x.dtype != dtype and not in_place:
         widened = torch.empty(min(rows, sources[0].shape[0]), dim, dtype=dtype, device=x.device)
     offset = 0
     for source in sources:

@@ -74,10 +74,8 @@ class StreamedNeighbourDots:
         def run(piece: int) -> None:
             low, high = bounds[piece], bounds[piece + 1]
             previous = self.tail
-            if low > 0:
+            if low > 0 and self.reach:
                 previous = rows[max(0, low - self.reach) : low].to(torch.float32)
-            if previous is not None and previous.shape[0] == 0:
-                previous = None
             native_dots.norms_and_dots(rows[low:high], previous, self.norms, dots, start + low)
 
         with ThreadPoolExecutor(pieces) as pool:
