@@ -203,12 +203,24 @@ def assert_dropin_restores(pipe, clips, prompts, texts, method, users_inputs=Non
 
     after_inputs = users_inputs()
     assert all(torch.equal(after_inputs[k], before_inputs[k]) for k in before_inputs)
+    wrapped = ("replace_audio_token", *getattr(pipe.adapter, "tokenizing_methods", ()))
+    assert_behaves_as_before(
+        model, processor, after_inputs, before_logits, before_tokens, 3, wrapped
+    )
+
+
+def assert_behaves_as_before(
+    model, processor, inputs, logits, tokens, max_new_tokens, wrapped=("replace_audio_token",)
+) -> None:
+    """After ``ltbm.compressed``: ``inputs`` give the logits and the greedy tokens
+    (``max_new_tokens`` of them) they gave before it, the processor has the class's own
+    methods again (none of ``wrapped`` is left on the instance), and no hook is left on
+    the model."""
     with torch.no_grad():
-        assert torch.equal(model(**after_inputs).logits, before_logits)
-    after = model.generate(**after_inputs, max_new_tokens=3, do_sample=False)
-    assert torch.equal(after, before_tokens)
-    wrapped = {"replace_audio_token", *getattr(pipe.adapter, "tokenizing_methods", ())}
-    assert not wrapped & set(vars(processor))  # the class's own methods again
+        assert torch.equal(model(**inputs).logits, logits)
+    after = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    assert torch.equal(after, tokens)
+    assert not set(wrapped) & set(vars(processor))
     assert not model._forward_pre_hooks
 
 

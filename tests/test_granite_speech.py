@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_checks import LOGITS, left_padded, model_level_inputs, record_llm_inputs
+from hf_checks import (
+    LOGITS,
+    assert_behaves_as_before,
+    left_padded,
+    model_level_inputs,
+    record_llm_inputs,
+)
 
 import ltbm
 from ltbm.backbones.synthetic import model_config, tiny_tokenizer
@@ -154,12 +160,7 @@ def test_dropin_takes_k_inside_and_restores_the_model_exactly(setup):
     assert torch.equal(generated.sequences[:, -3:], mine.sequences[:, -3:])
     assert all(torch.equal(a, b) for a, b in zip(generated.logits, mine.logits, strict=True))
 
-    with torch.no_grad():
-        assert torch.equal(model(**before_inputs).logits, before_logits)
-    after = model.generate(**before_inputs, max_new_tokens=3, do_sample=False)
-    assert torch.equal(after, before_tokens)
-    assert "replace_audio_token" not in vars(writer)
-    assert not model._forward_pre_hooks
+    assert_behaves_as_before(model, writer, before_inputs, before_logits, before_tokens, 3)
 
 
 def test_a_missing_lora_adapter_is_refused_with_the_fix(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hf_checks import (
     METHOD_CASES,
+    assert_behaves_as_before,
     assert_llm_gets_k,
     assert_parity_with_transformers,
     method_id,
@@ -235,12 +236,7 @@ def test_compressed_context_manager_and_exact_restore(pipe, clips, texts):
 
     after_inputs = processor_inputs(processor, texts, clips)
     assert all(torch.equal(after_inputs[k], before_inputs[k]) for k in before_inputs)
-    with torch.no_grad():
-        assert torch.equal(model(**after_inputs).logits, before_logits)
-    after = model.generate(**after_inputs, max_new_tokens=4, do_sample=False)
-    assert torch.equal(after, before_tokens)
-    assert "replace_audio_token" not in vars(processor)
-    assert not model._forward_pre_hooks
+    assert_behaves_as_before(model, processor, after_inputs, before_logits, before_tokens, 4)
 
 
 def test_pipeline_around_a_held_model(pipe, clips):
