@@ -16,7 +16,9 @@ width). Each cell (method, B, N, dtype, threads) runs in a fresh subprocess, and
 
 ``tome`` is ToMe's bipartite soft matching with its size-weighted merge, applied in rounds
 until K remain (``benchmarks/tome_rounds.py``), so ``global`` is compared with the reference
-it generalises in the same run.
+it generalises in the same run. ``ltbm-torch`` is ``ltbm`` with the compiled loops switched
+off (``LTBM_COMPILED=0``: torch operations, the same values), so the loops' speed-up is a
+ratio from the same run; every cell records whether the loops ran.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import ltbm
 
 DEFAULT_METHODS = {
     "ltbm": {"window": 1},
+    "ltbm-torch": {"window": 1},
     "global": {},
     "tome": {},
     "pool": {},
@@ -45,6 +48,8 @@ DEFAULT_METHODS = {
     "uniform": {},
     "random": {},
 }
+TORCH_ONLY = "-torch"
+"""Suffix of a method measured with the compiled loops switched off."""
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -60,7 +65,7 @@ def compressor(name: str, params: dict, keep_ratio: float):
         from tome_rounds import tome_rounds
 
         return lambda tokens: tome_rounds(tokens, ltbm.kept_tokens(tokens.shape[1], keep_ratio))
-    method = ltbm.get_method(name, keep_ratio=keep_ratio, **params)
+    method = ltbm.get_method(name.removesuffix(TORCH_ONLY), keep_ratio=keep_ratio, **params)
     return lambda tokens: method(tokens).tokens
 
 
@@ -91,8 +96,11 @@ def measure_cell(cell: dict) -> dict:
         method_s.append(took)
         sum_s.append(read)
         ratios.append(took / read)
+    from ltbm import native_dots
+
     return {
         **cell,
+        "compiled": native_dots.compiled is not None,
         "kept": kept,
         "median_s": statistics.median(method_s),
         "sum_median_s": statistics.median(sum_s),
@@ -108,6 +116,8 @@ def measure_cell(cell: dict) -> dict:
 def run_cell_in_subprocess(cell: dict) -> dict:
     """A fresh process per cell: no heap left over from another cell hides its memory."""
     env = {**os.environ, "OMP_NUM_THREADS": str(cell["threads"])}
+    if cell["method"].endswith(TORCH_ONLY):
+        env["LTBM_COMPILED"] = "0"
     done = subprocess.run(
         [sys.executable, __file__, "--cell", json.dumps(cell)],
         capture_output=True,
@@ -170,8 +180,8 @@ def summary(cells: list[dict]) -> dict:
         for threads in sorted({c["threads"] for c in cells}):
             tag = f"B{batch}_N{large}_threads{threads}"
 
-            def get(method, n=large, batch=batch, threads=threads):
-                return time_of.get((method, batch, n, threads, "float32"))
+            def get(method, n=large, batch=batch, threads=threads, dtype="float32"):
+                return time_of.get((method, batch, n, threads, dtype))
 
             if get("ltbm") and get("global"):
                 out[f"global_over_ltbm_{tag}"] = get("global") / get("ltbm")
@@ -179,6 +189,10 @@ def summary(cells: list[dict]) -> dict:
                 out[f"global_speed_over_tome_{tag}"] = get("tome") / get("global")
             if get("ltbm") and get("ltbm", small):
                 out[f"ltbm_growth_N{small}_to_{tag}"] = get("ltbm") / get("ltbm", small)
+            for dtype in sorted({c["dtype"] for c in cells}):
+                plain, compiled = get("ltbm" + TORCH_ONLY, dtype=dtype), get("ltbm", dtype=dtype)
+                if plain and compiled:
+                    out[f"compiled_speedup_ltbm_{dtype}_{tag}"] = plain / compiled
     return out
 
 
@@ -230,7 +244,7 @@ def main() -> None:
         "--budget-s", type=float, default=20.0, help="stop repeating a cell after this many s"
     )
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    parser.add_argument("--half-methods", nargs="*", default=["ltbm", "global"])
+    parser.add_argument("--half-methods", nargs="*", default=["ltbm", "ltbm-torch", "global"])
     parser.add_argument("--half-dtypes", nargs="+", default=["float16", "bfloat16"])
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the grid this many times, cells interleaved"

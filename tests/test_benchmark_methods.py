@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_methods_benchmark_records_its_command_and_commit(tmp_path):
     out = tmp_path / "methods.json"
     args = ["--sizes", "16", "--batches", "1", "--dim", "8", "--threads", "1", "--repeats", "1"]
-    args += ["--methods", "ltbm", "tome", "--half-methods", "--out", str(out)]
+    args += ["--methods", "ltbm", "ltbm-torch", "tome", "--half-methods", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "methods.py"), *args],
@@ -23,8 +23,15 @@ def test_methods_benchmark_records_its_command_and_commit(tmp_path):
     written = json.loads(out.read_text())
     assert [(c["method"], c["n"], c["kept"]) for c in written["cells"]] == [
         ("ltbm", 16, 4),
+        ("ltbm-torch", 16, 4),
         ("tome", 16, 4),
     ]
+    # ltbm-torch runs with the compiled loops switched off, and the ratio of the two is kept
+    from ltbm import native_dots
+
+    on = {c["method"]: c["compiled"] for c in written["cells"]}
+    assert on == {"ltbm": native_dots.compiled is not None, "ltbm-torch": False, "tome": on["tome"]}
+    assert "compiled_speedup_ltbm_float32_B1_N16_threads1" in written["summary"]
     run = written["run"]
     assert run["command"] == "python benchmarks/methods.py " + " ".join(args)
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)

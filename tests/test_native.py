@@ -259,3 +259,15 @@ def test_pieces_on_several_threads_equal_one_piece(monkeypatch, dtype, window):
     finally:
         torch.set_num_threads(threads)
     _assert_same(got, _streamed(rows.float(), distances, [14], compiled=False))
+
+
+def test_the_loops_can_be_switched_off_for_a_process():
+    """``LTBM_COMPILED=0`` (the benchmark's ``ltbm-torch``): torch operations only."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "from ltbm import native_dots as n, slot_sums as s; print(n.compiled, s._native)"
+    env = {**os.environ, "LTBM_COMPILED": "0"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert done.stdout.split() == ["None", "None"], done.stderr

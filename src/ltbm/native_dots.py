@@ -12,6 +12,7 @@ operations, with the same results.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -22,6 +23,8 @@ except ImportError:  # built without a C compiler: torch operations do the same 
 LOOPS = ("norms_and_dots", "add_rows", "means_in_order")
 if compiled is not None and not all(hasattr(compiled, name) for name in LOOPS):
     compiled = None  # a stale build from an older checkout: rebuild with `pip install -e .`
+if os.environ.get("LTBM_COMPILED") == "0":
+    compiled = None  # switched off: the same values from torch operations (benchmarks, checks)
 """The extension module with every loop (this one's and :mod:`ltbm.slot_sums`'), or None."""
 
 KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
