@@ -20,7 +20,7 @@ from ltbm.methods import (
 )
 from ltbm.plan import Plan
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 _LAZY = {
     "load": "ltbm.backbones.loading",
