@@ -30,7 +30,8 @@ def test_methods_benchmark_records_its_command_and_commit(tmp_path):
     from ltbm import native_dots
 
     on = {c["method"]: c["compiled"] for c in written["cells"]}
-    assert on == {"ltbm": native_dots.compiled is not None, "ltbm-torch": False, "tome": on["tome"]}
+    assert on["ltbm"] == (native_dots.compiled is not None)
+    assert on["ltbm-torch"] is False
     assert "compiled_speedup_ltbm_float32_B1_N16_threads1" in written["summary"]
     run = written["run"]
     assert run["command"] == "python benchmarks/methods.py " + " ".join(args)
