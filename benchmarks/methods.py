@@ -96,7 +96,7 @@ def measure_cell(cell: dict) -> dict:
         method_s.append(took)
         sum_s.append(read)
         ratios.append(took / read)
-    from ltbm import native_dots
+    from ltbm.core import native_dots
 
     return {
         **cell,

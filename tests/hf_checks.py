@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import torch
 
 import ltbm
-from ltbm.backbones.placeholders import merge_audio_embeddings, resize_placeholder_runs
+from ltbm.backbones.hf.placeholders import merge_audio_embeddings, resize_placeholder_runs
 
 METHOD_CASES = [
     ("ltbm", {"window": 3}),

@@ -8,7 +8,7 @@ import pytest
 
 soundfile = pytest.importorskip("soundfile")
 
-from ltbm.audio import AudioError, audio_warnings, load_audio  # noqa: E402
+from ltbm.io.audio import AudioError, audio_warnings, load_audio  # noqa: E402
 
 
 def sine(seconds: float = 0.5, peak: float = 0.5) -> np.ndarray:

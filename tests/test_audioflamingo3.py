@@ -19,8 +19,8 @@ from hf_checks import (
 from tiny_models import build_audioflamingo3, tone
 
 import ltbm
-from ltbm.audio import AudioError
-from ltbm.backbones.audioflamingo3 import AudioFlamingo3Pipeline, group_windows
+from ltbm.backbones.families.audioflamingo3 import AudioFlamingo3Pipeline, group_windows
+from ltbm.io.audio import AudioError
 
 transformers = pytest.importorskip("transformers")
 

@@ -18,7 +18,7 @@ from hf_checks import (
 from tiny_models import tone
 
 import ltbm
-from ltbm.backbones.loading import pipeline_class
+from ltbm.backbones.hf.loading import pipeline_class
 from ltbm.backbones.synthetic import save_model
 
 pytest.importorskip("transformers")

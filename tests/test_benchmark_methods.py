@@ -27,7 +27,7 @@ def test_methods_benchmark_records_its_command_and_commit(tmp_path):
         ("tome", 16, 4),
     ]
     # ltbm-torch runs with the compiled loops switched off, and the ratio of the two is kept
-    from ltbm import native_dots
+    from ltbm.core import native_dots
 
     on = {c["method"]: c["compiled"] for c in written["cells"]}
     assert on["ltbm"] == (native_dots.compiled is not None)

@@ -14,8 +14,8 @@ pytest.importorskip("matplotlib")
 from typer.testing import CliRunner  # noqa: E402
 
 from ltbm.cli import app  # noqa: E402
+from ltbm.core.plan import plan_from_slots  # noqa: E402
 from ltbm.demo import contiguity  # noqa: E402
-from ltbm.plan import plan_from_slots  # noqa: E402
 
 runner = CliRunner()
 

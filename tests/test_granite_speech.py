@@ -46,7 +46,7 @@ def tiny_model(**config):
 
 @pytest.fixture(scope="module")
 def setup():
-    from ltbm.backbones.granite_speech import GraniteSpeechAdapter
+    from ltbm.backbones.families.granite_speech import GraniteSpeechAdapter
 
     model, tokenizer = tiny_model()
     return model, tokenizer, GraniteSpeechAdapter(model)
@@ -55,7 +55,7 @@ def setup():
 def users_inputs(tokenizer, counts: list[int] | None = None) -> tuple[dict, list[int]]:
     """The processor's outputs for two clips of SAMPLES; ``counts`` overrides the
     placeholders written per clip (the drop-in's processor writes K)."""
-    from ltbm.backbones.granite_speech import granite_token_count
+    from ltbm.backbones.families.granite_speech import granite_token_count
 
     n = granite_token_count(SAMPLES)
     frames = (max(SAMPLES) // 160 + 1) // 2  # mel frames of the padded batch, stacked in pairs
@@ -180,7 +180,7 @@ def test_a_missing_lora_adapter_is_refused_with_the_fix(tmp_path):
 def test_load_and_save_model_name_torchaudio_or_work(tmp_path):
     from transformers.utils import is_torchaudio_available
 
-    from ltbm.backbones.loading import pipeline_class
+    from ltbm.backbones.hf.loading import pipeline_class
     from ltbm.backbones.synthetic import save_model
 
     assert pipeline_class("granite_speech").adapter_class.model_type == "granite_speech"
@@ -206,7 +206,7 @@ def test_the_lora_adapter_is_on_when_the_pipeline_generates():
     from transformers.integrations.peft import MIN_PEFT_VERSION
 
     peft = pytest.importorskip("peft", minversion=MIN_PEFT_VERSION)
-    from ltbm.backbones.granite_speech import GraniteSpeechAdapter
+    from ltbm.backbones.families.granite_speech import GraniteSpeechAdapter
 
     model, tokenizer = tiny_model(has_lora_adapter=True)
     lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
@@ -224,7 +224,7 @@ def test_the_lora_adapter_is_on_when_the_pipeline_generates():
 
 def test_bfloat16_keeps_the_dtype_and_the_budget():
     """GPU users load in bfloat16: the features are cast to the encoder's dtype."""
-    from ltbm.backbones.granite_speech import GraniteSpeechAdapter
+    from ltbm.backbones.families.granite_speech import GraniteSpeechAdapter
 
     model, tokenizer = tiny_model()
     adapter = GraniteSpeechAdapter(model.to(torch.bfloat16))

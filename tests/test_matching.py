@@ -55,7 +55,7 @@ def test_in_order_sums_give_the_plans_of_the_bag_sums(monkeypatch, dtype, keep_r
     """A round whose successor is the last reads its rows once, in order, into a ring
     (window 1); with that path switched off, every slot's rows summed as a bag give the
     same plans and tokens (junk padding, mixed lengths, exact ties, tiny blocks)."""
-    from ltbm import slot_sums
+    from ltbm.core import slot_sums
 
     monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", 24 * 9)
     tokens = torch.randn(3, 301, 24, generator=torch.Generator().manual_seed(12))
@@ -83,7 +83,7 @@ def test_in_order_sums_give_the_plans_of_the_bag_sums(monkeypatch, dtype, keep_r
 def test_in_order_sums_refuse_slots_out_of_row_order(monkeypatch):
     """Slots that do not follow the rows (so that too many would be open at once) are
     refused before anything is shown: the caller then sums bags."""
-    from ltbm import slot_sums
+    from ltbm.core import slot_sums
 
     monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", 8 * 100)  # blocks of 100 rows
     rows = torch.randn(4000, 8)
@@ -235,7 +235,7 @@ def test_every_window_is_a_distinct_setting():
 def test_block_sizes_do_not_change_results(monkeypatch, window, dtype):
     """The kernel works in cache-sized blocks of rows and slots; tiny blocks (many of them,
     with pairs and merges crossing block edges) give exactly the same plan and tokens."""
-    from ltbm import slot_sums
+    from ltbm.core import slot_sums
 
     tokens = torch.randn(3, 257, 24, generator=torch.Generator().manual_seed(11)).to(dtype)
     tokens[:, 5::7] = tokens[:, 3:4]  # exact ties
@@ -257,8 +257,8 @@ def test_slot_sums_are_index_add_onto_zeros(monkeypatch, method, dtype, block_el
     """Merged tokens are the sums ``index_add_`` makes onto zeros (each slot's sources added
     in source order, in float32 for half precision), divided by the slot size: bit for bit,
     with big or tiny blocks of slots or source rows (slots finished early or late)."""
-    from ltbm import plan as plan_module
-    from ltbm import slot_sums
+    from ltbm.core import plan as plan_module
+    from ltbm.core import slot_sums
 
     monkeypatch.setattr(slot_sums, "BLOCK_ELEMENTS", block_elements)
     monkeypatch.setattr(plan_module, "SOURCE_BLOCK_ELEMENTS", block_elements)
@@ -280,7 +280,7 @@ def test_slot_sums_are_index_add_onto_zeros(monkeypatch, method, dtype, block_el
 def test_slot_sums_without_the_out_overload_give_the_same_tokens(monkeypatch, dtype):
     """Where torch lacks the out= overload of embedding_bag's forward op, the public
     ``embedding_bag`` plus a copy gives the same plan and the same tokens."""
-    from ltbm import slot_sums
+    from ltbm.core import slot_sums
 
     tokens = torch.randn(3, 300, 40, generator=torch.Generator().manual_seed(8)).to(dtype)
     lengths = torch.tensor([300, 211, 5])

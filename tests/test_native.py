@@ -1,4 +1,4 @@
-"""The compiled loops (``ltbm._native``) give torch's values, bit for bit.
+"""The compiled loops (``ltbm.core._native``) give torch's values, bit for bit.
 
 Plans are decided by the norms and band dot products, and tokens are the slot sums: the
 loops may only change how fast they come. Every test compares a loop with the torch
@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ltbm
-from ltbm import native_dots, slot_sums
+from ltbm.core import native_dots, slot_sums
 from ltbm.methods import matching
 from ltbm.methods.neighbour_dots import StreamedNeighbourDots
 
 needs_loop = pytest.mark.skipif(
-    native_dots.compiled is None, reason="ltbm._native was not built (no C compiler)"
+    native_dots.compiled is None, reason="ltbm.core._native was not built (no C compiler)"
 )
 
 
@@ -267,7 +267,7 @@ def test_the_loops_can_be_switched_off_for_a_process():
     import subprocess
     import sys
 
-    probe = "from ltbm import native_dots as n, slot_sums as s; print(n.compiled, s._native)"
+    probe = "from ltbm.core import native_dots as n, slot_sums as s; print(n.compiled, s._native)"
     env = {**os.environ, "LTBM_COMPILED": "0"}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     assert done.stdout.split() == ["None", "None"], done.stderr

@@ -13,10 +13,10 @@ from hf_checks import assert_dropin_restores, assert_parity_with_transformers, p
 from tiny_models import tone
 
 import ltbm
-from ltbm.audio import AudioError
-from ltbm.backbones.loading import hf_identity, loaded_adapters
-from ltbm.backbones.shipped_lora import min_peft, peft_usable
+from ltbm.backbones.hf.identity import hf_identity, loaded_adapters
+from ltbm.backbones.hf.shipped_lora import min_peft, peft_usable
 from ltbm.backbones.synthetic import save_model
+from ltbm.io.audio import AudioError
 
 transformers = pytest.importorskip("transformers")
 
@@ -125,7 +125,7 @@ def test_identity_of_a_model_without_adapters_is_unchanged(pipe):
 def test_weights_in_a_subfolder_enter_the_identity(tmp_path):
     """A local checkpoint's shipped LoRA (``speech-lora/``) is part of its weights: other
     adapter weights give another identity, so their runs never share results."""
-    from ltbm.backbones.loading import _folder_fingerprint
+    from ltbm.backbones.hf.identity import _folder_fingerprint
 
     (tmp_path / "speech-lora").mkdir()
     (tmp_path / "config.json").write_text("{}")

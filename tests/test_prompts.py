@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ltbm.prompts import DEFAULT_PROMPTS, prompt_template, render_prompt
 from ltbm.tasks.base import Item
+from ltbm.tasks.prompts import DEFAULT_PROMPTS, prompt_template, render_prompt
 
 ITEM = Item(
     id="q",

@@ -23,9 +23,9 @@ from hf_checks import (
 from tiny_models import build_qwen2_audio, tone
 
 import ltbm
-from ltbm.audio import AudioError
 from ltbm.backbones.base import Backbone
-from ltbm.backbones.qwen2_audio import Qwen2AudioPipeline
+from ltbm.backbones.families.qwen2_audio import Qwen2AudioPipeline
+from ltbm.io.audio import AudioError
 from ltbm.methods.pruning import attention_received, pool_frames_to_tokens
 from ltbm.methods.registry import DEFAULT_WINDOW
 

@@ -12,7 +12,8 @@ from hf_checks import left_padded, model_level_inputs
 from tiny_models import tone
 
 import ltbm
-from ltbm.backbones.synthetic import model_config, tiny_tokenizer, whisper_features
+from ltbm.backbones.synthetic import model_config
+from ltbm.backbones.synthetic.parts import tiny_tokenizer, whisper_features
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,7 +25,7 @@ def _one_thread(single_thread):
 
 @pytest.fixture(scope="module")
 def setup():
-    from ltbm.backbones.qwen3_omni_moe import Qwen3OmniAdapter
+    from ltbm.backbones.families.qwen3_omni_moe import Qwen3OmniAdapter
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from ltbm.cli import app
 from ltbm.metrics.wer import word_error_rate
-from ltbm.report import write_report
-from ltbm.report_stats import StatsOptions, report_stats
+from ltbm.report.build import write_report
+from ltbm.report.stats import StatsOptions, report_stats
 from ltbm.run.evaluate import Cell
 from ltbm.run.records import RecordWriter, write_json_atomic
 

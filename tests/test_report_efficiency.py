@@ -17,8 +17,8 @@ from tiny_models import tiny_bench_args
 from typer.testing import CliRunner
 
 from ltbm.cli import app
-from ltbm.report import write_report
-from ltbm.report_stats import StatsOptions
+from ltbm.report.build import write_report
+from ltbm.report.stats import StatsOptions
 from ltbm.run.evaluate import Cell
 from ltbm.run.records import write_json_atomic
 

@@ -288,7 +288,7 @@ def test_overshooting_audio_is_flagged_in_its_record(tmp_path):
 def test_every_output_deciding_setting_enters_the_identity_automatically(tmp_path):
     """A field added to RunSettings later (as the MMAU subset will be) is part of the
     identity without anyone listing it; selection fields choose items only."""
-    from ltbm.backbones.whisper_ct2 import WhisperCT2
+    from ltbm.backbones.whisper.ct2 import WhisperCT2
 
     @dataclass
     class Extended(RunSettings):

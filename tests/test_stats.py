@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ltbm.stats import (
+from ltbm.report.bootstrap import (
     bootstrap_ratios,
     difference_interval,
     percentile_interval,

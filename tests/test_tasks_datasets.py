@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 import ltbm.tasks as tasks
-from ltbm.audio import load_audio
+from ltbm.io.audio import load_audio
 from ltbm.tasks import (
     AudioCapsTask,
     ClothoTask,

@@ -44,7 +44,7 @@ def clips():
 
 def users_inputs(pipe, clips):
     """What a transformers user hands Voxtral: apply_chat_template with the audio inline."""
-    from ltbm.backbones.voxtral import wav_base64
+    from ltbm.backbones.families.voxtral import wav_base64
 
     conversations = [
         [{"role": "user", "content": [{"type": "audio", "base64": wav_base64(c)}, text]}]

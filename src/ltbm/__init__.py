@@ -3,8 +3,8 @@
 Local Temporal Bipartite Merging and the baselines it is compared with, behind one API.
 """
 
-from ltbm.budget import kept_tokens
-from ltbm.compress import compress
+from ltbm.core.budget import kept_tokens
+from ltbm.core.plan import Plan
 from ltbm.methods import (
     LTBM,
     METHODS,
@@ -18,14 +18,14 @@ from ltbm.methods import (
     get_method,
     register,
 )
-from ltbm.plan import Plan
+from ltbm.methods.compress import compress
 
 __version__ = "0.2.1"
 
 _LAZY = {
-    "load": "ltbm.backbones.loading",
-    "pipeline": "ltbm.backbones.loading",
-    "compressed": "ltbm.backbones.dropin",
+    "load": "ltbm.backbones.hf.loading",
+    "pipeline": "ltbm.backbones.hf.loading",
+    "compressed": "ltbm.backbones.hf.dropin",
 }
 """Hugging Face entry points, imported on first use so `import ltbm` needs no transformers."""
 

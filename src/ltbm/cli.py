@@ -342,7 +342,7 @@ def sweep(
 ) -> None:
     """Run the paper's grid (methods × keep ratios × windows), reusing finished cells,
     then write the report."""
-    from ltbm.report import write_report
+    from ltbm.report.build import write_report
     from ltbm.run.options import check_seed
     from ltbm.run.sweep import GRID_KEYS, Grid, merge_settings, read_sweep_config
     from ltbm.run.sweep import sweep as run_sweep
@@ -448,8 +448,8 @@ def report(
     ),
 ) -> None:
     """Tables (markdown, CSV, JSON), plots and paired-bootstrap statistics from finished runs."""
-    from ltbm.report import write_report
-    from ltbm.report_stats import DEFAULT_PAIRS, StatsOptions, parse_pairs
+    from ltbm.report.build import write_report
+    from ltbm.report.stats import DEFAULT_PAIRS, StatsOptions, parse_pairs
     from ltbm.run.options import check_out_dir
 
     given = {"resamples": resamples, "seed": seed, "level": level}

@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ltbm.audio import SAMPLE_RATE, AudioError, load_audio
+from ltbm.core.plan import Plan
+from ltbm.io.audio import SAMPLE_RATE, AudioError, load_audio
 from ltbm.methods import Method, get_method
-from ltbm.plan import Plan
 
 DEMO_METHODS: dict[str, dict[str, Any]] = {
     "ltbm": {"window": 2},
@@ -112,7 +112,7 @@ def run_demo(
 ) -> DemoResult:
     """Transcribe ``clips`` uncompressed and with every method at every keep ratio; write
     the picture (and ``demo.json``) into ``out``. ``backbone`` defaults to a fresh
-    :class:`~ltbm.backbones.whisper_ct2.WhisperCT2`; pass one to reuse a loaded model."""
+    :class:`~ltbm.backbones.whisper.ct2.WhisperCT2`; pass one to reuse a loaded model."""
     if not clips:
         raise ValueError("the demo needs at least one clip")
     console = console or Console()
@@ -125,7 +125,7 @@ def run_demo(
     with _progress(console) as progress:
         task = progress.add_task("loading Whisper tiny.en", total=len(configs) + 2)
         if backbone is None:
-            from ltbm.backbones.whisper_ct2 import WhisperCT2
+            from ltbm.backbones.whisper.ct2 import WhisperCT2
 
             backbone = WhisperCT2()
         timings["load_s"] = time.perf_counter() - start
@@ -266,7 +266,7 @@ def draw_demo(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from ltbm.backbones.whisper_mel import log_mel_spectrogram
+    from ltbm.backbones.whisper.mel import log_mel_spectrogram
 
     strips = [(row, plan) for row, plan in zip(rows, plans, strict=True) if plan is not None]
     seconds = len(clip.audio) / SAMPLE_RATE
@@ -342,7 +342,7 @@ def _mark_broken_slots(axis: Any, plan: Plan, frame_seconds: float) -> None:
 
 def check_demo_audio(clips: Sequence[DemoClip], console: Console) -> None:
     """Warn about clips Whisper will struggle with; refuse those it cannot take."""
-    from ltbm.audio import is_silent
+    from ltbm.io.audio import is_silent
 
     for clip in clips:
         seconds = len(clip.audio) / SAMPLE_RATE

@@ -26,7 +26,7 @@ class Generation:
 class Backbone(Protocol):
     """A model that turns (audio, prompt) into text.
 
-    ``audios`` are mono float32 arrays at 16 kHz (see :func:`ltbm.audio.load_audio`);
+    ``audios`` are mono float32 arrays at 16 kHz (see :func:`ltbm.io.audio.load_audio`);
     ``prompts`` has one entry per clip (None where the backbone needs no prompt, as for
     Whisper); ``method`` None means no compression.
     """
@@ -57,23 +57,16 @@ def backbone_identity(backbone: Backbone) -> dict[str, Any]:
     """Every backbone setting that decides its outputs, for a run's identity.
 
     A backbone says so itself through ``identity()``; Hugging Face pipelines get theirs from
-    :func:`ltbm.backbones.loading.hf_identity`; anything else falls back to ``describe()``
+    :func:`ltbm.backbones.hf.identity.hf_identity`; anything else falls back to ``describe()``
     without the keys in :data:`VOLATILE_DESCRIPTION_KEYS`. ``default_max_new_tokens`` is
     added so that a run with the default and one with the same limit spelt out agree."""
     own = getattr(backbone, "identity", None)
     if callable(own):
         identity = dict(own())
     else:
-        from ltbm.backbones.pipeline import HFPipeline
-
-        if isinstance(backbone, HFPipeline):
-            from ltbm.backbones.loading import hf_identity
-
-            identity = hf_identity(backbone)
-        else:
-            described = backbone.describe()
-            identity = {k: v for k, v in described.items() if k not in VOLATILE_DESCRIPTION_KEYS}
-            identity.setdefault("backbone", backbone.name)
+        described = backbone.describe()
+        identity = {k: v for k, v in described.items() if k not in VOLATILE_DESCRIPTION_KEYS}
+        identity.setdefault("backbone", backbone.name)
     return identity
 
 

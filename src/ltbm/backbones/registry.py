@@ -28,7 +28,7 @@ def load_backbone(
     Hugging Face backbones, CTranslate2's device and compute type for whisper-ct2;
     ``frame_rate`` (25 or 50) is whisper-ct2's token rate (the ALMs run at 25 Hz only)."""
     if name == "whisper-ct2":
-        from ltbm.backbones.whisper_ct2 import WhisperCT2
+        from ltbm.backbones.whisper.ct2 import WhisperCT2
 
         try:
             return WhisperCT2(
@@ -48,7 +48,7 @@ def load_backbone(
             f"{name} runs its encoder at 25 Hz; frame_rate={frame_rate} is for whisper-ct2"
         )
     if name in ("hf", *DEFAULT_MODELS):
-        from ltbm.backbones.loading import load
+        from ltbm.backbones.hf.loading import load
 
         model = model or DEFAULT_MODELS.get(name)
         if model is None:

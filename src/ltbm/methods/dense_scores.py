@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ltbm.memory import fresh_empty
+from ltbm.core.memory import fresh_empty
 
 BFLOAT16_MIN_COLUMNS = 512
 """Below this many B tokens the float32 filter is cheaper overall: its matrix multiply is
@@ -162,7 +162,7 @@ class Scratch:
     per 4 KiB page: widening 256 rows into a new float64 buffer took 5× as long as into a
     reused one, which made the small inputs twice as slow as the plain matrix multiply.
     Small ones are kept for the thread's next call (``kept``); large ones are huge-page
-    mappings (:func:`ltbm.memory.fresh_empty`), returned to the system when the call ends
+    mappings (:func:`ltbm.core.memory.fresh_empty`), returned to the system when the call ends
     rather than kept in the heap under the next round's buffers."""
 
     def __init__(self, kept: dict[str, torch.Tensor] | None = None) -> None:

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from ltbm.inputs import (
+from ltbm.core.inputs import (
     budgets,
     check_tokens,
     check_window,
@@ -35,12 +35,12 @@ from ltbm.inputs import (
     valid_mask,
     working_dtype,
 )
-from ltbm.memory import fresh_empty
+from ltbm.core.memory import fresh_empty
+from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
+from ltbm.core.scaling import times_power_of_two, unit_exponents
+from ltbm.core.slot_sums import sum_rows_in_order, sum_rows_into_slots
 from ltbm.methods.dense_scores import filtered_best_partners
 from ltbm.methods.neighbour_dots import StreamedNeighbourDots
-from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
-from ltbm.scaling import times_power_of_two, unit_exponents
-from ltbm.slot_sums import sum_rows_in_order, sum_rows_into_slots
 
 DENSE_BLOCK_ELEMENTS = 1 << 22
 """How many A×B scores the dense path holds at once (16 MiB of float32, cache-sized)."""

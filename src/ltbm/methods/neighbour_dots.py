@@ -9,7 +9,7 @@ first round takes the input's values through the same class
 way; the values do not depend on how the rows are cut into blocks (each norm and dot
 product is the same reduction of the same row or rows).
 
-On CPU the compiled loop of :mod:`ltbm.native_dots` takes each block in one read where it
+On CPU the compiled loop of :mod:`ltbm.core.native_dots` takes each block in one read where it
 gives torch's values (it also reads half precision rows in place); torch operations
 (a norm, then a multiply and a row sum per distance) do the work elsewhere.
 """
@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ltbm import native_dots
+from ltbm.core import native_dots
 
 PIECE_ROWS = 4096
 """Fewest rows per piece when the compiled loop splits a long stretch across threads."""

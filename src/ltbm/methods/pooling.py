@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ltbm.inputs import budgets, check_tokens, valid_mask
-from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
+from ltbm.core.inputs import budgets, check_tokens, valid_mask
+from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
 
 
 @torch.no_grad()

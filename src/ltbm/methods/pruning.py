@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ltbm.inputs import budgets, check_tokens, valid_mask, working_dtype
+from ltbm.core.inputs import budgets, check_tokens, valid_mask, working_dtype
+from ltbm.core.plan import Plan
 from ltbm.methods.selection import selection_plan, top_scoring
-from ltbm.plan import Plan
 
 SCORERS = ("attention", "norm")
 UNDERFLOW_NORM = 2.0**-60

@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from ltbm.budget import check_keep_ratio
-from ltbm.inputs import check_seed, check_window
+from ltbm.core.budget import check_keep_ratio
+from ltbm.core.inputs import check_seed, check_window
+from ltbm.core.plan import Plan
 from ltbm.methods.matching import bipartite_merge_plan
 from ltbm.methods.pooling import pool_plan
 from ltbm.methods.pruning import SCORERS, prune_plan
 from ltbm.methods.sampling import random_plan, uniform_plan
-from ltbm.plan import Plan
 
 
 @dataclass(frozen=True)

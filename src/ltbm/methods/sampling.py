@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ltbm.inputs import budgets, check_tokens
+from ltbm.core.inputs import budgets, check_tokens
+from ltbm.core.plan import Plan
 from ltbm.methods.selection import selection_plan
-from ltbm.plan import Plan
 
 
 @torch.no_grad()

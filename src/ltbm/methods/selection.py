@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
+from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
 
 
 def selection_plan(chosen: torch.Tensor, kept: torch.Tensor, width: int) -> Plan:

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltbm.backbones.adapter import compress_tokens
-from ltbm.backbones.attention_capture import needs_attention
-from ltbm.backbones.pipeline import HFPipeline
-from ltbm.budget import kept_tokens
+from ltbm.backbones.hf.adapter import compress_tokens
+from ltbm.backbones.hf.attention_capture import needs_attention
+from ltbm.backbones.hf.pipeline import HFPipeline
+from ltbm.core.budget import kept_tokens
 from ltbm.methods.registry import DEFAULT_WINDOW
 from ltbm.run.evaluate import Cell
 
@@ -390,7 +390,7 @@ def load_pipeline(
     dtype: str | None,
 ) -> HFPipeline:
     """The pipeline to measure: a real checkpoint, or the architecture with random weights."""
-    from ltbm.backbones.loading import load, pipeline_class
+    from ltbm.backbones.hf.loading import load, pipeline_class
     from ltbm.backbones.synthetic import build_model
 
     if backbone not in BACKBONE_TYPES:

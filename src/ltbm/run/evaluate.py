@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ltbm.audio import audio_warnings, load_audio
 from ltbm.backbones.base import Backbone, backbone_identity, default_max_new_tokens
+from ltbm.io.audio import audio_warnings, load_audio
+from ltbm.io.hashing import canonical, fingerprint
 from ltbm.methods import Method, get_method
-from ltbm.prompts import prompt_template, render_prompt
 from ltbm.run.folder import (
     audio_digest,
     cell_lock,
@@ -38,7 +38,7 @@ from ltbm.run.folder import (
     pending,
     store_identity,
 )
-from ltbm.run.identity import RunConflict, canonical, fingerprint, plain
+from ltbm.run.identity import RunConflict, plain
 from ltbm.run.records import (
     RecordWriter,
     compact,
@@ -48,6 +48,7 @@ from ltbm.run.records import (
 )
 from ltbm.run.scoring import record_fields, score_records
 from ltbm.tasks.base import Item, Task, dataset_identity
+from ltbm.tasks.prompts import prompt_template, render_prompt
 from ltbm.tasks.subset import stratified_subset
 
 NO_COMPRESSION = "none"

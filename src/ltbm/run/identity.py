@@ -12,10 +12,11 @@ keep ratios that differ in any bit have different identities.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from ltbm.io.hashing import canonical, fingerprint
 
 IDENTITY_FILE = "identity.json"
 SCHEMA = 1
@@ -24,15 +25,6 @@ SCHEMA = 1
 
 class RunConflict(ValueError):
     """Results on disk that the requested run must not resume, reuse or overwrite."""
-
-
-def canonical(value: Any) -> str:
-    """JSON with sorted keys and no spacing: equal identities give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def fingerprint(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical(identity).encode("utf-8")).hexdigest()
 
 
 def plain(value: Any) -> Any:

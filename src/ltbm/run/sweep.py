@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ltbm.backbones.base import Backbone
-from ltbm.prompts import prompt_template
 from ltbm.run.evaluate import (
     NO_COMPRESSION,
     Cell,
@@ -33,6 +32,7 @@ from ltbm.run.evaluate import (
 from ltbm.run.folder import check_cell
 from ltbm.run.options import check_seed
 from ltbm.tasks.base import Task
+from ltbm.tasks.prompts import prompt_template
 
 PAPER_METHODS = ("none", "pool", "prune", "global", "ltbm")
 PAPER_KEEP_RATIOS = (0.5, 0.25, 0.15)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from ltbm.io.hashing import file_sha256
+
 TaskKind = Literal["caption", "mcq", "asr"]
 
 
@@ -57,15 +59,6 @@ class Task(Protocol):
         ...
 
     def coverage(self) -> Coverage: ...
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in blocks (listings are small; weights may not be)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def items_sha256(items: list[Item]) -> str:

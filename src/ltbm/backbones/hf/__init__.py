@@ -1,0 +1,1 @@
+"""The Hugging Face machinery every family adapter shares: pipeline, drop-in, loading."""

@@ -1,0 +1,237 @@
+"""Drop-in compression for a model and processor you already hold.
+
+::
+
+    with ltbm.compressed(model, processor, ltbm.get_method("ltbm", keep_ratio=0.25)):
+        inputs = processor(text=prompt, audio=audio, return_tensors="pt")
+        ids = model.generate(**inputs, max_new_tokens=64)
+
+Inside the block two things change, both on these instances only and both undone exactly
+on exit:
+
+* the processor's public ``replace_audio_token`` (the method every transformers 5
+  processor calls to expand one audio placeholder into N copies) returns K copies,
+  K = ``kept_tokens(N, keep_ratio)``; for a family whose placeholders are written elsewhere
+  (Voxtral: inside mistral-common's tokenizer), the public processor methods the adapter
+  names in ``tokenizing_methods`` are wrapped instead, and each run of N placeholder ids in
+  their tokenized output is rewritten to K (left-padded, as the ltbm pipeline does);
+* a forward pre-hook (``register_forward_pre_hook(..., with_kwargs=True)``, public torch
+  API) on the model sees ``input_ids`` and the audio features before ``forward`` runs,
+  computes the compressed audio embeddings with the same code as the ltbm pipeline, and
+  passes ``inputs_embeds`` instead, so the model's own merging code is skipped.
+
+Why a pre-hook rather than replacing ``get_audio_features``: Qwen2-Audio has no such
+method (its forward runs the encoder inline and counts tokens with a private helper), and
+Audio Flamingo 3's receives the windows of all clips flattened, without the information
+of which windows make which clip. The pre-hook sees ``input_ids``, whose placeholder runs
+give each clip's K; from those AF3's windows are grouped (see ``group_windows``).
+
+Text and audio must be processed inside the block (the placeholder counts are fixed by
+the processor); inputs processed outside it are refused with a message.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ltbm.backbones.hf.adapter import AudioAdapter
+from ltbm.backbones.hf.placeholders import (
+    clip_runs,
+    merge_audio_embeddings,
+    pad_token_id,
+    resize_placeholder_runs,
+)
+from ltbm.core.budget import kept_tokens
+from ltbm.methods import Method
+
+_ACTIVE: set[int] = set()
+"""ids of the models and processors currently under ``compressed``: nesting is refused."""
+
+
+class Compression:
+    """The state of one ``compressed(...)`` block; :meth:`attach` / :meth:`detach` can also
+    be called directly when a ``with`` block does not fit the code."""
+
+    def __init__(self, model: nn.Module, processor: Any, method: Method | None) -> None:
+        from ltbm.backbones.hf.loading import pipeline_class, text_model
+
+        if method is not None and not isinstance(method, Method):
+            raise TypeError(
+                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
+                "one with ltbm.get_method(name, keep_ratio=...)"
+            )
+        self.model = text_model(model)
+        self.processor = processor
+        self.method = method
+        pipeline = pipeline_class(getattr(self.model.config, "model_type", None))
+        self.adapter: AudioAdapter = pipeline.adapter_class(self.model)
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._saved: dict[str, tuple[bool, Any]] = {}
+        """Each wrapped processor method: (whether the instance had its own, that one)."""
+        self._position_shift: torch.Tensor | None = None
+        self._parameters = _positional_names(self.model.forward)
+
+    # ------------------------------------------------------------------ attach
+    def attach(self) -> Compression:
+        keys = {id(self.model), id(self.processor)}
+        if keys & _ACTIVE:
+            raise RuntimeError("this model or processor is already inside ltbm.compressed(...)")
+        if self.method is not None:
+            self._wrap_processor()
+            self._handle = self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        _ACTIVE.update(keys)
+        return self
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        for name, (had_own, previous) in self._saved.items():
+            if had_own:
+                setattr(self.processor, name, previous)
+            else:
+                delattr(self.processor, name)
+        self._saved = {}
+        _ACTIVE.difference_update({id(self.model), id(self.processor)})
+
+    def __enter__(self) -> Compression:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # --------------------------------------------------------------- processor
+    def _wrap_processor(self) -> None:
+        names = self.adapter.tokenizing_methods
+        if names:
+            for name in names:
+                self._patch(name, self._resized_output(getattr(self.processor, name)))
+        else:
+            self._patch("replace_audio_token", self._resized_expansion())
+
+    def _patch(self, name: str, function: Any) -> None:
+        """Set ``function`` as the processor instance's ``name``, remembering what to restore."""
+        self._saved[name] = (name in vars(self.processor), getattr(self.processor, name))
+        setattr(self.processor, name, function)
+
+    def _resized_expansion(self) -> Any:
+        """``replace_audio_token`` writing K placeholders where the processor writes N."""
+        token, ratio = self.processor.audio_token, self.method.keep_ratio
+        original = self.processor.replace_audio_token
+
+        def replace_audio_token(audio_inputs: dict, audio_idx: int, **kwargs: Any) -> str:
+            text = original(audio_inputs, audio_idx, **kwargs)
+            count = text.count(token)
+            if token * count not in text:
+                raise RuntimeError(
+                    f"the processor's expansion of {token!r} is not one run of placeholders; "
+                    "ltbm cannot resize it"
+                )
+            return text.replace(token * count, token * kept_tokens(count, ratio), 1)
+
+        return replace_audio_token
+
+    def _resized_output(self, original: Any) -> Any:
+        """``original`` (a processor method returning tokenized inputs) with each clip's run of
+        N placeholder ids rewritten to K. Outputs without tensor ids (text) pass unchanged:
+        they cannot carry audio to the model, and the pre-hook refuses inputs with N."""
+        token_id, ratio = self.adapter.audio_token_id, self.method.keep_ratio
+        pad = pad_token_id(self.processor.tokenizer)
+
+        def tokenizing_method(*args: Any, **kwargs: Any) -> Any:
+            output = original(*args, **kwargs)
+            ids = output.get("input_ids") if isinstance(output, Mapping) else None
+            if not isinstance(ids, torch.Tensor):
+                return output
+            mask = output.get("attention_mask")
+            mask = torch.ones_like(ids) if mask is None else mask
+            counts = [kept_tokens(n, ratio) for n in clip_runs(ids, mask, token_id)]
+            resized = resize_placeholder_runs(ids, mask, token_id, counts, pad)
+            output["input_ids"], output["attention_mask"] = resized
+            return output
+
+        return tokenizing_method
+
+    # ------------------------------------------------------------------- model
+    def _pre_hook(
+        self, module: nn.Module, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[tuple, dict[str, Any]] | None:
+        inputs = dict(zip(self._parameters, args, strict=False))
+        inputs.update(kwargs)
+        adapter = self.adapter
+        features = inputs.get(adapter.features_key)
+        input_ids = inputs.get("input_ids")
+        if input_ids is not None and input_ids.shape[-1] <= 1:
+            return self._decoding_step(inputs)  # the audio is already in the cache
+        self._position_shift = None  # a new prompt: no shift until its audio is placed
+        if features is None or input_ids is None or inputs.get("inputs_embeds") is not None:
+            return None
+        images = sorted(k for k, v in inputs.items() if "pixel_values" in k and v is not None)
+        if images:  # the model would not see them: its own embedding step is skipped
+            raise ValueError(
+                f"ltbm.compressed takes prompts with audio only, but this call also passes "
+                f"{', '.join(images)}; run prompts with images outside the block"
+            )
+        frame_mask = adapter.frame_mask(features, inputs.get(adapter.mask_key))
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        placeholders = clip_runs(input_ids, attention_mask, adapter.audio_token_id)
+        windows = adapter.clip_windows(adapter.window_tokens(frame_mask), placeholders, self.method)
+        audio = adapter.audio_embeddings(self.method, features, frame_mask, windows)
+        lengths, kept = audio.audio_tokens, audio.kept_tokens
+        if kept != placeholders:
+            raise ValueError(
+                f"the prompts hold {placeholders} audio placeholders per clip, but compressing "
+                f"{lengths} encoder tokens gives {kept}: process text and audio with the "
+                "processor inside ltbm.compressed(...), so that it emits K placeholders"
+            )
+        embeds = merge_audio_embeddings(
+            self.model.get_input_embeddings(), input_ids, adapter.audio_token_id, audio.rows
+        )
+        inputs.update(self._llm_inputs(input_ids, attention_mask, audio, inputs))
+        inputs.update(
+            {
+                "input_ids": None,
+                "inputs_embeds": embeds,
+                adapter.features_key: None,
+                adapter.mask_key: None,
+            }
+        )
+        return (), inputs
+
+    def _llm_inputs(self, input_ids, attention_mask, audio, inputs) -> dict[str, Any]:
+        """The family's extra LLM inputs. Time-aligned positions replace those ``generate``
+        computed for the K-placeholder prompt; the difference at the last prompt token is
+        kept, so the positions ``generate`` extends while decoding are shifted the same."""
+        extra = self.adapter.llm_inputs(input_ids, attention_mask, audio)
+        ours, given = extra.get("position_ids"), inputs.get("position_ids")
+        if ours is not None and given is not None and given.shape == ours.shape:
+            self._position_shift = ours[..., -1:] - given[..., -1:]
+        return extra
+
+    def _decoding_step(self, inputs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        given = inputs.get("position_ids")
+        if self._position_shift is None or given is None:
+            return None
+        return (), {**inputs, "position_ids": given + self._position_shift.to(given.device)}
+
+
+def compressed(model: nn.Module, processor: Any, method: Method | None) -> Compression:
+    """Context manager: inside it, ``model.generate(**processor(text=..., audio=...))`` (or a
+    plain forward) receives the audio compressed by ``method``. ``method=None`` changes
+    nothing. On exit the model and processor behave exactly as before."""
+    return Compression(model, processor, method)
+
+
+def _positional_names(function: Any) -> list[str]:
+    return [
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]

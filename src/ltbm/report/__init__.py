@@ -1,0 +1,1 @@
+"""Tables, per-item scores, paired statistics and plots from finished run folders."""
