@@ -123,6 +123,12 @@ DeviceOption = typer.Option(
 DtypeOption = typer.Option(
     None, help="HF: float32, float16, bfloat16, auto; whisper-ct2: a CTranslate2 compute type"
 )
+SizeAwareOption = typer.Option(
+    False,
+    "--size-aware",
+    help="size-aware attention: each compressed token weighs as the frames it stands for "
+    "(log(size) added to its attention logits; PyTorch backbones, eager or sdpa attention)",
+)
 
 
 def _default_scorer(backbone: str) -> str:
@@ -131,7 +137,7 @@ def _default_scorer(backbone: str) -> str:
 
 
 def _check_run_options(
-    backbone: str, device, dtype, frame_rate, out: Path, **whole: int | None
+    backbone: str, device, dtype, frame_rate, out: Path, size_aware: bool, **whole: int | None
 ) -> None:
     """Every option checked before the dataset is read or a model loads."""
     from ltbm.run.options import (
@@ -139,6 +145,7 @@ def _check_run_options(
         check_dtype,
         check_frame_rate,
         check_out_dir,
+        check_size_aware,
         check_whole,
     )
 
@@ -147,6 +154,7 @@ def _check_run_options(
     check_dtype(backbone, dtype)
     check_device(backbone, device)
     check_frame_rate(backbone, frame_rate)
+    check_size_aware(backbone, size_aware)
     check_out_dir(out)
 
 
@@ -217,6 +225,7 @@ def eval_command(
     scorer: str = typer.Option(None, help="prune's scorer: attention or norm"),
     seed: int = typer.Option(None, help="seed of the --subset sample (default 0) and of random"),
     frame_rate: int = FrameRateOption,
+    size_aware: bool = SizeAwareOption,
     batch_size: int = typer.Option(4),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
     prompt: str = typer.Option(None, help="override the prompt template"),
@@ -249,7 +258,8 @@ def eval_command(
         raise typer.BadParameter("--seed seeds --subset's sample and the random method: add one")
     check_seed("--seed", seed)
     cell_seed = seed if method == "random" else None
-    cell = Cell(method, 1.0 if method == "none" else keep_ratio, window, scorer, cell_seed)
+    ratio = 1.0 if method == "none" else keep_ratio
+    cell = Cell(method, ratio, window, scorer, cell_seed, size_aware=size_aware)
     cell.build()  # refuse bad parameters before any model loads
     _check_run_options(
         backbone,
@@ -257,6 +267,7 @@ def eval_command(
         dtype,
         frame_rate,
         out,
+        size_aware,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         limit=limit,
@@ -326,6 +337,12 @@ def sweep(
         "agree with it",
     ),
     frame_rate: int = FrameRateOption,
+    size_aware: bool = typer.Option(
+        False,
+        "--size-aware",
+        help="run every compressed cell with size-aware attention (sweep config: size_aware "
+        "= true, or [false, true] for both ways)",
+    ),
     batch_size: int = typer.Option(None, help="default 4"),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
     prompt: str = typer.Option(None),
@@ -354,6 +371,7 @@ def sweep(
         "windows": _ints(windows, "--windows"),
         "scorer": scorer,
         "seed": seed,
+        "size_aware": (True,) if size_aware else None,
         "root": None if root is None else str(root),
         "csv": None if csv is None else str(csv),
         "json": None if json_path is None else str(json_path),
@@ -381,6 +399,7 @@ def sweep(
         dtype,
         values.get("frame_rate"),
         out,
+        any(grid.size_aware),
         batch_size=values.get("batch_size"),
         max_new_tokens=values.get("max_new_tokens"),
         limit=values.get("limit"),

@@ -40,6 +40,7 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
             "keep_ratio": cell["keep_ratio"],
             "window": cell.get("window"),
             "scorer": cell.get("scorer"),
+            **({"size_aware": True} if cell.get("size_aware") else {}),
             "items": metrics["scored"],
             "failed": metrics.get("failed_count", len(metrics.get("failed", []))),
             "kept_tokens": metrics.get("mean_kept_tokens"),
@@ -64,7 +65,14 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _row_order(row: dict[str, Any]):
     rank = method_rank(row["method"])
-    return (row["task"], row["backbone"], -row["keep_ratio"], rank, row["window"] or 0)
+    return (
+        row["task"],
+        row["backbone"],
+        -row["keep_ratio"],
+        rank,
+        row["window"] or 0,
+        bool(row.get("size_aware")),
+    )
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -75,6 +83,7 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
         "keep_ratio",
         "window",
         "scorer",
+        *(["size_aware"] if any(r.get("size_aware") for r in rows) else []),
         "items",
         "failed",
         "audio_tokens",
@@ -164,11 +173,12 @@ def _groups(rows, keys) -> dict[tuple, list[dict[str, Any]]]:
 
 
 def _series_label(row: dict[str, Any]) -> str:
+    label = row["method"]
     if row["method"] == "ltbm" and row["window"] is not None:
-        return f"ltbm (w={row['window']})"
-    if row["method"] == "prune" and row["scorer"]:
-        return f"prune ({row['scorer']})"
-    return row["method"]
+        label = f"ltbm (w={row['window']})"
+    elif row["method"] == "prune" and row["scorer"]:
+        label = f"prune ({row['scorer']})"
+    return label + (" size-aware" if row.get("size_aware") else "")
 
 
 def plot_runs(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:

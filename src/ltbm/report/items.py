@@ -105,12 +105,15 @@ class CellItems:
 
     @property
     def label(self) -> str:
-        """The method and its parameters besides the keep ratio: ``ltbm w=1``, ``prune norm``."""
+        """The method and its parameters besides the keep ratio: ``ltbm w=1``, ``prune norm``,
+        ``ltbm w=1 size-aware``."""
         parts = [self.method]
         for name, value in sorted(self.cell.items()):
-            if name in ("method", "keep_ratio") or value is None:
+            if name in ("method", "keep_ratio", "size_aware") or value is None:
                 continue
             parts.append(str(value) if name == "scorer" else f"{name[0]}={value}")
+        if self.cell.get("size_aware"):
+            parts.append("size-aware")
         return " ".join(parts)
 
     def identity(self) -> tuple:

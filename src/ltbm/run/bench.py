@@ -16,7 +16,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -278,7 +278,7 @@ def run_bench(
             audios = None
             for cell in grid.cells():
                 place = {"batch_size": batch_size, "audio_seconds": float(seconds)}
-                row = reusable.get(cell_key({**asdict(cell), **place}))
+                row = reusable.get(cell_key({**cell.as_dict(), **place}))
                 if row is None:
                     audios = audios if audios is not None else clips(batch_size, seconds)
                     row = {**_measure_or_oom(pipeline, cell, audios, prompt, grid), "run": run_id}

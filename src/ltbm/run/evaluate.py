@@ -56,19 +56,40 @@ NO_COMPRESSION = "none"
 
 @dataclass(frozen=True)
 class Cell:
-    """The compression setting of one run. ``method="none"`` is the uncompressed baseline."""
+    """The compression setting of one run. ``method="none"`` is the uncompressed baseline.
+
+    ``size_aware``: the consumer's attention gives each compressed token the weight of the
+    frames it stands for (:mod:`ltbm.backbones.hf.size_aware`). A cell with it has its own
+    folder and identity; without it (the default) the identity is what it was before the
+    option existed."""
 
     method: str = "ltbm"
     keep_ratio: float = 0.25
     window: int | None = None
     scorer: str | None = None
     seed: int | None = None
+    size_aware: bool = False
 
     def __post_init__(self) -> None:
         ratio = self.keep_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise ValueError(f"keep_ratio must be a number in (0, 1], got {ratio!r}")
         object.__setattr__(self, "keep_ratio", float(ratio))
+        if not isinstance(self.size_aware, bool):
+            raise ValueError(f"size_aware must be true or false, got {self.size_aware!r}")
+        if self.size_aware and self.method == NO_COMPRESSION:
+            raise ValueError(
+                "size-aware attention weighs compressed tokens by their size; the uncompressed "
+                "run has none to weigh: drop --size-aware for method none"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The cell's settings as stored in its identity and metrics: ``size_aware`` only
+        when set, so cells without it keep the identities they had before it existed."""
+        settings = asdict(self)
+        if not self.size_aware:
+            del settings["size_aware"]
+        return settings
 
     def build(self) -> Method | None:
         if self.method == NO_COMPRESSION:
@@ -94,6 +115,8 @@ class Cell:
             parts.append(self.scorer)
         if self.seed is not None:
             parts.append(f"s{self.seed}")
+        if self.size_aware:
+            parts.append("size-aware")
         return "-".join(parts)
 
 
@@ -204,7 +227,7 @@ def run_identity(
             "ltbm": __version__,
             "dataset": dataset_identity(task),
             "backbone": backbone_identity(backbone),
-            "cell": asdict(cell),
+            "cell": cell.as_dict(),
             "method_params": method.params() if method is not None else None,
             "settings": {**settings.identity_fields(), **resolved},
         }
@@ -247,6 +270,7 @@ def evaluate(
     check = getattr(backbone, "check_method", None)
     if check is not None:  # refuse up front rather than record every item as failed
         check(method)
+    check_size_aware(backbone, cell)
     items = select_items(task, settings)
     template = prompt_template(settings.backbone, task.kind, settings.prompt)
     check_template(template)
@@ -269,7 +293,9 @@ def evaluate(
         done_marker(run_dir, shard.rank).unlink(missing_ok=True)
         with RecordWriter(records_file) as writer:
             for batch in _batches(todo, settings.batch_size, progress, cell.name):
-                for record in _run_batch(backbone, batch, method, template, settings):
+                for record in _run_batch(
+                    backbone, batch, method, template, settings, cell.size_aware
+                ):
                     writer.write(record)
         compact(records_file)
         with finish_lock(run_dir):
@@ -279,6 +305,20 @@ def evaluate(
                     run_dir, backbone, task, items, cell, settings, template, identity, selection
                 )
     return run_dir
+
+
+def check_size_aware(backbone: Backbone, cell: Cell) -> None:
+    """Refuse, before any item, a size-aware cell on a backbone that cannot bias its
+    attention (CTranslate2's Whisper; an HF model on FlashAttention)."""
+    if not cell.size_aware:
+        return
+    check = getattr(backbone, "check_size_aware", None)
+    if check is None:
+        raise ValueError(
+            f"{backbone.name} cannot add a bias to its attention, so it has no size-aware "
+            "attention; drop --size-aware, or use a PyTorch backbone (an HF audio LLM)"
+        )
+    check()
 
 
 def check_template(template: str) -> None:
@@ -314,6 +354,7 @@ def _run_batch(
     method: Method | None,
     template: str,
     settings: RunSettings,
+    size_aware: bool = False,
 ) -> list[dict[str, Any]]:
     """Generate for a batch; an item whose audio fails is recorded with its error, and a
     batch that fails as a whole is retried item by item so one bad clip costs one record."""
@@ -330,15 +371,17 @@ def _run_batch(
     prompts = [render_prompt(template, item) for item in ready]
     start = time.perf_counter()
     try:
-        limits = (
+        options: dict[str, Any] = (
             {} if settings.max_new_tokens is None else {"max_new_tokens": settings.max_new_tokens}
         )
-        generations = backbone.generate(audios, prompts, method, **limits)
+        if size_aware:  # only then: backbones without the option never see it
+            options["size_aware"] = True
+        generations = backbone.generate(audios, prompts, method, **options)
     except Exception as error:  # noqa: BLE001
         if len(ready) == 1:
             return [*records, _failure(ready[0], error)]
         for item in ready:
-            records.extend(_run_batch(backbone, [item], method, template, settings))
+            records.extend(_run_batch(backbone, [item], method, template, settings, size_aware))
         return records
     seconds = (time.perf_counter() - start) / len(ready)
     for item, prompt, generation, flags in zip(ready, prompts, generations, warnings, strict=True):
@@ -397,7 +440,7 @@ def finalize(
         "backbone_name": settings.backbone,
         "fingerprint": fingerprint(identity),
         "selection": selection,
-        "cell": asdict(cell),
+        "cell": cell.as_dict(),
         "cell_name": cell.name,
         "method_params": identity["method_params"],
         "prompt_template": template,

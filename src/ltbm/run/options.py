@@ -121,3 +121,12 @@ def check_frame_rate(backbone: str, frame_rate: int | None) -> None:
             f"--frame-rate {frame_rate}: {backbone}'s encoder runs at 25 Hz only; the "
             "option chooses whisper-ct2's rate"
         )
+
+
+def check_size_aware(backbone: str, size_aware: bool | None) -> None:
+    """Size-aware attention adds a bias inside PyTorch attention; CTranslate2 takes none."""
+    if size_aware and backbone == "whisper-ct2":
+        raise ValueError(
+            "--size-aware: whisper-ct2 runs Whisper in CTranslate2, whose attention takes no "
+            "bias; use a PyTorch backbone (hf, qwen2-audio, audioflamingo3)"
+        )

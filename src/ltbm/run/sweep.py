@@ -16,7 +16,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ltbm.run.evaluate import (
     Cell,
     RunSettings,
     Shard,
+    check_size_aware,
     evaluate,
     run_identity,
 )
@@ -74,6 +75,17 @@ def _flag(key: str, value: Any) -> bool:
     return value
 
 
+def _flags(key: str, value: Any) -> tuple[bool, ...]:
+    """``true``, ``false`` or both (``[false, true]``): a bool or a list of bools."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, bool) for v in values):
+        raise ValueError(
+            f"{key} must be true, false or a list of them (e.g. {key} = [false, true] runs "
+            f"every compressed cell both ways), got {value!r}"
+        )
+    return tuple(dict.fromkeys(values))
+
+
 def _list_of(check: Callable[[str, Any], Any]) -> Callable[[str, Any], tuple]:
     def checked(key: str, value: Any) -> tuple:
         if not isinstance(value, (list, tuple)):
@@ -92,6 +104,7 @@ GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "windows": _list_of(_whole),
     "scorer": _text,
     "seed": _seed,
+    "size_aware": _flags,
 }
 RUN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "root": _text,
@@ -118,6 +131,8 @@ class Grid:
     scorer: str = "norm"
     seed: int = 0
     """random's seed."""
+    size_aware: tuple[bool, ...] = (False,)
+    """Size-aware attention off, on, or both (every compressed cell run each way)."""
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -132,22 +147,26 @@ class Grid:
                 continue
             for ratio in self.keep_ratios:
                 if method == "ltbm":
-                    cells.extend(Cell("ltbm", ratio, window=w) for w in self.windows)
+                    plain = [Cell("ltbm", ratio, window=w) for w in self.windows]
                 elif method == "prune":
-                    cells.append(Cell("prune", ratio, scorer=self.scorer))
+                    plain = [Cell("prune", ratio, scorer=self.scorer)]
                 elif method == "random":
-                    cells.append(Cell("random", ratio, seed=self.seed))
+                    plain = [Cell("random", ratio, seed=self.seed)]
                 else:
-                    cells.append(Cell(method, ratio))
+                    plain = [Cell(method, ratio)]
+                cells += [replace(c, size_aware=on) for c in plain for on in self.size_aware]
         return list(dict.fromkeys(cells))
 
     def describe(self) -> str:
         """The grid in one line, as printed before a sweep runs."""
         names = [cell.name for cell in self.cells()]
+        sizes = {(False,): "", (True,): " × size-aware"}.get(
+            self.size_aware, " × size-aware off and on"
+        )
         return (
             f"methods {','.join(self.methods)} × keep ratios "
             f"{','.join(repr(r) for r in self.keep_ratios)} × ltbm windows "
-            f"{','.join(map(str, self.windows))}: {len(names)} cells ({', '.join(names)})"
+            f"{','.join(map(str, self.windows))}{sizes}: {len(names)} cells ({', '.join(names)})"
         )
 
 
@@ -237,6 +256,7 @@ def check_sweep(
         method = cell.build()
         if check_method is not None:
             check_method(method)
+        check_size_aware(backbone, cell)
         if folders:
             identity = run_identity(backbone, task, cell, settings, template)
             check_cell(settings.run_dir(cell), identity)

@@ -28,6 +28,11 @@ give each clip's K; from those AF3's windows are grouped (see ``group_windows``)
 
 Text and audio must be processed inside the block (the placeholder counts are fixed by
 the processor); inputs processed outside it are refused with a message.
+
+``size_aware=True`` also hooks the language model's self-attention
+(:mod:`ltbm.backbones.hf.size_aware`): the pre-hook, having placed the audio of a prompt,
+sets log(size) as the bias of its audio keys, which holds for the decoding steps that
+follow, until the next prompt.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ from ltbm.backbones.hf.placeholders import (
     pad_token_id,
     resize_placeholder_runs,
 )
+from ltbm.backbones.hf.size_aware import (
+    KeyBias,
+    key_bias,
+    language_model_attention,
+    slot_log_sizes,
+)
 from ltbm.core.budget import kept_tokens
 from ltbm.methods import Method
 
@@ -57,7 +68,9 @@ class Compression:
     """The state of one ``compressed(...)`` block; :meth:`attach` / :meth:`detach` can also
     be called directly when a ``with`` block does not fit the code."""
 
-    def __init__(self, model: nn.Module, processor: Any, method: Method | None) -> None:
+    def __init__(
+        self, model: nn.Module, processor: Any, method: Method | None, size_aware: bool = False
+    ) -> None:
         from ltbm.backbones.hf.loading import pipeline_class, text_model
 
         if method is not None and not isinstance(method, Method):
@@ -65,6 +78,8 @@ class Compression:
                 f"method must be an ltbm Method or None, got {type(method).__name__}; build "
                 "one with ltbm.get_method(name, keep_ratio=...)"
             )
+        if not isinstance(size_aware, bool):
+            raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
         self.model = text_model(model)
         self.processor = processor
         self.method = method
@@ -75,6 +90,9 @@ class Compression:
         """Each wrapped processor method: (whether the instance had its own, that one)."""
         self._position_shift: torch.Tensor | None = None
         self._parameters = _positional_names(self.model.forward)
+        self._key_bias: KeyBias | None = None
+        if size_aware and method is not None:  # refused here if the kernel takes no bias
+            self._key_bias = KeyBias(language_model_attention(self.model))
 
     # ------------------------------------------------------------------ attach
     def attach(self) -> Compression:
@@ -84,6 +102,8 @@ class Compression:
         if self.method is not None:
             self._wrap_processor()
             self._handle = self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        if self._key_bias is not None:
+            self._key_bias.attach()
         _ACTIVE.update(keys)
         return self
 
@@ -91,6 +111,8 @@ class Compression:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self._key_bias is not None:
+            self._key_bias.detach()
         for name, (had_own, previous) in self._saved.items():
             if had_own:
                 setattr(self.processor, name, previous)
@@ -169,6 +191,8 @@ class Compression:
         if input_ids is not None and input_ids.shape[-1] <= 1:
             return self._decoding_step(inputs)  # the audio is already in the cache
         self._position_shift = None  # a new prompt: no shift until its audio is placed
+        if self._key_bias is not None:
+            self._key_bias.bias = None  # nor a size bias
         if features is None or input_ids is None or inputs.get("inputs_embeds") is not None:
             return None
         images = sorted(k for k, v in inputs.items() if "pixel_values" in k and v is not None)
@@ -195,6 +219,7 @@ class Compression:
             self.model.get_input_embeddings(), input_ids, adapter.audio_token_id, audio.rows
         )
         inputs.update(self._llm_inputs(input_ids, attention_mask, audio, inputs))
+        self._set_key_bias(input_ids, audio)
         inputs.update(
             {
                 "input_ids": None,
@@ -215,6 +240,14 @@ class Compression:
             self._position_shift = ours[..., -1:] - given[..., -1:]
         return extra
 
+    def _set_key_bias(self, input_ids: torch.Tensor, audio: Any) -> None:
+        """Size-aware: the bias of this prompt's audio keys (None when every size is 1)."""
+        if self._key_bias is None:
+            return
+        log_sizes = slot_log_sizes(audio.compressed)
+        if log_sizes is not None:
+            self._key_bias.bias = key_bias(input_ids, self.adapter.audio_token_id, log_sizes)
+
     def _decoding_step(self, inputs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         given = inputs.get("position_ids")
         if self._position_shift is None or given is None:
@@ -222,11 +255,15 @@ class Compression:
         return (), {**inputs, "position_ids": given + self._position_shift.to(given.device)}
 
 
-def compressed(model: nn.Module, processor: Any, method: Method | None) -> Compression:
+def compressed(
+    model: nn.Module, processor: Any, method: Method | None, *, size_aware: bool = False
+) -> Compression:
     """Context manager: inside it, ``model.generate(**processor(text=..., audio=...))`` (or a
     plain forward) receives the audio compressed by ``method``. ``method=None`` changes
-    nothing. On exit the model and processor behave exactly as before."""
-    return Compression(model, processor, method)
+    nothing. ``size_aware=True``: the language model's attention also gives each compressed
+    token the weight of the frames it stands for (eager or sdpa attention only). On exit
+    the model and processor behave exactly as before."""
+    return Compression(model, processor, method, size_aware)
 
 
 def _positional_names(function: Any) -> list[str]:

@@ -38,6 +38,8 @@ def hf_identity(pipeline: Any) -> dict[str, Any]:
         "generation_config": fingerprint(generation_config),
         "max_audio_seconds": pipeline.max_seconds(),
     }
+    if getattr(pipeline, "size_aware", False):  # only then: other identities stay as they were
+        identity["size_aware"] = True
     adapters = loaded_adapters(model)
     if adapters:  # only then: the identity of a model without adapters stays as it was
         identity["lora_adapters"] = adapters

@@ -133,6 +133,7 @@ def load(
     torch_dtype: str | torch.dtype | None = None,
     *,
     model_kwargs: dict[str, Any] | None = None,
+    size_aware: bool = False,
     **method_params: Any,
 ) -> HFPipeline:
     """Load a supported audio-language model and its processor with a method bound.
@@ -142,10 +143,14 @@ def load(
     ``model_kwargs`` (e.g. ``{"attn_implementation": "sdpa"}``). ``method_params`` are the
     method's own (``scorer="attention"`` for prune, ``seed`` for random). The method is
     built first, so a bad parameter fails before gigabytes of weights are read.
+    ``size_aware=True`` binds size-aware attention (each compressed token weighs as the
+    frames it stands for; :mod:`ltbm.backbones.hf.size_aware`): the language model's
+    attention must be eager or sdpa.
     """
     import transformers
 
     bound = resolve_method(method, keep_ratio, window, **method_params)
+    check_size_aware_kwargs(size_aware, model_kwargs)
     check_checkpoint(model_id_or_path)
     config = transformers.AutoConfig.from_pretrained(model_id_or_path)
     model_type = getattr(config, "model_type", None)
@@ -162,7 +167,22 @@ def load(
     model = _read_weights(model_class, model_id_or_path, kwargs)
     cls.finish_loading(model, model_id_or_path)
     processor = cls.load_processor(model_id_or_path)
-    return cls(text_model(model), processor, bound)
+    return cls(text_model(model), processor, bound, size_aware=size_aware)
+
+
+def check_size_aware_kwargs(size_aware: Any, model_kwargs: dict[str, Any] | None) -> None:
+    """Refuse, before any weights are read, a size_aware that is not a bool, or size-aware
+    attention with an attention kernel named in ``model_kwargs`` that takes no bias."""
+    from ltbm.backbones.hf.size_aware import BIASABLE
+
+    if not isinstance(size_aware, bool):
+        raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
+    chosen = (model_kwargs or {}).get("attn_implementation")
+    if size_aware and isinstance(chosen, str) and chosen not in BIASABLE:
+        raise ValueError(
+            f"size-aware attention adds log(size) to the attention logits, which "
+            f"attn_implementation {chosen!r} cannot take; use 'sdpa' or 'eager'"
+        )
 
 
 def _read_weights(model_class: Any, model_id_or_path: str, kwargs: dict[str, Any]) -> Any:
@@ -204,10 +224,18 @@ def check_checkpoint(model_id_or_path: Any) -> None:
         raise ValueError(f"the model folder {text} does not exist; {fix}")
 
 
-def pipeline(model: torch.nn.Module, processor: Any, method: Method | None = None) -> HFPipeline:
-    """A pipeline around a model and processor the caller already holds."""
+def pipeline(
+    model: torch.nn.Module,
+    processor: Any,
+    method: Method | None = None,
+    *,
+    size_aware: bool = False,
+) -> HFPipeline:
+    """A pipeline around a model and processor the caller already holds
+    (``size_aware``: as in :func:`load`)."""
     model = text_model(model)
-    return pipeline_class(getattr(model.config, "model_type", None))(model, processor, method)
+    cls = pipeline_class(getattr(model.config, "model_type", None))
+    return cls(model, processor, method, size_aware=size_aware)
 
 
 def text_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,11 +30,19 @@ from ltbm.backbones.hf.placeholders import (
     pad_token_id,
     resize_placeholder_runs,
 )
+from ltbm.backbones.hf.size_aware import (
+    biased_keys,
+    check_biasable,
+    key_bias,
+    language_model_attention,
+    slot_log_sizes,
+)
 from ltbm.io.audio import SAMPLE_RATE, AudioError, duration_seconds, is_silent
 from ltbm.methods import Method
 
 DEFAULT = object()
-"""Sentinel for "the pipeline's bound method" in :meth:`HFPipeline.generate`."""
+"""Sentinel for "the pipeline's bound setting" (method, size_aware) in
+:meth:`HFPipeline.generate`."""
 
 
 # -------------------------------------------------------------------------------- pipeline
@@ -51,6 +60,10 @@ class PreparedBatch:
     extra: list[dict[str, Any]]
     llm_inputs: dict[str, torch.Tensor]
     """What else the LLM takes with these embeddings (e.g. time-aligned ``position_ids``)."""
+    key_bias: torch.Tensor | None = None
+    """Size-aware attention: ``[B, T]`` log(size) of the slot at each audio position (0
+    elsewhere), added to the logits every query gives those keys; None when size-aware
+    attention is off or every size is 1 (see :mod:`ltbm.backbones.hf.size_aware`)."""
 
 
 class HFPipeline:
@@ -60,12 +73,22 @@ class HFPipeline:
     the encoder, the method and the projector, and generates from ``inputs_embeds`` with
     exactly K audio tokens per clip. Subclasses say how their encoder is called and how long
     a clip may be.
+
+    ``size_aware=True``: the language model's attention gives each compressed token the
+    weight of the frames it stands for (log(size) added to its logits, see
+    :mod:`ltbm.backbones.hf.size_aware`); it needs attn_implementation eager or sdpa.
     """
 
     name: ClassVar[str]
     adapter_class: ClassVar[type[AudioAdapter]]
 
-    def __init__(self, model: nn.Module, processor: Any, method: Method | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        method: Method | None = None,
+        size_aware: bool = False,
+    ) -> None:
         model_type = getattr(model.config, "model_type", None)
         if model_type != self.adapter_class.model_type:
             raise TypeError(
@@ -79,6 +102,9 @@ class HFPipeline:
         self.tokenizer = processor.tokenizer
         self.audio_token: str = processor.audio_token
         self._check_audio_token()
+        self.size_aware = _flag("size_aware", size_aware)
+        if self.size_aware:
+            self.check_size_aware()
 
     def _check_audio_token(self) -> None:
         token_id = self.tokenizer.convert_tokens_to_ids(self.audio_token)
@@ -96,12 +122,15 @@ class HFPipeline:
         method: Method | None | object = DEFAULT,
         max_new_tokens: int = 128,
         batch_size: int | None = None,
+        *,
+        size_aware: bool | object = DEFAULT,
         **generate_kwargs: Any,
     ) -> list[Generation]:
         """Generate one text per clip.
 
         ``prompts`` has one entry per clip (a single prompt is used for every clip);
-        ``method`` overrides the bound method for this call (None: no compression).
+        ``method`` overrides the bound method for this call (None: no compression), and
+        ``size_aware`` the bound size-aware attention setting.
         Decoding is greedy unless ``generate_kwargs`` say otherwise (``do_sample=True``),
         so results are reproducible whatever the checkpoint's generation config says.
         Clips are processed ``batch_size`` at a time (default: all in one batch).
@@ -111,7 +140,7 @@ class HFPipeline:
         results: list[Generation] = []
         for start in range(0, len(clips), size):
             batch = self.prepare(
-                clips[start : start + size], prompt_list[start : start + size], method
+                clips[start : start + size], prompt_list[start : start + size], method, size_aware
             )
             results += self._generate_batch(batch, max_new_tokens, generate_kwargs)
         return results
@@ -121,9 +150,13 @@ class HFPipeline:
         audios: AudioSource | Sequence[AudioSource],
         prompts: Prompt | Sequence[Prompt] = None,
         method: Method | None | object = DEFAULT,
+        size_aware: bool | object = DEFAULT,
     ) -> PreparedBatch:
-        """Everything up to the LLM: the inputs_embeds with K audio tokens per clip."""
+        """Everything up to the LLM: the inputs_embeds with K audio tokens per clip (and,
+        size-aware, the bias of their keys: run a forward pass on it inside
+        :meth:`size_aware_attention`)."""
         method = self._resolve_method(method)
+        size_aware = self._resolve_size_aware(size_aware)
         inputs, samples, windows = self.encoder_inputs(audios, prompts)
         features, frame_mask = inputs[self.adapter.features_key], inputs[self.adapter.mask_key]
         audio = self.adapter.audio_embeddings(method, features, frame_mask, windows)
@@ -142,7 +175,18 @@ class HFPipeline:
         ]
         attention_mask = attention_mask.to(embeds.device)
         llm_inputs = self.adapter.llm_inputs(input_ids.to(embeds.device), attention_mask, audio)
-        return PreparedBatch(embeds, attention_mask, input_ids, lengths, kept, extra, llm_inputs)
+        log_sizes = slot_log_sizes(audio.compressed) if size_aware else None
+        bias = None if log_sizes is None else key_bias(input_ids, token_id, log_sizes)
+        return PreparedBatch(
+            embeds,
+            attention_mask,
+            input_ids,
+            lengths,
+            kept,
+            extra,
+            llm_inputs,
+            None if bias is None else bias.to(embeds.device),
+        )
 
     def encoder_inputs(
         self,
@@ -164,6 +208,19 @@ class HFPipeline:
         harness calls it before the first item)."""
         self.adapter.check_method(self._resolve_method(method))
 
+    def check_size_aware(self) -> None:
+        """Refuse size-aware attention where the language model's attention kernel cannot
+        take an additive bias (FlashAttention, flex attention): eager and sdpa can."""
+        check_biasable(language_model_attention(self.model))
+
+    def size_aware_attention(self, batch: PreparedBatch) -> AbstractContextManager[None]:
+        """Context manager: inside it, the language model's forward passes give the audio
+        keys of ``batch`` their size bias (nothing changes when ``batch.key_bias`` is None).
+        ``generate`` uses it; call it around your own forward passes on a prepared batch."""
+        if batch.key_bias is None:
+            return nullcontext()
+        return biased_keys(language_model_attention(self.model), batch.key_bias)
+
     def identity(self) -> dict[str, Any]:
         """Every setting that decides this pipeline's outputs, for a run's identity."""
         return hf_identity(self)
@@ -181,6 +238,7 @@ class HFPipeline:
             "device": str(device),
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
             "method": self.method.params() if self.method is not None else None,
+            **({"size_aware": True} if self.size_aware else {}),
             "max_audio_seconds": self.max_seconds(),
             "frame_rate": self.adapter.frame_rate,
             "transformers": transformers.__version__,
@@ -238,6 +296,14 @@ class HFPipeline:
                 "one with ltbm.get_method(name, keep_ratio=..., ...)"
             )
         return method
+
+    def _resolve_size_aware(self, size_aware: bool | object) -> bool:
+        if size_aware is DEFAULT:
+            return self.size_aware
+        size_aware = _flag("size_aware", size_aware)
+        if size_aware:
+            self.check_size_aware()
+        return size_aware
 
     def _process(self, prompts: list[Prompt], samples: list[np.ndarray]) -> Any:
         """The processor's own outputs (one placeholder run of N per clip, mel windows)."""
@@ -356,7 +422,7 @@ class HFPipeline:
         kwargs = {"do_sample": False, "pad_token_id": pad, **generate_kwargs}
         input_ids = batch.input_ids.to(batch.inputs_embeds.device)
         max_new_tokens = self._room_for_new_tokens(input_ids.shape[1], max_new_tokens)
-        with torch.no_grad():
+        with torch.no_grad(), self.size_aware_attention(batch):
             output = self.adapter.llm_generate(
                 input_ids=input_ids,
                 inputs_embeds=batch.inputs_embeds,
@@ -374,3 +440,9 @@ class HFPipeline:
                 texts, batch.audio_tokens, batch.kept_tokens, batch.extra, strict=True
             )
         ]
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
