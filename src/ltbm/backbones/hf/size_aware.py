@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -52,6 +52,16 @@ def slot_log_sizes(compressed: Compressed | None) -> torch.Tensor | None:
     if bool((sizes == 1).all()):
         return None
     return sizes.float().log()
+
+
+def clip_log_sizes(compressed: Compressed | None) -> list[torch.Tensor] | None:
+    """Each clip's ``[K_c]`` float32 log(size) of its slots, in slot order; None when there
+    is no plan or every size is 1 (for a consumer that takes clips apart, as Whisper's
+    decoder batches do)."""
+    flat = slot_log_sizes(compressed)
+    if flat is None:
+        return None
+    return list(flat.split(compressed.plan.kept.tolist()))
 
 
 def key_bias(input_ids: torch.Tensor, token_id: int, log_sizes: torch.Tensor) -> torch.Tensor:
@@ -82,6 +92,45 @@ def language_model_attention(model: nn.Module) -> list[nn.Module]:
             "layers (get_decoder().layers[i].self_attn), so it cannot use size-aware attention"
         )
     return modules
+
+
+def cross_attention(model: nn.Module) -> list[nn.Module]:
+    """The cross-attention module of every decoder layer of an encoder-decoder model
+    (``get_decoder().layers[i].encoder_attn``, as in transformers' Whisper), whose keys
+    are the encoder states."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    modules = [getattr(layer, "encoder_attn", None) for layer in layers or ()]
+    if not modules or any(not isinstance(m, nn.Module) for m in modules):
+        raise TypeError(
+            f"{type(model).__name__}: ltbm cannot find its decoder's cross-attention layers "
+            "(get_decoder().layers[i].encoder_attn), so it cannot use size-aware attention"
+        )
+    return modules
+
+
+def encoder_key_bias(log_sizes: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """``[C, width]`` float32 bias over the encoder rows a decoder attends to: row c holds
+    clip c's slot log-sizes first, then 0 for the rows after them (Whisper's uncompressed
+    tail: size 1; padding: masked anyway)."""
+    bias = torch.zeros((len(log_sizes), width), dtype=torch.float32)
+    for row, sizes in enumerate(log_sizes):
+        if sizes.numel() > width:
+            raise ValueError(f"clip {row} has {sizes.numel()} slots but the rows are {width} wide")
+        bias[row, : sizes.numel()] = sizes.to(torch.float32).cpu()
+    return bias
+
+
+def cross_attention_bias(
+    model: nn.Module, bias: torch.Tensor | None
+) -> AbstractContextManager[KeyBias | None]:
+    """Context manager: the decoder's cross-attention adds ``bias`` (``[C, width]``, from
+    :func:`encoder_key_bias`) to its logits at every decoding step; nothing when ``bias``
+    is None. Enter it after any hook that sets the cross-attention mask itself (a padding
+    mask), so the bias is added to that mask rather than replaced by it."""
+    if bias is None:
+        return nullcontext()
+    return biased_keys(cross_attention(model), bias, cross=True)
 
 
 def check_biasable(modules: Sequence[nn.Module]) -> None:
