@@ -7,6 +7,7 @@ built from the real transformers classes."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -211,6 +212,32 @@ def test_audio_flamingo_3_gets_the_bias_across_windows(tmp_path):
     assert ones.key_bias is None
 
 
+@pytest.mark.parametrize(
+    "model_type",
+    ["musicflamingo", "glmasr", "voxtral", "qwen2_5_omni_thinker", "phi4_multimodal"],
+)
+def test_every_family_s_language_model_gets_the_bias(model_type, clips):
+    """The other families (stacked frames, time-aligned positions, a model whose language
+    model holds the audio encoder): the same factor, and generate runs with it."""
+    from ltbm.backbones.synthetic import build_model
+
+    try:
+        model, processor = build_model(model_type)
+    except ImportError as error:  # an optional processor dependency
+        pytest.skip(str(error))
+    model.set_attn_implementation("eager")
+    pipe = ltbm.pipeline(model, processor)
+    method = merging()
+    batch = pipe.prepare(clips, PROMPTS, method, size_aware=True)
+    factors = slot_factors(pipe, clips, PROMPTS, method, batch)
+    assert factors.max() >= 3
+    plain = first_layer_attention(pipe, batch, biased=False)
+    biased = first_layer_attention(pipe, batch, biased=True)
+    assert_weights_scale_by_size(plain, biased, factors, batch.attention_mask)
+    assert len(pipe.generate(clips, PROMPTS, method, 3, size_aware=True)) == 2
+    assert no_hooks_left(pipe)
+
+
 # ------------------------------------------------------------------- sizes all one
 @pytest.mark.parametrize(
     "method",
@@ -396,6 +423,11 @@ def test_eval_and_sweep_run_size_aware_cells_beside_plain_ones(qwen_dir, tmp_pat
     assert (folder / "ltbm-r0.25-w1" / "metrics.json").exists()
     report = (folder / "report.md").read_text()
     assert "ltbm w=1 size-aware" in report
+    paired = _invoke("report", str(folder), "--pairs", "ltbm-ltbm", "--resamples", "200")
+    assert paired.exit_code == 0, paired.output
+    with (folder / "report-differences.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["a"], r["b"]) for r in rows} == {("ltbm w=1", "ltbm w=1 size-aware")}
     refused = _invoke("eval", "--size-aware", "--limit", "1", "--out", str(out))
     assert refused.exit_code == 2 and "Traceback" not in refused.output
     assert "whisper-ct2 runs Whisper in CTranslate2" in " ".join(refused.output.split())
