@@ -93,10 +93,10 @@ def test_a_damaged_line_names_its_file_and_line(tmp_path):
     from ltbm.run.records import DamagedRecords
 
     path = shard_file(tmp_path, 0, 1)
-    path.write_text('{"id": "a"}\n[1, 2]\n{"id": "c"}\n')
+    path.write_text('{"id": "a", "prediction": "x"}\n[1, 2]\n{"id": "c"}\n')
     with pytest.raises(DamagedRecords, match=r"items.jsonl, line 2: not a JSON object"):
         read_records(tmp_path)
-    path.write_text('{"id": "a"}\n{"id": \n')
+    path.write_text('{"id": "a", "prediction": "x"}\n{"id": \n')
     with pytest.raises(DamagedRecords, match="line 2: not valid JSON.*--fresh"):
         read_records(tmp_path)
 

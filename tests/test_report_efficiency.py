@@ -37,11 +37,22 @@ def measured(tmp_path_factory, single_thread) -> dict:
 
 
 @pytest.fixture()
-def runs(tmp_path: Path) -> Path:
-    """Finished qwen2-audio runs: `none` and ltbm w=1 were benched, pool was not."""
+def runs(tmp_path: Path, measured: dict) -> Path:
+    """Finished qwen2-audio runs of the benched architecture's size: `none` and ltbm w=1
+    were benched, pool was not."""
     root = tmp_path / "runs"
     for cell in (Cell("none", 1.0), Cell("ltbm", 0.25, window=1), Cell("pool", 0.25)):
         write_cell(root, cell, asr_records({}), backbone="qwen2-audio")
+    return sized(root, measured["parameters"])
+
+
+def sized(root: Path, parameters: int | None) -> Path:
+    """The runs under ``root`` as a model of ``parameters`` parameters wrote them (the
+    harness records the size in each metrics file's ``backbone_details``)."""
+    for path in root.rglob("metrics.json"):
+        metrics = json.loads(path.read_text())
+        metrics["backbone_details"]["parameters"] = parameters
+        write_json_atomic(path, metrics)
     return root
 
 
@@ -159,6 +170,26 @@ def test_a_bench_of_another_backbone_does_not_join(runs, measured):
     place(measured, runs / "bench.json", backbone="audioflamingo3")
     write_report(runs, options=FAST)
     assert "bench_file" not in report_rows(runs)["ltbm"]
+
+
+def test_figures_of_another_model_size_do_not_join(runs, measured):
+    """A tiny random architecture's figures never describe the runs of the full-size model
+    (one backbone name, one cell), nor runs whose size an older ltbm did not record."""
+    place(measured, runs / "bench.json")
+    full_size = measured["parameters"] * 1000
+    sized(runs, full_size)
+    write_report(runs, options=FAST)
+    rows = report_rows(runs)
+    assert rows["ltbm"]["parameters"] == full_size and "bench_file" not in rows["ltbm"]
+    result, output = report(str(runs), "--bench", str(runs / "bench.json"))
+    assert result.exit_code == 2 and "model size in parameters" in output, output
+    sized(runs, None)
+    write_report(runs, options=FAST)
+    assert "bench_file" not in report_rows(runs)["ltbm"]
+    place({**measured, "parameters": full_size}, runs / "bench.json")
+    sized(runs, full_size)
+    write_report(runs, options=FAST)
+    assert report_rows(runs)["ltbm"]["bench_file"] == "bench.json"
 
 
 @pytest.mark.parametrize(

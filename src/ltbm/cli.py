@@ -182,10 +182,7 @@ def _session(
             f"--limit {settings['limit']}: the first items in the dataset's order, not a sample"
         )
     if settings.get("subset") is not None:
-        console.print(
-            f"--subset {settings['subset']}: a sample stratified by task and difficulty, "
-            f"seed {settings['subset_seed']}"
-        )
+        console.print(_subset_line(settings["subset"], settings["subset_seed"], coverage.found))
     model_object = load_backbone(backbone, model, device, dtype, frame_rate)
     run_settings = RunSettings(
         backbone=model_object.name,
@@ -195,6 +192,17 @@ def _session(
         **settings,
     )
     return model_object, task_object, run_settings
+
+
+def _subset_line(subset: int, seed: int, found: int) -> str:
+    """What ``--subset`` takes: a sample, or the whole set when it asks for as many items
+    as there are (the sample would be all of them, whatever the seed)."""
+    if subset >= found:
+        return (
+            f"--subset {subset}: the whole set ({found} items with audio), not a sample; the "
+            "seed changes nothing"
+        )
+    return f"--subset {subset}: a sample stratified by task and difficulty, seed {seed}"
 
 
 def _failure_summary(metrics: dict) -> tuple[str | None, bool]:
@@ -244,8 +252,8 @@ def eval_command(
     import json
 
     from ltbm.methods.registry import DEFAULT_WINDOW
-    from ltbm.run.evaluate import Cell, evaluate
-    from ltbm.run.folder import metrics_are_current
+    from ltbm.run.evaluate import Cell, Shard, evaluate
+    from ltbm.run.folder import launch_note, metrics_are_current
     from ltbm.run.options import check_seed
 
     if method == "ltbm" and window is None:
@@ -293,7 +301,12 @@ def eval_command(
     )
     metrics_path = run_dir / "metrics.json"
     if not metrics_are_current(run_dir):  # none yet, or an earlier launch's
-        console.print(f"this shard is done; the last shard to finish writes {metrics_path}")
+        shard = Shard.from_environment()
+        note = launch_note(run_dir, shard.rank, shard.world_size)
+        line = f"this shard is done; the last shard to finish writes {metrics_path}"
+        console.print(
+            Text(line if note is None else f"this shard is done, but {note}"), soft_wrap=True
+        )
         return
     metrics = json.loads(metrics_path.read_text())
     console.print_json(json.dumps(metrics["metrics"]))

@@ -29,6 +29,22 @@ def check_keep_ratio(keep_ratio: float) -> float:
     return ratio
 
 
+def check_token_count(n: int) -> int:
+    """``n`` as an int, or a ValueError: a token count is a non-negative whole number (a
+    Python or numpy integer, a 0-d tensor, or a float with no fraction). None, NaN, text
+    and the like are refused with the same message, not with whatever ``int()`` says."""
+    try:
+        whole = not isinstance(n, (bool, str, bytes)) and math.isfinite(float(n)) and int(n) == n
+    except (TypeError, ValueError, OverflowError, RuntimeError):  # None, text, a long tensor
+        whole = False
+    if not whole or n < 0:
+        raise ValueError(
+            f"token count n must be a non-negative whole number (the clip's valid tokens), "
+            f"got {n!r}"
+        )
+    return int(n)
+
+
 def kept_tokens(n: int, keep_ratio: float) -> int:
     """Number of tokens K kept from a clip of ``n`` valid tokens.
 
@@ -37,8 +53,6 @@ def kept_tokens(n: int, keep_ratio: float) -> int:
     do not add a token through floating-point noise.
     """
     ratio = check_keep_ratio(keep_ratio)
-    if isinstance(n, bool) or int(n) != n or n < 0:
-        raise ValueError(f"token count n must be a non-negative integer, got {n!r}")
-    n = int(n)
+    n = check_token_count(n)
     kept = math.ceil(round(n * ratio, 9))
     return max(min(n, MIN_KEPT), min(kept, n))

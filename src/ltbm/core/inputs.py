@@ -23,7 +23,7 @@ def check_tokens(
     if lengths is None:
         lengths = torch.full((batch,), width, dtype=torch.long, device=tokens.device)
     else:
-        lengths = torch.as_tensor(lengths, device=tokens.device)
+        lengths = _as_length_tensor(lengths, batch, tokens.device)
         if lengths.dim() != 1 or lengths.shape[0] != batch:
             raise ValueError(
                 f"lengths must be a 1-D tensor with one valid length per clip ({batch}), got "
@@ -40,6 +40,21 @@ def check_tokens(
     if check_finite:
         refuse_non_finite(tokens, lengths)
     return lengths
+
+
+def _as_length_tensor(lengths, batch: int, device: torch.device) -> torch.Tensor:
+    """``lengths`` as a tensor, or a TypeError naming what was given: text such as "300"
+    is not a length (torch's own error speaks of an invalid data type)."""
+    hint = (
+        f"lengths must be a 1-D tensor (or list) of integers, one valid length per clip "
+        f"({batch}), e.g. torch.tensor([750, 512]); got"
+    )
+    if isinstance(lengths, (str, bytes)):
+        raise TypeError(f"{hint} the text {lengths!r}")
+    try:
+        return torch.as_tensor(lengths, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{hint} {type(lengths).__name__} {lengths!r:.60}") from None
 
 
 def check_token_tensor(tokens: torch.Tensor) -> None:
@@ -79,8 +94,9 @@ def refuse_non_finite(tokens: torch.Tensor, lengths: torch.Tensor) -> None:
     bad = non_finite_clips(tokens, lengths)
     if bad:
         raise ValueError(
-            f"tokens hold NaN or Inf in the valid positions of clips {bad}; check the encoder "
-            "output (float16 overflow is a common cause: run the encoder in bfloat16 or float32)"
+            f"tokens hold NaN or Inf in the valid positions of clips {bad}; check the audio "
+            "fed to the encoder (NaN or Inf samples pass through it) and the encoder's output "
+            "(in float16 it can overflow: run the encoder in bfloat16 or float32)"
         )
 
 

@@ -149,6 +149,7 @@ class Plan:
         slot's sources, accumulated in float32 (float64 for float64 ``x``) and returned in
         ``x``'s dtype. Padding slots
         are zero. A selection plan gathers, so keep_ratio = 1 is the identity bit for bit."""
+        _check_tensor("apply", x, "[B, N, ...]")
         if x.shape[:2] != self.slot_index.shape:
             raise ValueError(
                 f"plan was made for [B, N] = {list(self.slot_index.shape)} but x has shape "
@@ -359,6 +360,7 @@ class Plan:
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:
         """Broadcast slots ``[B, K_max, ...]`` back to sources ``[B, N, ...]``; sources that
         feed no slot get zeros. Useful to draw what each frame became, or to undo merging."""
+        _check_tensor("unmerge", y, "[B, K_max, ...]")
         if y.shape[:2] != (self.batch_size, self.num_slots):
             raise ValueError(
                 f"unmerge expects [B, K_max] = {[self.batch_size, self.num_slots]} leading "
@@ -370,6 +372,15 @@ class Plan:
         out = torch.gather(y, 1, index.expand(-1, -1, *feature_shape))
         kept = (self.slot_index >= 0).reshape(*self.slot_index.shape, *([1] * len(feature_shape)))
         return torch.where(kept.to(y.device), out, torch.zeros((), dtype=y.dtype))
+
+
+def _check_tensor(name: str, value: object, shape: str) -> None:
+    """A plan maps tensors; a list or an array gets a message, not an AttributeError."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} takes a torch.Tensor {shape}, got {type(value).__name__}; convert it "
+            "first (torch.as_tensor(x))"
+        )
 
 
 def plan_from_slots(slot_index: torch.Tensor, kept: torch.Tensor, history=None) -> Plan:

@@ -49,9 +49,7 @@ def load_audio(
         raise AudioError(f"audio must be 1-D (time) or 2-D (time, channels), got {samples.shape}")
     if samples.size == 0:
         raise AudioError("the audio is empty (0 samples)")
-    if not np.isfinite(samples).all():
-        raise AudioError("the audio holds NaN or Inf samples")
-    check_scale(samples)
+    check_samples(samples)
     if rate != target_rate:
         samples = resample(samples, rate, target_rate)
     return np.ascontiguousarray(samples, dtype=np.float32)
@@ -75,6 +73,25 @@ def _as_float(samples: np.ndarray) -> np.ndarray:
         scale = (int(info.max) - int(info.min) + 1) / 2
         return ((samples.astype(np.float64) - middle) / scale).astype(np.float32)
     return samples.astype(np.float32, copy=False)
+
+
+def check_samples(samples: np.ndarray) -> None:
+    """What every backbone needs of decoded samples, checked in one place for files read by
+    :func:`load_audio` and for arrays handed to a backbone directly: floating point (integer
+    PCM must be scaled first, which ``load_audio`` does), finite, and on the [-1, 1] scale
+    (:func:`check_scale`). NaN or Inf samples would reach the encoder and come out as NaN
+    tokens, or as a transcript of garbage, without a word."""
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise AudioError(
+            f"the samples are {samples.dtype}, not floating point; scale integer PCM to "
+            "[-1, 1] first: ltbm.io.audio.load_audio(samples, sample_rate=16000) does it"
+        )
+    if not np.isfinite(samples).all():
+        raise AudioError(
+            "the audio holds NaN or Inf samples; check the decoder or the processing that "
+            "produced them"
+        )
+    check_scale(samples)
 
 
 def check_scale(samples: np.ndarray) -> None:

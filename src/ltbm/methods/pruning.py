@@ -121,6 +121,12 @@ def check_attention_inputs(queries: torch.Tensor, keys: torch.Tensor, frame_leng
             "attention scoring needs queries and keys of the same shape [B, heads, frames, "
             f"head_dim], got {list(queries.shape)} and {list(keys.shape)}"
         )
+    if keys.shape[0] != frame_lengths.shape[0]:
+        raise ValueError(
+            f"queries and keys have batch size {keys.shape[0]} but the tokens have "
+            f"{frame_lengths.shape[0]}; pass the last-layer queries and keys of the same batch "
+            "[B, heads, frames, head_dim]"
+        )
     for clip, frames in enumerate(frame_lengths.tolist()):
         for name, value in (("queries", queries), ("keys", keys)):
             if not bool(torch.isfinite(value[clip, :, :frames]).all()):

@@ -183,9 +183,22 @@ def get_method(name: str, keep_ratio: float = 0.25, **params: Any) -> Method:
     return cls(keep_ratio=keep_ratio, **params)
 
 
-def register(cls: type[Method]) -> type[Method]:
-    """Add a method class to the registry (usable as a decorator by extensions)."""
+def register(cls: type[Method] | None = None, *, replace: bool = False):
+    """Add a method class to the registry (usable as a decorator by extensions:
+    ``@register`` or ``@register(replace=True)``). A name already registered (a built-in
+    such as ``pool``, or another extension's) is refused unless ``replace=True``: replacing
+    it silently would change what every later ``get_method(name)`` and run of that name
+    computes, under the same name in results."""
+    if cls is None:
+        return lambda given: register(given, replace=replace)
     if not isinstance(getattr(cls, "name", None), str):
         raise TypeError("a method class needs a string class attribute `name`")
+    current = METHODS.get(cls.name)
+    if current is not None and current is not cls and not replace:
+        raise ValueError(
+            f"a method named {cls.name!r} is already registered ({current.__module__}."
+            f"{current.__qualname__}); give yours another name, or pass replace=True to "
+            "replace it on purpose"
+        )
     METHODS[cls.name] = cls
     return cls

@@ -20,20 +20,24 @@ from ltbm.report.items import (
     finished_runs,
     load_cells,
     method_rank,
+    task_label,
+    tasks_in_several,
 )
 from ltbm.report.plots import plot_statistics
 from ltbm.report.stats import StatsOptions, summarize
 from ltbm.report.tables import item_rows, stats_markdown, write_stats
 
 
-def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
+def collect_runs(runs_dir: Path, clashes: set[str] = frozenset()) -> list[dict[str, Any]]:
     """One row per finished run (``metrics.json``) under ``runs_dir``, without efficiency
-    figures (:func:`ltbm.report.efficiency.join_efficiency` adds them)."""
+    figures (:func:`ltbm.report.efficiency.join_efficiency` adds them). A task named in
+    ``clashes`` (found in several reported folders: two data sets of one task) is labelled
+    ``task@folder``, as in the statistics."""
     rows = []
     for _, metrics in finished_runs(runs_dir):
         cell = metrics["cell"]
         row = {
-            "task": metrics["task"],
+            "task": task_label(metrics["task"], runs_dir, clashes),
             "kind": metrics["task_kind"],
             "backbone": metrics["backbone"],
             "method": cell["method"],
@@ -45,6 +49,7 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
             "failed": metrics.get("failed_count", len(metrics.get("failed", []))),
             "kept_tokens": metrics.get("mean_kept_tokens"),
             "audio_tokens": metrics.get("mean_audio_tokens"),
+            "parameters": (metrics.get("backbone_details") or {}).get("parameters"),
         }
         row.update(_numeric(metrics.get("metrics", {})))
         rows.append(row)
@@ -79,6 +84,7 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     fixed = [
         "task",
         "backbone",
+        "parameters",
         "method",
         "keep_ratio",
         "window",
@@ -112,7 +118,10 @@ def write_report(
     if out_dir is None and len(folders) != 1:
         raise ValueError("several runs folders are reported together: pass --out for the report")
     out_dir = out_dir or folders[0]
-    rows = [row for folder in folders for row in collect_runs(folder)]
+    clashes = tasks_in_several(
+        (folder, metrics["task"]) for folder in folders for _, metrics in finished_runs(folder)
+    )
+    rows = [row for folder in folders for row in collect_runs(folder, clashes)]
     join_efficiency(rows, folders, out_dir, bench)
     cells = load_cells(folders, (options or StatsOptions()).pool_tasks)
     stats = summarize(cells, options or StatsOptions())

@@ -38,6 +38,8 @@ class Measurement:
     file: str
     identity: dict[str, Any]
     cell: dict[str, Any]
+    parameters: int | None = None
+    """The measured model's size (None in files of an older ltbm: then it joins no row)."""
 
     @property
     def backbone(self) -> str:
@@ -45,10 +47,12 @@ class Measurement:
 
     @property
     def key(self) -> tuple:
-        """What a report row must share with the cell: backbone and the cell's settings."""
+        """What a report row must share with the cell: backbone, model size (a tiny random
+        architecture and a 7B checkpoint are one backbone name) and the cell's settings."""
         cell = self.cell
         return (
             self.backbone,
+            self.parameters,
             cell["method"],
             cell["keep_ratio"],
             cell.get("window"),
@@ -62,7 +66,18 @@ class Measurement:
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    return (row["backbone"], row["method"], row["keep_ratio"], row["window"], row["scorer"])
+    """A row's side of :attr:`Measurement.key`. A run whose size is unknown (its metrics
+    file was written by an older ltbm) matches nothing: figures of an unknown size are
+    left out rather than attached to a model of another size."""
+    size = row.get("parameters")
+    return (
+        row["backbone"],
+        size if size is not None else "unknown",
+        row["method"],
+        row["keep_ratio"],
+        row["window"],
+        row["scorer"],
+    )
 
 
 def join_efficiency(
@@ -81,9 +96,12 @@ def join_efficiency(
         matching = [m for m in read_bench(path, report_dir) if m.key in wanted]
         if chosen and not matching:
             raise ValueError(
-                f"--bench {path} measures no cell of the reported runs (backbone, method, "
-                "keep ratio, window and scorer must match a run); pass a bench file of "
-                "this report's backbone and cells"
+                f"--bench {path} measures no cell of the reported runs (backbone, model "
+                "size in parameters, method, keep ratio, window and scorer must match a "
+                "run); pass a bench file of this report's model and cells (a tiny "
+                "--random-weights architecture describes no full-size run). A file or run "
+                "made by an older ltbm records no size: run the same bench or eval command "
+                "again to add it"
             )
         measurements += matching
     _check_one_condition(measurements)
@@ -124,8 +142,10 @@ def read_bench(path: Path, report_dir: Path) -> list[Measurement]:
     if problem:
         raise ValueError(f"{path} is not a bench file of this ltbm ({problem}); {_way_out(path)}")
     name = os.path.relpath(path.resolve(), report_dir.resolve())
+    size = payload.get("parameters")
+    size = size if isinstance(size, int) and not isinstance(size, bool) else None
     return [
-        Measurement(name, payload["identity"], cell)
+        Measurement(name, payload["identity"], cell, size)
         for cell in payload["cells"]
         if "error" not in cell
     ]

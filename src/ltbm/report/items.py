@@ -23,7 +23,7 @@ study's two speech folders) without two ids colliding.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,17 +177,18 @@ def load_cells(runs_dirs: Sequence[Path], pool_tasks: bool = False) -> list[Cell
     task is named by joining the pooled tasks with ``+`` (a cell present for fewer tasks
     lands in its own, smaller set, so no comparison mixes item sets)."""
     runs = [(folder, *run) for folder in runs_dirs for run in finished_runs(folder)]
-    clashes = _task_names_in_several(runs)
+    clashes = tasks_in_several((folder, metrics["task"]) for folder, _, metrics in runs)
     cells: dict[tuple, CellItems] = {}
-    settings: dict[Condition, tuple[Path, dict[str, Any]]] = {}
+    settings: dict[Condition, tuple[Path, dict[str, Any] | None]] = {}
     for folder, run_dir, metrics in runs:
         task = metrics["task"]
-        one = _cell_items(run_dir, metrics, f"{task}@{folder.name}" if task in clashes else task)
+        one = _cell_items(run_dir, metrics, task_label(task, folder, clashes))
         condition = _with_task(one.condition, "") if pool_tasks else one.condition
         shared = _shared_settings(run_dir)
         _check_same_settings(settings, one.condition, run_dir, shared)
-        if pool_tasks and shared is not None:
-            _check_same_settings(settings, condition, run_dir, _without_data(shared))
+        if pool_tasks:
+            pooled = None if shared is None else _without_data(shared)
+            _check_same_settings(settings, condition, run_dir, pooled)
         key = (condition, one.identity())
         target = cells.setdefault(key, CellItems(condition, one.cell, [], []))
         _merge(target, one)
@@ -223,17 +224,27 @@ def _without_data(shared: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_same_settings(
-    seen: dict[Condition, tuple[Path, dict[str, Any]]],
+    seen: dict[Condition, tuple[Path, dict[str, Any] | None]],
     condition: Condition,
     run_dir: Path,
     shared: dict[str, Any] | None,
 ) -> None:
     """Refuse to compare cells run under other settings (another prompt, token limit,
     dataset listing, checkpoint or ltbm version): their paired differences would mix the
-    method's effect with the settings' and look like the method's alone."""
+    method's effect with the settings' and look like the method's alone. A cell without
+    ``identity.json`` (made by an older ltbm) has unknown settings, so it is compared only
+    with other such cells, never beside current ones."""
+    first_dir, first = seen.setdefault(condition, (run_dir, shared))
+    if (first is None) != (shared is None):
+        old, new = (first_dir, run_dir) if first is None else (run_dir, first_dir)
+        raise ValueError(
+            f"{old} has no identity.json (an older ltbm made it), so its settings cannot be "
+            f"checked against those of {new}, and their items cannot be compared; rerun that "
+            "cell with --fresh (its settings are then recorded), or report it from a "
+            "separate folder"
+        )
     if shared is None:
         return
-    first_dir, first = seen.setdefault(condition, (run_dir, shared))
     found = differences(first, shared, labels=("in the first", "in the second"))
     if found:
         raise ValueError(
@@ -247,13 +258,19 @@ def _with_task(condition: Condition, task: str) -> Condition:
     return Condition(task, condition.kind, condition.backbone, condition.frame_rate_hz)
 
 
-def _task_names_in_several(runs: list[tuple[Path, Path, dict[str, Any]]]) -> set[str]:
-    """Task names found in more than one of the given folders: two data sets that were run
-    under one task name, told apart as ``task@folder``."""
+def tasks_in_several(found: Iterable[tuple[Path, str]]) -> set[str]:
+    """Task names found in more than one of the given folders (pairs of folder and task):
+    two data sets that were run under one task name, told apart by :func:`task_label`."""
     seen: dict[str, set[Path]] = {}
-    for folder, _, metrics in runs:
-        seen.setdefault(metrics["task"], set()).add(folder.resolve())
+    for folder, task in found:
+        seen.setdefault(task, set()).add(folder.resolve())
     return {task for task, where in seen.items() if len(where) > 1}
+
+
+def task_label(task: str, folder: Path, clashes: set[str]) -> str:
+    """``task``, or ``task@folder`` when the task name is in several reported folders (the
+    tables and the statistics label such rows alike)."""
+    return f"{task}@{folder.name}" if task in clashes else task
 
 
 def _merge(target: CellItems, one: CellItems) -> None:
@@ -275,7 +292,10 @@ def _cell_items(run_dir: Path, metrics: dict[str, Any], task: str) -> CellItems:
     rate = details.get("frame_rate_hz", (metrics.get("settings") or {}).get("frame_rate_hz"))
     condition = Condition(task, metrics["task_kind"], metrics["backbone"], rate)
     cell = CellItems(condition, dict(metrics["cell"]), [run_dir], [task])
-    records = sorted(read_records(run_dir).items())
+    records, problem = covered_records(run_dir, metrics)
+    if problem:
+        cell.unavailable = problem
+        return cell
     cell.failed = [f"{task}/{item_id}" for item_id, record in records if "error" in record]
     scores = _score_records(condition.kind, records)
     if isinstance(scores, str):
@@ -283,6 +303,31 @@ def _cell_items(run_dir: Path, metrics: dict[str, Any], task: str) -> CellItems:
     else:
         cell.scores = {f"{task}/{item_id}": score for item_id, score in scores.items()}
     return cell
+
+
+def covered_records(
+    run_dir: Path, metrics: dict[str, Any]
+) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+    """The records of the items ``metrics.json`` covers, by id (or why they are unknown).
+
+    A cell's folder may hold more records than its metrics file covers: a later run with a
+    smaller ``--limit`` or another ``--subset`` rewrites the metrics for its own items and
+    keeps the other records for reuse, and a record may be left of an item no longer in the
+    dataset. The statistics must describe the items the table's row does. A metrics file
+    from an older ltbm names no items: its records are used when they are as many as it
+    completed, and otherwise the cell has no statistics, with the way out."""
+    records = read_records(run_dir)
+    covered = metrics.get("item_ids")
+    if isinstance(covered, list):
+        return sorted((i, records[i]) for i in set(covered) if i in records), None
+    completed = metrics.get("completed")
+    if isinstance(completed, int) and completed != len(records):
+        return [], (
+            f"its records hold {len(records)} items but its metrics.json, written by an older "
+            f"ltbm, covers {completed} without naming them; run the cell's command again "
+            "(it rewrites metrics.json from the records, running nothing)"
+        )
+    return sorted(records.items()), None
 
 
 def _score_records(kind: str, records: list[tuple[str, dict]]) -> dict[str, ItemScore] | str:

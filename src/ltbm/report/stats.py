@@ -92,6 +92,22 @@ def parse_pairs(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def check_pairs(pairs: Sequence[tuple[str, str]], cells: list[CellItems]) -> None:
+    """Refuse a pair naming a method that is neither registered nor run in the reported
+    cells (a typo such as ``ltbm-globl``): it would match no cell, and its differences
+    would be missing from the report without a word."""
+    from ltbm.methods.registry import METHODS
+
+    known = {cell.method for cell in cells} | set(METHODS) | {NO_COMPRESSION}
+    unknown = sorted({name for pair in pairs for name in pair} - known)
+    if unknown:
+        ran = sorted({cell.method for cell in cells}, key=str)
+        raise ValueError(
+            f"--pairs names unknown method(s) {', '.join(unknown)}; the reported cells ran "
+            f"{', '.join(ran) or 'nothing'} (write pairs as A-B, e.g. ltbm-global)"
+        )
+
+
 def report_stats(runs_dirs: Sequence[Path], options: StatsOptions | None = None) -> dict:
     """Everything the statistics part of the report holds, as plain JSON-ready data."""
     options = options or StatsOptions()
@@ -100,6 +116,7 @@ def report_stats(runs_dirs: Sequence[Path], options: StatsOptions | None = None)
 
 def summarize(cells: list[CellItems], options: StatsOptions) -> dict[str, Any]:
     """The intervals, breakdowns and differences of loaded cells."""
+    check_pairs(options.pairs, cells)
     return {
         "options": options.as_dict(),
         "cells": [cell_stats(cell, options) for cell in cells],

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltbm.backbones.hf.adapter import compress_tokens
+from ltbm.backbones.hf.adapter import compress_tokens, parameter_count
 from ltbm.backbones.hf.attention_capture import needs_attention
 from ltbm.backbones.hf.pipeline import HFPipeline
 from ltbm.core.budget import kept_tokens
@@ -510,6 +510,7 @@ def bench_to_files(
     payload = {
         "backbone": backbone,
         "model": model or f"random weights ({size})",
+        "parameters": parameter_count(pipeline.model),
         "device": where.type,
         "device_name": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
         "dtype": str(next(pipeline.model.parameters()).dtype).removeprefix("torch."),

@@ -35,7 +35,9 @@ from ltbm.run.folder import (
     is_complete,
     launch_finished,
     mark_done,
+    other_selections,
     pending,
+    selection_conflict,
     store_identity,
 )
 from ltbm.run.identity import RunConflict, plain
@@ -52,6 +54,14 @@ from ltbm.tasks.prompts import prompt_template, render_prompt
 from ltbm.tasks.subset import stratified_subset
 
 NO_COMPRESSION = "none"
+
+
+PARAMETERS = ("window", "scorer", "seed")
+"""The method parameters a cell names (in its folder name, in this order)."""
+RANDOM_DEFAULT_SEED = 0
+"""``random``'s seed when none is given (:class:`ltbm.methods.Random`'s default). A cell
+names it, so a run without a seed and one with seed 0, the same computation, share one
+folder (``random-r0.25-s0``, the name ``ltbm sweep`` always used)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,18 @@ class Cell:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise ValueError(f"keep_ratio must be a number in (0, 1], got {ratio!r}")
         object.__setattr__(self, "keep_ratio", float(ratio))
+        if self.method == NO_COMPRESSION:
+            given = {k: v for k in PARAMETERS if (v := getattr(self, k)) is not None}
+            if given:
+                shown = ", ".join(f"{k} {v}" for k, v in given.items())
+                raise ValueError(
+                    f"method none (no compression) takes no parameter, got {shown}: the run "
+                    "would be labelled with a setting it never used. Drop it (--window is "
+                    "ltbm's, --scorer prune's), or pick the method it belongs to"
+                )
+        if self.method == "random" and self.seed is None:
+            # One computation, one folder: no seed means random's default seed, named.
+            object.__setattr__(self, "seed", RANDOM_DEFAULT_SEED)
         if not isinstance(self.size_aware, bool):
             raise ValueError(f"size_aware must be true or false, got {self.size_aware!r}")
         if self.size_aware and self.method == NO_COMPRESSION:
@@ -95,7 +117,7 @@ class Cell:
         if self.method == NO_COMPRESSION:
             return None
         params: dict[str, Any] = {}
-        for name in ("window", "scorer", "seed"):
+        for name in PARAMETERS:
             value = getattr(self, name)
             if value is not None:
                 params[name] = value
@@ -265,6 +287,7 @@ def evaluate(
             "--fresh cannot be combined with a sharded launch (each process would delete the "
             "others' files); run it once without the launcher, or delete the cell's files"
         )
+    started = time.time()
     run_dir = settings.run_dir(cell)
     method = cell.build()
     check = getattr(backbone, "check_method", None)
@@ -279,7 +302,7 @@ def evaluate(
         check_prompt(template)
     identity = run_identity(backbone, task, cell, settings, template)
     selection = selection_of(settings, items)
-    with cell_lock(run_dir, shard.rank):
+    with cell_lock(run_dir, shard.rank, shard.world_size):
         if fresh:
             clear_results(run_dir)
         check_cell(run_dir, identity)
@@ -299,11 +322,13 @@ def evaluate(
                     writer.write(record)
         compact(records_file)
         with finish_lock(run_dir):
-            mark_done(run_dir, shard.rank, shard.world_size)
-            if launch_finished(run_dir, shard.world_size, items):
+            mark_done(run_dir, shard.rank, shard.world_size, selection)
+            if launch_finished(run_dir, shard.world_size, items, selection):
                 finalize(
                     run_dir, backbone, task, items, cell, settings, template, identity, selection
                 )
+            else:
+                refuse_other_selections(run_dir, shard, selection, started)
     return run_dir
 
 
@@ -319,6 +344,19 @@ def check_size_aware(backbone: Backbone, cell: Cell) -> None:
             "attention; drop --size-aware, or use a PyTorch backbone (an HF audio LLM)"
         )
     check()
+
+
+def refuse_other_selections(
+    run_dir: Path, shard: Shard, selection: dict[str, Any], started: float
+) -> None:
+    """Raise when a rank of this launch finished the cell, while this one ran, under another
+    selection: then no rank can ever write the metrics. A marker of another selection left
+    before this rank started may be an earlier launch's, whose rank of this launch is still
+    to come: the command line says so instead (:func:`ltbm.run.folder.other_selections`)."""
+    others = other_selections(run_dir, shard.rank, shard.world_size, selection)
+    during = [entry for entry in others if entry[2] >= started]
+    if during:
+        raise RunConflict(selection_conflict(run_dir, during, selection))
 
 
 def check_template(template: str) -> None:
@@ -449,6 +487,7 @@ def finalize(
             **settings.details,
         },
         "items": len(items),
+        "item_ids": [item.id for item in items],
         "completed": len(ordered),
         "scored": len(succeeded),
         "failed_count": len(failed),

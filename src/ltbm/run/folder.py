@@ -23,6 +23,7 @@ from ltbm.run.identity import (
     IDENTITY_FILE,
     RunConflict,
     check_identity,
+    differences,
     fingerprint,
     identity_payload,
     read_identity,
@@ -54,31 +55,154 @@ def clear_results(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def cell_lock(run_dir: Path, rank: int):
-    """One writer per (cell, rank): see :func:`writer_lock`."""
-    return writer_lock(run_dir / f"writer.rank{rank}.lock")
+@contextmanager
+def cell_lock(run_dir: Path, rank: int, world_size: int = 1) -> Iterator[None]:
+    """One writer per cell: a single-process run holds the cell's lock (``writer.lock``)
+    alone; the ranks of a sharded launch share it, each holding its own rank's lock too
+    (:func:`writer_lock`). So a run without a launcher and a rank of a launch never write
+    one cell at once (the run's ``--fresh`` would delete the rank's files, and both would
+    write the same items), while the ranks of one launch work side by side."""
+    with shared_lock(run_dir / "writer.lock", exclusive=world_size == 1):
+        with writer_lock(run_dir / f"writer.rank{rank}.lock"):
+            yield
+
+
+@contextmanager
+def shared_lock(path: Path, exclusive: bool) -> Iterator[None]:
+    """``path`` held shared (by any number of holders) or exclusive (by one), refused at
+    once when the other kind is held. An ``flock`` of the operating system, released when
+    its holder dies; where there is none (Windows), only exclusive holders are locked out
+    of each other."""
+    try:
+        import fcntl
+    except ImportError:  # no flock: fall back to the exclusive file lock for single runs
+        if exclusive:
+            with writer_lock(path):
+                yield
+        else:
+            yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as error:
+        raise ResultWriteError(path, error) from None
+    with handle:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunConflict(
+                f"another ltbm run is writing {path.parent} (lock {path.name} is held by "
+                f"{'a run or the ranks of a launch' if exclusive else 'a run without a launcher'}"
+                "); wait for it to finish, or pass another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def done_marker(run_dir: Path, rank: int) -> Path:
     return run_dir / f"done.rank{rank}"
 
 
-def mark_done(run_dir: Path, rank: int, world_size: int) -> None:
-    """Say that ``rank`` of a ``world_size``-process launch has written all its items."""
-    marker = {"rank": rank, "world_size": world_size, "finished_at": time.time()}
+def mark_done(
+    run_dir: Path, rank: int, world_size: int, selection: dict[str, Any] | None = None
+) -> None:
+    """Say that ``rank`` of a ``world_size``-process launch has written all its items of
+    ``selection`` (which items the launch evaluates, see ``selection_of``)."""
+    marker = {
+        "rank": rank,
+        "world_size": world_size,
+        "selection": selection,
+        "finished_at": time.time(),
+    }
     write_text(done_marker(run_dir, rank), json.dumps(marker))
 
 
-def launch_finished(run_dir: Path, world_size: int, items: list[Item]) -> bool:
+def launch_finished(
+    run_dir: Path, world_size: int, items: list[Item], selection: dict[str, Any] | None = None
+) -> bool:
     """Whether the cell can be finalized: every rank of a ``world_size``-process launch has
-    a done marker written under that same world size, and the records hold every selected
-    item. A marker left by a launch of another size (or by an older ltbm, which wrote only a
-    time) never counts; one left by an earlier launch of the same size may, but then the
-    records must still cover the selection, so metrics are never written with items missing."""
-    if any(_marker_world_size(run_dir, rank) != world_size for rank in range(world_size)):
-        return False
+    a done marker written under that same world size and the same selection, and the
+    records hold every selected item. A marker left by a launch of another size or
+    selection (or by an older ltbm, which wrote neither) never counts; one left by an
+    earlier launch of the same size and selection may, but then the records must still
+    cover the selection, so metrics are never written with items missing."""
+    for rank in range(world_size):
+        marker = _marker(run_dir, rank)
+        if marker.get("world_size") != world_size or marker.get("selection") != selection:
+            return False
     records = read_records(run_dir)
     return all(item.id in records for item in items)
+
+
+def other_selections(
+    run_dir: Path, rank: int, world_size: int, selection: dict[str, Any] | None
+) -> list[tuple[int, Any, float]]:
+    """The other ranks of a ``world_size``-process launch that finished this cell under
+    another selection (another ``--limit``, ``--subset``, seed or dataset listing) and are
+    not running now, as (rank, its selection, when it finished). Each rank waits for the
+    others' markers of its own selection, so with such a rank in the launch none of them
+    would write the metrics. A marker older than the metrics file belongs to a finished
+    earlier launch, and a rank whose writer lock is held is running and will replace its
+    marker: neither is listed."""
+    metrics = run_dir / "metrics.json"
+    written = metrics.stat().st_mtime if metrics.exists() else float("-inf")
+    found = []
+    for other in range(world_size):
+        marker = _marker(run_dir, other)
+        theirs = marker.get("selection")
+        if other == rank or marker.get("world_size") != world_size or theirs == selection:
+            continue
+        if done_marker(run_dir, other).stat().st_mtime <= written or _running(run_dir, other):
+            continue
+        finished = marker.get("finished_at")
+        found.append((other, theirs, finished if isinstance(finished, (int, float)) else 0.0))
+    return found
+
+
+def selection_conflict(
+    run_dir: Path, others: list[tuple[int, Any, float]], selection: dict[str, Any] | None
+) -> str:
+    """The message for :func:`other_selections`' first rank: what differs and the way out."""
+    other, theirs, _ = others[0]
+    found = differences(theirs, selection, labels=(f"for rank {other}", "for this rank"))
+    return (
+        f"rank {other} finished {run_dir} under another selection than this rank "
+        f"({'; '.join(found[:3])}), so no rank of this launch can write its metrics. Launch "
+        "every rank with the same --limit, --subset, --seed and dataset (finished items are "
+        "kept)"
+    )
+
+
+def launch_note(run_dir: Path, rank: int, world_size: int) -> str | None:
+    """For a rank that finished without writing the metrics: why no rank may write them
+    (another rank's marker names another selection), or None when the last rank will."""
+    selection = _marker(run_dir, rank).get("selection")
+    others = other_selections(run_dir, rank, world_size, selection)
+    if not others:
+        return None
+    other = others[0][0]
+    return (
+        f"{selection_conflict(run_dir, others, selection)}. If rank {other}'s marker is left "
+        f"from an earlier launch and this launch's rank {other} is still to come, it writes "
+        "the metrics when it finishes"
+    )
+
+
+def _running(run_dir: Path, rank: int) -> bool:
+    """Whether some process holds ``rank``'s writer lock now (it is still writing)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(run_dir / f"writer.rank{rank}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def metrics_are_current(run_dir: Path) -> bool:
@@ -93,12 +217,13 @@ def metrics_are_current(run_dir: Path) -> bool:
     return all(path.stat().st_mtime <= written for path in run_dir.glob("done.rank*"))
 
 
-def _marker_world_size(run_dir: Path, rank: int) -> int | None:
+def _marker(run_dir: Path, rank: int) -> dict[str, Any]:
+    """A rank's done marker ({} when it has none, or a damaged one: not finished)."""
     try:
         marker = json.loads(done_marker(run_dir, rank).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # no marker, or a damaged one: that rank has not finished
-    return marker.get("world_size") if isinstance(marker, dict) else None
+        return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 @contextmanager
@@ -184,7 +309,9 @@ def is_complete(
     run_dir: Path, identity: dict[str, Any], selection: dict[str, Any], retry_failed: bool
 ) -> bool:
     """Whether the metrics file already covers this identity and selection, with nothing
-    left to retry: then the cell is reused as it is."""
+    left to retry: then the cell is reused as it is. A metrics file without ``item_ids``
+    (an older ltbm's) is rewritten from the records, so the report knows which records
+    it covers."""
 
     path = run_dir / "metrics.json"
     if not path.exists():
@@ -200,6 +327,7 @@ def is_complete(
         and metrics.get("selection") == selection
         and metrics.get("completed") == metrics.get("items")
         and not (retry_failed and metrics.get("failed"))
+        and isinstance(metrics.get("item_ids"), list)
     )
 
 

@@ -132,7 +132,10 @@ RECORD_FIELDS = {
 
 
 def _field_problem(record: dict[str, Any]) -> str | None:
-    """Why a record cannot be read (a field of the wrong type), or None."""
+    """Why a record cannot be read (a field of the wrong type, or neither the prediction of
+    a finished item nor the error of a failed one), or None."""
+    if "error" not in record and "prediction" not in record:
+        return "it holds neither a 'prediction' (a finished item) nor an 'error' (a failed one)"
     for key, kinds in RECORD_FIELDS.items():
         value = record.get(key)
         if key in record and (isinstance(value, bool) or not isinstance(value, kinds)):

@@ -134,6 +134,26 @@ def read_csv_rows(path: Path, required: Sequence[str], what: str) -> list[dict[s
         raise DatasetError(
             f"{what} {path} is not UTF-8 text ({error}); re-save it as UTF-8"
         ) from None
+    except csv.Error as error:
+        raise unreadable_table(path, reader.line_num + 1, error) from None
+
+
+def unreadable_table(path: Path, line: int, error: csv.Error) -> DatasetError:
+    """A CSV or TSV record the csv module cannot parse, named with its file and the line it
+    starts on (the reader's count of lines before it, plus one). The
+    usual one is a field over the module's limit (131,072 characters): no caption or
+    transcript is that long, so it is an unclosed quote, which runs on to the end of the
+    file, or a file that is not the listing."""
+    cause = ""
+    if "field larger than field limit" in str(error):
+        cause = (
+            " (an unclosed quote runs on to the end of the file; no caption or transcript is "
+            "that long)"
+        )
+    return DatasetError(
+        f"{path}, line {line}: cannot be read as a table: {error}{cause}. Fix that line, or "
+        "use the file from the official release, unmodified"
+    )
 
 
 def reject_unknown_keys(config: Mapping[str, Any], allowed: Sequence[str], task: str) -> None:

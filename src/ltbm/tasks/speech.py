@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ltbm.tasks._files import no_audio_error, path_inside
+from ltbm.tasks._files import no_audio_error, path_inside, unreadable_table
 from ltbm.tasks.base import Coverage, DatasetError, Item, TaskKind
 
 MANIFEST = "manifest.tsv"
@@ -156,7 +156,10 @@ def read_manifest(path: Path, allow_outside_root: bool = False) -> list[_Listed]
             f"tab-separated with a header holding at least 'file' and 'transcript' "
             f"(found: {', '.join(columns) or 'no header'})"
         )
-    rows = list(reader)
+    try:
+        rows = list(reader)
+    except csv.Error as error:
+        raise unreadable_table(path, reader.line_num + 1, error) from None
     if not rows:
         raise DatasetError(f"{path} lists no clips: add one line per clip under the header")
     entries = []

@@ -126,6 +126,13 @@ def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     return parameter.device, parameter.dtype
 
 
+def parameter_count(module: nn.Module) -> int:
+    """How many parameters ``module`` holds (each shared tensor once): the model's size,
+    which ties efficiency figures to runs of the same size (a tiny random architecture's
+    figures must not describe a 7B checkpoint's runs)."""
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
 def owner_of(model: nn.Module, *names: str) -> nn.Module:
     """The module that holds all of ``names`` as attributes: the model itself, ``model.model``
     (the ``...ForConditionalGeneration`` classes of transformers 5) or ``model.thinker``

@@ -80,6 +80,13 @@ class Compression:
             )
         if not isinstance(size_aware, bool):
             raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
+        _check_model(model)
+        if processor is None:
+            raise TypeError(
+                "processor is None; pass the model's processor "
+                "(transformers.AutoProcessor.from_pretrained(<checkpoint>)), which writes the "
+                "audio placeholders ltbm resizes"
+            )
         self.model = text_model(model)
         self.processor = processor
         self.method = method
@@ -100,8 +107,14 @@ class Compression:
         if keys & _ACTIVE:
             raise RuntimeError("this model or processor is already inside ltbm.compressed(...)")
         if self.method is not None:
-            self._wrap_processor()
-            self._handle = self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+            try:
+                self._wrap_processor()
+                self._handle = self.model.register_forward_pre_hook(
+                    self._pre_hook, with_kwargs=True
+                )
+            except BaseException:
+                self.detach()  # whatever was changed before the failure is undone
+                raise
         if self._key_bias is not None:
             self._key_bias.attach()
         _ACTIVE.update(keys)
@@ -130,11 +143,30 @@ class Compression:
     # --------------------------------------------------------------- processor
     def _wrap_processor(self) -> None:
         names = self.adapter.tokenizing_methods
+        self._check_processor(names or ("replace_audio_token",))
         if names:
             for name in names:
                 self._patch(name, self._resized_output(getattr(self.processor, name)))
         else:
             self._patch("replace_audio_token", self._resized_expansion())
+
+    def _check_processor(self, names: tuple[str, ...]) -> None:
+        """The processor has what ltbm wraps: the methods that write the placeholders, and
+        (for ``replace_audio_token``) the audio token it writes; checked before anything is
+        changed, so a tokenizer or another model's processor gets a message."""
+        missing = [name for name in names if not callable(getattr(self.processor, name, None))]
+        if "replace_audio_token" in names and not isinstance(
+            getattr(self.processor, "audio_token", None), str
+        ):
+            missing.append("audio_token")
+        if missing:
+            family = getattr(self.model.config, "model_type", None)
+            raise TypeError(
+                f"the processor ({type(self.processor).__name__}) has no "
+                f"{', '.join(missing)}, which ltbm.compressed needs to write K audio "
+                f"placeholders; pass the {family} model's own processor "
+                "(transformers.AutoProcessor.from_pretrained(<checkpoint>)), not its tokenizer"
+            )
 
     def _patch(self, name: str, function: Any) -> None:
         """Set ``function`` as the processor instance's ``name``, remembering what to restore."""
@@ -264,6 +296,17 @@ def compressed(
     token the weight of the frames it stands for (eager or sdpa attention only). On exit
     the model and processor behave exactly as before."""
     return Compression(model, processor, method, size_aware)
+
+
+def _check_model(model: Any) -> None:
+    """An audio-language model from transformers: a torch module with a config (which family
+    it is, ``pipeline_class`` then says, or lists the supported ones)."""
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(
+            f"ltbm.compressed takes a transformers audio-language model (e.g. "
+            f"Qwen2AudioForConditionalGeneration.from_pretrained(...)), got "
+            f"{type(model).__name__}; see the Backbones table in the README"
+        )
 
 
 def _positional_names(function: Any) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ltbm.backbones.base import Generation
-from ltbm.backbones.hf.adapter import AudioAdapter, module_device_dtype
+from ltbm.backbones.hf.adapter import AudioAdapter, module_device_dtype, parameter_count
 from ltbm.backbones.hf.clips import AudioSource, ChatMessages, Prompt, is_chat, pair, read_clip
 from ltbm.backbones.hf.identity import hf_identity
 from ltbm.backbones.hf.placeholders import (
@@ -234,6 +234,7 @@ class HFPipeline:
             "backbone": self.name,
             "model": getattr(self.model.config, "_name_or_path", None) or None,
             "model_type": self.model.config.model_type,
+            "parameters": parameter_count(self.model),
             "dtype": str(dtype).removeprefix("torch."),
             "device": str(device),
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),

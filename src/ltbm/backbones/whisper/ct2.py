@@ -39,7 +39,7 @@ import torch
 
 from ltbm.backbones.base import Generation
 from ltbm.backbones.whisper.mel import CHUNK_SAMPLES, CHUNK_SECONDS, log_mel_spectrogram
-from ltbm.io.audio import SAMPLE_RATE, AudioError, is_silent
+from ltbm.io.audio import SAMPLE_RATE, AudioError, check_samples, is_silent
 from ltbm.methods import Compressed, Method
 
 ENCODER_RATE = 50
@@ -203,10 +203,7 @@ class WhisperCT2:
                 f"no CTranslate2 model at {self.model_path} (model.bin missing); pass "
                 "model_path= to a converted Whisper model, or leave it out for tiny.en"
             )
-        if tail_seconds < 0:
-            raise ValueError(f"tail_seconds must be ≥ 0, got {tail_seconds}")
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be ≥ 1 (1 is greedy), got {beam_size}")
+        _check_settings(tail_seconds, beam_size, intra_threads)
         self.rate = resolve_frame_rate(frame_rate, pool_to_25hz)
         self.pool_to_25hz = self.rate != ENCODER_RATE
         self.tail_seconds = float(tail_seconds)
@@ -246,6 +243,7 @@ class WhisperCT2:
         compressed by ``method`` (None: no compression). Whisper takes no text prompt:
         ``prompts`` must be None or empty strings."""
         _check_prompts(prompts, len(audios))
+        check_max_new_tokens(max_new_tokens)
         encoded = self.encode(audios)
         return self.decode(encoded, self.compress(encoded, method), max_new_tokens)
 
@@ -316,6 +314,7 @@ class WhisperCT2:
         Clips whose decoder inputs have the same length share a batch; CTranslate2's
         cross-attention has no mask, so inputs of different lengths cannot be padded
         together without changing the result, and run in separate calls."""
+        check_max_new_tokens(max_new_tokens)
         inputs = [self.decoder_input(encoded, compressed, i) for i in range(len(encoded))]
         groups: dict[int, list[int]] = {}
         for i, features in enumerate(inputs):
@@ -474,7 +473,47 @@ def _check_clip(audio: np.ndarray, index: int) -> np.ndarray:
             f"{CHUNK_SECONDS} s (e.g. `sox in.wav out.wav trim 0 30 : newfile : restart`) "
             "and transcribe each"
         )
+    try:
+        check_samples(audio)
+    except AudioError as error:
+        raise AudioError(f"clip {index}: {error}") from None
     return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _check_settings(tail_seconds: float, beam_size: int, intra_threads: int | None) -> None:
+    """The constructor's numbers, refused with a message rather than a CTranslate2 type error
+    (``intra_threads=-1``) or a silent truncation (``beam_size=1.5`` ran as 1)."""
+    if isinstance(tail_seconds, bool) or not isinstance(tail_seconds, (int, float)):
+        raise ValueError(f"tail_seconds must be a number of seconds ≥ 0, got {tail_seconds!r}")
+    if not 0 <= tail_seconds <= CHUNK_SECONDS:
+        raise ValueError(
+            f"tail_seconds must lie in [0, {CHUNK_SECONDS}] (seconds of the encoder's window "
+            f"appended; 0 turns the tail off), got {tail_seconds!r}"
+        )
+    if not _whole(beam_size, 1):
+        raise ValueError(
+            f"beam_size must be a whole number ≥ 1 (1 is greedy decoding), got {beam_size!r}"
+        )
+    if intra_threads is not None and not _whole(intra_threads, 0):
+        raise ValueError(
+            f"intra_threads must be a whole number of CPU threads ≥ 1 (0 or None: every core "
+            f"this process may use), got {intra_threads!r}"
+        )
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    """At least one token to generate: with 0 CTranslate2 still writes one, and a negative or
+    fractional limit fails inside it with a type error."""
+    if not _whole(max_new_tokens, 1):
+        raise ValueError(
+            f"max_new_tokens must be a whole number ≥ 1 (tokens the decoder may write), got "
+            f"{max_new_tokens!r}"
+        )
+
+
+def _whole(value: Any, low: int) -> bool:
+    """A Python or numpy integer (not a bool) of at least ``low``."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
 
 
 def _check_prompts(prompts: list[str | None] | None, count: int) -> None:
