@@ -55,8 +55,9 @@ TINY_CT2 = (
 
 BASE_CT2 = (
     Stage(50, "none,ltbm,global,pool", "0.15,0.25"),
-    Stage(25, "none,ltbm,global,pool", "0.25,0.5"),
+    Stage(25, "none,ltbm,global,pool", "0.25"),
     Stage(50, "ltbm,global,pool", "0.1"),
+    Stage(25, "ltbm,global,pool", "0.5"),
 )
 """The locality study replicated on Whisper base (window 1)."""
 
