@@ -11,13 +11,58 @@ import ltbm
 from ltbm.methods.registry import METHODS
 
 MERGING = {"ltbm", "global", "pool"}
-SELECTING = {"prune", "uniform", "random"}
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SELECTING = {"prune", "uniform", "random", "segment_topk"}
+MERGE_THEN_SELECT = {"adaptive_diverse"}
+"""Slots are runs of consecutive sources, some runs dropped: sizes sum to the sources of the
+kept runs, between K and the valid length."""
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+ATTENTION_VARIANTS = {
+    "ltbm+attention": ("ltbm", {"weighting": "attention"}),
+    "global+attention": ("global", {"weighting": "attention"}),
+    "segment_topk+attention": ("segment_topk", {"scorer": "attention"}),
+    "adaptive_diverse+attention": ("adaptive_diverse", {"weighting": "attention"}),
+}
+"""Settings that read the encoder's attention, run on random queries and keys."""
+CASES = sorted(METHODS) + sorted(ATTENTION_VARIANTS)
+THRESHOLDS = [-1.0, 0.0, 0.5, 0.9, 1.0]
 
 
 def make_method(name: str, keep_ratio: float, window: int = 2) -> ltbm.Method:
-    params = {"ltbm": {"window": window}, "prune": {"scorer": "norm"}}.get(name, {})
-    return ltbm.get_method(name, keep_ratio=keep_ratio, **params)
+    """The method of a case; ``window`` also sets segment_topk's S and adaptive_diverse's
+    threshold (one drawn knob per case)."""
+    name, params = ATTENTION_VARIANTS.get(name, (name, {}))
+    defaults = {
+        "ltbm": {"window": window},
+        "prune": {"scorer": "norm"},
+        "segment_topk": {"scorer": "norm", "segments": window},
+        "adaptive_diverse": {"weighting": "size", "threshold": THRESHOLDS[window % 5]},
+    }.get(name, {})
+    return ltbm.get_method(name, keep_ratio=keep_ratio, **{**defaults, **params})
+
+
+def attention_signals(tokens: torch.Tensor, lengths: torch.Tensor, seed: int = 0) -> dict:
+    """Random last-layer queries and keys ``[B, 2, N, 4]`` (NaN past each clip's length,
+    which must never be read) for the methods that ask for attention."""
+    batch, width, _ = tokens.shape
+    generator = torch.Generator().manual_seed(seed)
+    queries, keys = torch.randn(2, batch, 2, width, 4, generator=generator)
+    padding = torch.arange(width)[None, None, :, None] >= lengths[:, None, None, None]
+    return {
+        "queries": queries.masked_fill(padding, float("nan")),
+        "keys": keys.masked_fill(padding, float("nan")),
+    }
+
+
+def compress(name: str, tokens, lengths, keep_ratio: float, window: int = 2, seed: int = 0):
+    """Run a case on a batch, with attention signals where the method needs them."""
+    method = make_method(name, keep_ratio, window)
+    lengths = torch.full((tokens.shape[0],), tokens.shape[1]) if lengths is None else lengths
+    signals = attention_signals(tokens, lengths, seed) if method.needs_attention else {}
+    return method(tokens, lengths, **signals)
+
+
+def family(name: str) -> str:
+    return ATTENTION_VARIANTS.get(name, (name, {}))[0]
 
 
 @st.composite
@@ -52,12 +97,12 @@ def size_weighted_reference(tokens, lengths, plan) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", CASES)
 @settings(max_examples=60, deadline=None)
-@given(data=batches(), keep_ratio=ratios, window=st.integers(1, 6))
+@given(data=batches(), keep_ratio=ratios, window=st.integers(1, 12))
 def test_invariants(name, data, keep_ratio, window):
     tokens, lengths = data
-    result = make_method(name, keep_ratio, window)(tokens, lengths)
+    result = compress(name, tokens, lengths, keep_ratio, window)
     plan = result.plan
     expected_k = [ltbm.kept_tokens(int(n), keep_ratio) for n in lengths]
 
@@ -70,9 +115,16 @@ def test_invariants(name, data, keep_ratio, window):
         assert bool((sizes[clip, :k] >= 1).all()), "every real slot holds a source"
         assert bool((sizes[clip, k:] == 0).all()), "padding slots hold nothing"
 
-    # Sizes sum to the valid length (merging, pooling) or to K (selection).
+    # Sizes sum to the valid length (merging, pooling) or to K (selection); merged runs,
+    # some dropped, hold consecutive sources and sum to between K and the valid length.
     total = sizes.sum(1).tolist()
-    assert total == (lengths.tolist() if name in MERGING else expected_k)
+    if family(name) in MERGE_THEN_SELECT:
+        assert all(k <= t <= n for k, t, n in zip(expected_k, total, lengths.tolist(), strict=True))
+        spans = plan.spans
+        widths = spans[..., 1] - spans[..., 0] + 1
+        assert torch.equal(torch.where(plan.slot_mask, widths, 0), sizes)
+    else:
+        assert total == (lengths.tolist() if family(name) in MERGING else expected_k)
 
     # Padding sources are never used; output past K is zero.
     width = tokens.shape[1]
@@ -82,7 +134,9 @@ def test_invariants(name, data, keep_ratio, window):
 
     # apply() is the size-weighted mean of each slot's sources.
     reference = size_weighted_reference(tokens, lengths, plan)
-    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[tokens.dtype]
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}.get(
+        tokens.dtype, 1e-12
+    )
     scale = (reference.abs().max().item() if reference.numel() else 0.0) + 1.0
     assert torch.allclose(result.tokens.double(), reference, atol=tolerance * scale, rtol=0)
 
@@ -93,47 +147,55 @@ def test_invariants(name, data, keep_ratio, window):
         assert bool((order[1:] >= order[:-1]).all())
 
     # Deterministic: the same input gives the same plan.
-    again = make_method(name, keep_ratio, window)(tokens, lengths).plan
+    again = compress(name, tokens, lengths, keep_ratio, window).plan
     assert torch.equal(again.slot_index, plan.slot_index)
+    assert torch.equal(again.weights, plan.weights)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_keep_ratio_one_is_identity_bit_for_bit(name, dtype):
     tokens = torch.randn(3, 17, 8).to(dtype)
     tokens[0, 3] = -0.0  # the sign of zero survives too
+    tokens[1, 4:7] = tokens[1, 3]  # a run that merging methods would merge below ratio 1
     lengths = torch.tensor([17, 9, 1])
-    result = make_method(name, 1.0)(tokens, lengths)
+    result = compress(name, tokens, lengths, 1.0)
     assert result.lengths.tolist() == [17, 9, 1]
     valid = torch.arange(17)[None, :] < lengths[:, None]
-    assert torch.equal(
-        result.tokens[valid].view(torch.int16 if dtype != torch.float32 else torch.int32),
-        tokens[valid].view(torch.int16 if dtype != torch.float32 else torch.int32),
-    )
+    bits = BITS.get(dtype, torch.int16)
+    assert torch.equal(result.tokens[valid].view(bits), tokens[valid].view(bits))
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", CASES)
 def test_padding_content_is_ignored(name):
     """Changing what lies past a clip's length, even to NaN, changes nothing."""
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 30, 6, generator=generator)
     lengths = torch.tensor([30, 18])
-    first = make_method(name, 0.3)(tokens, lengths)
+    first = compress(name, tokens, lengths, 0.3)
     tokens[1, 18:] = float("nan")
-    second = make_method(name, 0.3)(tokens, lengths)
+    second = compress(name, tokens, lengths, 0.3)
     assert torch.equal(first.plan.slot_index, second.plan.slot_index)
+    assert torch.equal(first.plan.weights, second.plan.weights)
     assert torch.equal(first.tokens, second.tokens)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", CASES)
 def test_clip_result_does_not_depend_on_batch(name):
     """A clip compressed alone or beside others (with padding) gives the same tokens."""
     generator = torch.Generator().manual_seed(1)
     long_clip = torch.randn(1, 40, 5, generator=generator)
     short_clip = torch.randn(1, 23, 5, generator=generator)
     batch = torch.cat([long_clip, torch.cat([short_clip, torch.zeros(1, 17, 5)], 1)])
-    together = make_method(name, 0.25)(batch, torch.tensor([40, 23]))
-    alone = make_method(name, 0.25)(short_clip)
+    lengths = torch.tensor([40, 23])
+    method = make_method(name, 0.25)
+    signals = attention_signals(batch, lengths) if method.needs_attention else {}
+    together = method(batch, lengths, **signals)
+    alone_signals = {k: v[1:, :, :23] for k, v in signals.items()}
+    alone = method(short_clip, None, **alone_signals)
     k = int(alone.lengths[0])
     assert torch.allclose(together.tokens[1, :k], alone.tokens[0], atol=1e-6)
 

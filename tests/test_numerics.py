@@ -10,7 +10,12 @@ import torch
 import ltbm
 
 MERGING = [("ltbm", {"window": 1}), ("ltbm", {"window": 3}), ("global", {})]
-ALL_CONTENT_METHODS = [*MERGING, ("prune", {"scorer": "norm"})]
+ALL_CONTENT_METHODS = [
+    *MERGING,
+    ("prune", {"scorer": "norm"}),
+    ("segment_topk", {"scorer": "norm"}),
+    ("adaptive_diverse", {"weighting": "size"}),
+]
 
 
 def random_tokens(dtype=torch.float32, shape=(3, 60, 24), seed=0) -> torch.Tensor:
@@ -91,13 +96,19 @@ def test_meta_tokens_are_refused(name):
         ltbm.compress(torch.zeros(2, 10, 4, device="meta"), None, name, 0.5, **params)
 
 
-@pytest.mark.parametrize("name", ["ltbm", "global", "pool", "prune"])
+@pytest.mark.parametrize(
+    "name", ["ltbm", "global", "pool", "prune", "segment_topk", "adaptive_diverse"]
+)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 def test_non_finite_valid_tokens_are_refused(name, value, dtype):
     tokens = random_tokens(dtype)
     tokens[1, 40, 3] = value
-    params = {"prune": {"scorer": "norm"}}.get(name, {})
+    params = {
+        "prune": {"scorer": "norm"},
+        "segment_topk": {"scorer": "norm"},
+        "adaptive_diverse": {"weighting": "size"},
+    }.get(name, {})
     with pytest.raises(ValueError, match=r"NaN or Inf .* clips \[1\]"):
         ltbm.compress(tokens, LENGTHS, name, 0.3, **params)
 

@@ -25,12 +25,12 @@ def main() -> None:
 
 @app.command()
 def methods() -> None:
-    """List the registered compression methods and their parameters."""
-    from ltbm.methods.registry import METHODS, method_parameters
+    """List the registered compression methods and their parameters (with defaults)."""
+    from ltbm.methods.registry import METHODS, method_defaults
 
     table = Table("method", "parameters", "what it does")
     for name, cls in METHODS.items():
-        params = ", ".join(["keep_ratio", *method_parameters(name)])
+        params = ", ".join(f"{k}={v}" for k, v in method_defaults(name).items())
         first_paragraph = (cls.__doc__ or "").strip().split("\n\n")[0]
         table.add_row(name, params, " ".join(first_paragraph.split()))
     console.print(table)

@@ -31,10 +31,10 @@ import numbers
 
 import torch
 
-from ltbm.inputs import budgets, check_tokens, valid_mask, working_dtype
+from ltbm.core.inputs import budgets, check_tokens, valid_mask, working_dtype
+from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
+from ltbm.core.scaling import times_power_of_two, unit_exponents
 from ltbm.methods.weighting import attention_weights, check_weighting, reweighted
-from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
-from ltbm.scaling import times_power_of_two, unit_exponents
 
 DEFAULT_THRESHOLD = 0.9
 """Cosine similarity a token needs with its run's mean to join it (see the design notes:

@@ -14,12 +14,15 @@ from typing import Any, ClassVar
 import torch
 
 from ltbm.core.budget import check_keep_ratio
-from ltbm.core.inputs import check_seed, check_window
+from ltbm.core.inputs import check_seed, check_tokens, check_window
 from ltbm.core.plan import Plan
+from ltbm.methods.adaptive import DEFAULT_THRESHOLD, adaptive_diverse_plan, check_threshold
 from ltbm.methods.matching import bipartite_merge_plan
 from ltbm.methods.pooling import pool_plan
 from ltbm.methods.pruning import SCORERS, prune_plan
 from ltbm.methods.sampling import random_plan, uniform_plan
+from ltbm.methods.segments import DEFAULT_SEGMENTS, check_segments, segment_topk_plan
+from ltbm.methods.weighting import attention_weights, check_weighting, reweighted
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class Method:
 
     name: ClassVar[str]
     needs_attention: ClassVar[bool] = False
+    without_attention: ClassVar[str] = ""
+    """The parameter setting that needs no encoder attention (named in refusals)."""
 
     def __init__(self, keep_ratio: float = 0.25) -> None:
         self.keep_ratio = check_keep_ratio(keep_ratio)
@@ -66,33 +71,65 @@ rates, which were measured as "window 2" under the earlier position-distance def
 where 1 and 2 were the same band."""
 
 
-class LTBM(Method):
+def check_scorer(scorer: str) -> str:
+    if scorer not in SCORERS:
+        raise ValueError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
+    return scorer
+
+
+class MergeMethod(Method):
+    """Bipartite merging (ltbm, global) with the weighting of the frames in a merged token:
+    ``"size"`` (their plain mean, the paper's) or ``"attention"`` (weighted by the attention
+    each frame receives in the encoder's last layer). Which frames merge does not depend on
+    it. ``weighting`` is written into the parameters only when it is not ``"size"``, so
+    results made before it existed keep their identity."""
+
+    without_attention = "weighting='size'"
+    window: int | None = None
+
+    def __init__(self, keep_ratio: float = 0.25, weighting: str = "size") -> None:
+        super().__init__(keep_ratio)
+        self.weighting = check_weighting(weighting)
+
+    @property
+    def needs_attention(self) -> bool:  # type: ignore[override]
+        return self.weighting == "attention"
+
+    def plan(self, tokens, lengths=None, queries=None, keys=None, **_) -> Plan:
+        plan = bipartite_merge_plan(tokens, lengths, self.keep_ratio, self.window)
+        if self.weighting == "size":
+            return plan
+        lengths = check_tokens(tokens, lengths, check_finite=False)
+        return reweighted(plan, attention_weights(tokens, lengths, queries, keys, self.name))
+
+    def params(self) -> dict[str, Any]:
+        window = {} if self.window is None else {"window": self.window}
+        weighting = {} if self.weighting == "size" else {"weighting": self.weighting}
+        return {**super().params(), **window, **weighting}
+
+
+class LTBM(MergeMethod):
     """Local Temporal Bipartite Merging: merge the most similar neighbours among the ``window``
     nearest B tokens on either side (positions ±1, ±3, …, ±(2·window − 1) of the current
-    sequence), round after round, until K tokens remain."""
+    sequence), round after round, until K tokens remain. ``weighting``: a merged token is the
+    plain mean of its frames ("size") or their mean weighted by encoder attention."""
 
     name = "ltbm"
 
-    def __init__(self, keep_ratio: float = 0.25, window: int = DEFAULT_WINDOW) -> None:
-        super().__init__(keep_ratio)
+    def __init__(
+        self, keep_ratio: float = 0.25, window: int = DEFAULT_WINDOW, weighting: str = "size"
+    ) -> None:
+        super().__init__(keep_ratio, weighting)
         if window is None:
             raise ValueError("ltbm needs an integer window; use method='global' for no window")
         self.window = check_window(window)
 
-    def plan(self, tokens, lengths=None, **signals) -> Plan:
-        return bipartite_merge_plan(tokens, lengths, self.keep_ratio, self.window)
 
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "window": self.window}
-
-
-class GlobalMerge(Method):
-    """The LTBM procedure with no window: any A token may merge with any B token."""
+class GlobalMerge(MergeMethod):
+    """The LTBM procedure with no window: any A token may merge with any B token
+    (``weighting`` as in ltbm)."""
 
     name = "global"
-
-    def plan(self, tokens, lengths=None, **signals) -> Plan:
-        return bipartite_merge_plan(tokens, lengths, self.keep_ratio, None)
 
 
 class Pool(Method):
@@ -108,12 +145,11 @@ class Prune(Method):
     """Keep the K highest-scoring tokens (``scorer``: "attention" or "norm")."""
 
     name = "prune"
+    without_attention = "scorer='norm'"
 
     def __init__(self, keep_ratio: float = 0.25, scorer: str = "attention") -> None:
         super().__init__(keep_ratio)
-        if scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
-        self.scorer = scorer
+        self.scorer = check_scorer(scorer)
 
     @property
     def needs_attention(self) -> bool:  # type: ignore[override]
@@ -124,6 +160,68 @@ class Prune(Method):
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "scorer": self.scorer}
+
+
+class SegmentTopK(Method):
+    """Segment-wise top-K (Gibier et al., arXiv 2511.14293, ICASSP 2026): cut each clip into
+    ``segments`` equal stretches of time and keep the highest-scoring tokens of each, the K
+    tokens shared among segments by largest remainder; ``scorer`` as in prune."""
+
+    name = "segment_topk"
+    without_attention = "scorer='norm'"
+
+    def __init__(
+        self,
+        keep_ratio: float = 0.25,
+        segments: int = DEFAULT_SEGMENTS,
+        scorer: str = "attention",
+    ) -> None:
+        super().__init__(keep_ratio)
+        self.segments = check_segments(segments)
+        self.scorer = check_scorer(scorer)
+
+    @property
+    def needs_attention(self) -> bool:  # type: ignore[override]
+        return self.scorer == "attention"
+
+    def plan(self, tokens, lengths=None, queries=None, keys=None, scores=None, **_) -> Plan:
+        return segment_topk_plan(
+            tokens, lengths, self.keep_ratio, self.segments, self.scorer, queries, keys, scores
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "segments": self.segments, "scorer": self.scorer}
+
+
+class AdaptiveDiverse(Method):
+    """Merge runs of neighbours whose cosine similarity to their run's mean is at least
+    ``threshold``, then keep K runs by greedy max-min diversity, in temporal order (in the
+    spirit of SA-MAP, 2026); ``weighting``: the runs' means by "attention" or "size"."""
+
+    name = "adaptive_diverse"
+    without_attention = "weighting='size'"
+
+    def __init__(
+        self,
+        keep_ratio: float = 0.25,
+        threshold: float = DEFAULT_THRESHOLD,
+        weighting: str = "attention",
+    ) -> None:
+        super().__init__(keep_ratio)
+        self.threshold = check_threshold(threshold)
+        self.weighting = check_weighting(weighting)
+
+    @property
+    def needs_attention(self) -> bool:  # type: ignore[override]
+        return self.weighting == "attention"
+
+    def plan(self, tokens, lengths=None, queries=None, keys=None, **_) -> Plan:
+        return adaptive_diverse_plan(
+            tokens, lengths, self.keep_ratio, self.threshold, self.weighting, queries, keys
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "threshold": self.threshold, "weighting": self.weighting}
 
 
 class Uniform(Method):
@@ -152,7 +250,8 @@ class Random(Method):
 
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (LTBM, GlobalMerge, Pool, Prune, Uniform, Random)
+    cls.name: cls
+    for cls in (LTBM, GlobalMerge, Pool, Prune, SegmentTopK, AdaptiveDiverse, Uniform, Random)
 }
 
 
@@ -160,6 +259,16 @@ def method_parameters(name: str) -> list[str]:
     """Names of the parameters a method accepts besides keep_ratio."""
     signature = inspect.signature(method_class(name).__init__)
     return [p for p in signature.parameters if p not in ("self", "keep_ratio")]
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """Every parameter of a method with its default, keep_ratio first (``ltbm methods``)."""
+    signature = inspect.signature(method_class(name).__init__)
+    return {
+        p.name: p.default
+        for p in signature.parameters.values()
+        if p.name != "self" and p.default is not inspect.Parameter.empty
+    }
 
 
 def method_class(name: str) -> type[Method]:

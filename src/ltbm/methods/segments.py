@@ -26,9 +26,9 @@ import numbers
 
 import torch
 
-from ltbm.inputs import budgets, check_tokens, valid_mask
+from ltbm.core.inputs import budgets, check_tokens, valid_mask
+from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.methods.pruning import check_scores, token_scores
-from ltbm.plan import NOT_KEPT, Plan, plan_from_slots
 
 DEFAULT_SEGMENTS = 10
 """S, the paper's setting for 30 s clips (arXiv 2511.14293)."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ltbm.inputs import valid_mask
+from ltbm.core.inputs import valid_mask
+from ltbm.core.plan import Plan
 from ltbm.methods.pruning import token_scores
-from ltbm.plan import Plan
 
 WEIGHTINGS = ("size", "attention")
 
