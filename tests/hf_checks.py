@@ -17,8 +17,13 @@ METHOD_CASES = [
     ("prune", {"scorer": "norm"}),
     ("uniform", {}),
     ("random", {"seed": 3}),
+    ("segment_topk", {"scorer": "attention"}),
+    ("segment_topk", {"scorer": "norm", "segments": 4}),
+    ("adaptive_diverse", {"weighting": "attention"}),
+    ("adaptive_diverse", {"weighting": "size", "threshold": 0.5}),
+    ("ltbm", {"window": 1, "weighting": "attention"}),
 ]
-"""Every registered method, prune with both scorers."""
+"""Every registered method; those reading attention with it and without."""
 
 
 def method_id(case: tuple[str, dict]) -> str:

@@ -283,3 +283,22 @@ def test_methods_command_shows_the_new_methods_with_their_defaults():
     assert "keep_ratio=0.25, threshold=0.9, weighting=attention" in text
     assert "keep_ratio=0.25, window=1, weighting=size" in text
     assert "arXiv 2511.14293" in text and "SA-MAP" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "params"), [("ltbm", {"weighting": "attention"}), ("adaptive_diverse", {})]
+)
+def test_attention_weights_from_received_scores_equal_those_from_queries_and_keys(name, params):
+    """Audio Flamingo 3 hands over the received attention itself (per window): the same
+    weights as from the queries and keys it came from."""
+    tokens = torch.randn(2, 24, 5, generator=torch.Generator().manual_seed(6))
+    lengths = torch.tensor([24, 15])
+    queries, keys = attention(2, 24, seed=7)
+    method = ltbm.get_method(name, keep_ratio=0.25, **params)
+    from_qk = method.plan(tokens, lengths, queries=queries, keys=keys)
+    scores = attention_received(queries, keys, lengths)
+    from_scores = method.plan(tokens, lengths, scores=scores)
+    assert torch.equal(from_qk.slot_index, from_scores.slot_index)
+    assert torch.equal(from_qk.weights, from_scores.weights)
+    with pytest.raises(ValueError, match="must not be negative"):
+        method.plan(tokens, lengths, scores=-scores)

@@ -108,6 +108,15 @@ OutOption = typer.Option(Path("runs"), help="where runs are written")
 FrameRateOption = typer.Option(
     None, help="whisper-ct2's token rate: 50 (its encoder's, default) or 25 (the ALMs')"
 )
+SegmentsOption = typer.Option(None, help="segment_topk's segments per clip (default 10)")
+ThresholdOption = typer.Option(
+    None, help="adaptive_diverse's similarity threshold to join a run (default 0.9)"
+)
+WeightingOption = typer.Option(
+    None,
+    help="frames of a merged token weighted by size or attention: adaptive_diverse "
+    "(default: attention, size on CT2), ltbm and global (default size)",
+)
 FreshOption = typer.Option(
     False, "--fresh", help="delete this cell's earlier results and start it over"
 )
@@ -132,8 +141,14 @@ SizeAwareOption = typer.Option(
 
 
 def _default_scorer(backbone: str) -> str:
-    """prune's scorer: encoder attention, except on CTranslate2, which does not expose it."""
+    """prune's and segment_topk's scorer: encoder attention, except on CTranslate2, which
+    does not expose it."""
     return "norm" if backbone == "whisper-ct2" else "attention"
+
+
+def _default_weighting(backbone: str) -> str:
+    """adaptive_diverse's weighting: by encoder attention, except on CTranslate2."""
+    return "size" if backbone == "whisper-ct2" else "attention"
 
 
 def _check_run_options(
@@ -230,8 +245,11 @@ def eval_command(
     method: str = typer.Option("ltbm", help="a registered method, or none"),
     keep_ratio: float = typer.Option(0.25, help="fraction of audio tokens kept"),
     window: int = typer.Option(None, help="ltbm's window (default 1)"),
-    scorer: str = typer.Option(None, help="prune's scorer: attention or norm"),
+    scorer: str = typer.Option(None, help="prune's and segment_topk's scorer: attention or norm"),
     seed: int = typer.Option(None, help="seed of the --subset sample (default 0) and of random"),
+    segments: int = SegmentsOption,
+    threshold: float = ThresholdOption,
+    weighting: str = WeightingOption,
     frame_rate: int = FrameRateOption,
     size_aware: bool = SizeAwareOption,
     batch_size: int = typer.Option(4),
@@ -258,8 +276,10 @@ def eval_command(
 
     if method == "ltbm" and window is None:
         window = DEFAULT_WINDOW  # named in the run's folder, like every other parameter
-    if method == "prune" and scorer is None:
+    if method in ("prune", "segment_topk") and scorer is None:
         scorer = _default_scorer(backbone)
+    if method == "adaptive_diverse" and weighting is None:
+        weighting = _default_weighting(backbone)
     if limit is not None and subset is not None:
         raise typer.BadParameter("--limit and --subset exclude each other: pick one")
     if seed is not None and subset is None and method != "random":
@@ -267,7 +287,17 @@ def eval_command(
     check_seed("--seed", seed)
     cell_seed = seed if method == "random" else None
     ratio = 1.0 if method == "none" else keep_ratio
-    cell = Cell(method, ratio, window, scorer, cell_seed, size_aware=size_aware)
+    cell = Cell(
+        method,
+        ratio,
+        window,
+        scorer,
+        cell_seed,
+        size_aware=size_aware,
+        segments=segments,
+        threshold=threshold,
+        weighting=weighting,
+    )
     cell.build()  # refuse bad parameters before any model loads
     _check_run_options(
         backbone,
@@ -340,9 +370,16 @@ def sweep(
     methods: str = typer.Option(None, help="comma-separated (default none,pool,prune,global,ltbm)"),
     keep_ratios: str = typer.Option(None, help="comma-separated (default 0.5,0.25,0.15)"),
     windows: str = typer.Option(None, help="ltbm windows, comma-separated (default 1,2,4)"),
-    scorer: str = typer.Option(None, help="prune's scorer (default: attention, norm on CT2)"),
+    scorer: str = typer.Option(
+        None, help="prune's and segment_topk's scorer (default: attention, norm on CT2)"
+    ),
     seed: int = typer.Option(
         None, help="seed of random and of the --subset sample (default 0), as in eval"
+    ),
+    segments: int = SegmentsOption,
+    threshold: float = ThresholdOption,
+    weighting: str = typer.Option(
+        None, help="adaptive_diverse's weighting (default: attention, size on CT2)"
     ),
     config: Path = typer.Option(
         None,
@@ -385,6 +422,9 @@ def sweep(
         "scorer": scorer,
         "seed": seed,
         "size_aware": (True,) if size_aware else None,
+        "segments": segments,
+        "threshold": threshold,
+        "weighting": weighting,
         "root": None if root is None else str(root),
         "csv": None if csv is None else str(csv),
         "json": None if json_path is None else str(json_path),
@@ -401,6 +441,7 @@ def sweep(
     else:
         values = {k: v for k, v in flags.items() if v is not None}
     values.setdefault("scorer", _default_scorer(backbone))
+    values.setdefault("weighting", _default_weighting(backbone))
     grid = Grid(**{k: v for k, v in values.items() if k in GRID_KEYS})
     for cell in grid.cells():
         cell.build()
@@ -509,7 +550,7 @@ def bench(
     batch_sizes: str = typer.Option("1,16", help="comma-separated"),
     seconds: str = typer.Option("30", help="audio length(s) in seconds, comma-separated"),
     window: int = typer.Option(None, help="ltbm's window (default 1)"),
-    scorer: str = typer.Option("norm", help="prune's scorer"),
+    scorer: str = typer.Option("norm", help="prune's and segment_topk's scorer"),
     repeats: int = typer.Option(5, help="timed runs per cell (median reported)"),
     warmup: int = typer.Option(1),
     decode_tokens: int = typer.Option(16, help="tokens generated to time decoding (≥ 2)"),

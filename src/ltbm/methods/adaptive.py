@@ -175,9 +175,11 @@ def adaptive_diverse_plan(
     weighting: str = "size",
     queries: torch.Tensor | None = None,
     keys: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
 ) -> Plan:
     """Plan of ``adaptive_diverse`` (module docstring): merge runs of similar neighbours,
-    then keep K runs by max-min diversity, in temporal order."""
+    then keep K runs by max-min diversity, in temporal order. Attention weighting reads the
+    last layer's ``queries``/``keys`` or the received attention ``scores``."""
     threshold = check_threshold(threshold)
     weighting = check_weighting(weighting)
     lengths = check_tokens(tokens, lengths)
@@ -185,7 +187,7 @@ def adaptive_diverse_plan(
     width = tokens.shape[1]
     attention = weighting == "attention"
     if attention:
-        weights = attention_weights(tokens, lengths, queries, keys, "adaptive_diverse")
+        weights = attention_weights(tokens, lengths, queries, keys, "adaptive_diverse", scores)
     else:
         weights = valid_mask(lengths, width).float()
     x = time_major(tokens, lengths)

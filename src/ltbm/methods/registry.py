@@ -95,12 +95,13 @@ class MergeMethod(Method):
     def needs_attention(self) -> bool:  # type: ignore[override]
         return self.weighting == "attention"
 
-    def plan(self, tokens, lengths=None, queries=None, keys=None, **_) -> Plan:
+    def plan(self, tokens, lengths=None, queries=None, keys=None, scores=None, **_) -> Plan:
         plan = bipartite_merge_plan(tokens, lengths, self.keep_ratio, self.window)
         if self.weighting == "size":
             return plan
         lengths = check_tokens(tokens, lengths, check_finite=False)
-        return reweighted(plan, attention_weights(tokens, lengths, queries, keys, self.name))
+        weights = attention_weights(tokens, lengths, queries, keys, self.name, scores)
+        return reweighted(plan, weights)
 
     def params(self) -> dict[str, Any]:
         window = {} if self.window is None else {"window": self.window}
@@ -215,9 +216,9 @@ class AdaptiveDiverse(Method):
     def needs_attention(self) -> bool:  # type: ignore[override]
         return self.weighting == "attention"
 
-    def plan(self, tokens, lengths=None, queries=None, keys=None, **_) -> Plan:
+    def plan(self, tokens, lengths=None, queries=None, keys=None, scores=None, **_) -> Plan:
         return adaptive_diverse_plan(
-            tokens, lengths, self.keep_ratio, self.threshold, self.weighting, queries, keys
+            tokens, lengths, self.keep_ratio, self.threshold, self.weighting, queries, keys, scores
         )
 
     def params(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 
 from ltbm.core.inputs import valid_mask
 from ltbm.core.plan import Plan
-from ltbm.methods.pruning import token_scores
+from ltbm.methods.pruning import check_scores, token_scores
 
 WEIGHTINGS = ("size", "attention")
 
@@ -39,16 +39,25 @@ def attention_weights(
     queries: torch.Tensor | None,
     keys: torch.Tensor | None,
     method: str,
+    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, N]`` float32: each valid token's received attention over its clip's mean (so
-    weights average one), floored at :data:`MIN_ATTENTION_WEIGHT`; zero on padding."""
-    if queries is None or keys is None:
+    weights average one), floored at :data:`MIN_ATTENTION_WEIGHT`; zero on padding. The
+    attention comes from the last layer's ``queries``/``keys``, or from ``scores``, the
+    received attention a backbone computed itself (Audio Flamingo 3, per window)."""
+    if scores is not None:
+        check_scores(scores, tokens, lengths)
+        if bool((scores.float()[valid_mask(lengths, tokens.shape[1])] < 0).any()):
+            raise ValueError("attention scores must not be negative (they weigh frames)")
+    elif queries is None or keys is None:
         raise ValueError(
             f"{method} with weighting='attention' needs the encoder's last-layer queries and "
-            "keys (queries=q, keys=k; a backbone adapter supplies them). Use weighting='size' "
-            "where attention is not reachable"
+            "keys (queries=q, keys=k; a backbone adapter supplies them) or its received "
+            "attention (scores=s). Use weighting='size' where attention is not reachable"
         )
-    scores = token_scores(tokens, lengths, "attention", queries, keys).float()
+    else:
+        scores = token_scores(tokens, lengths, "attention", queries, keys)
+    scores = scores.float()
     valid = valid_mask(lengths, tokens.shape[1])
     scores = torch.where(valid, scores, 0.0)
     mean = scores.sum(1) / lengths.clamp(min=1)

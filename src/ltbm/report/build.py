@@ -17,6 +17,7 @@ from ltbm.report.efficiency import EFFICIENCY_FIELDS, PROVENANCE_FIELDS, join_ef
 from ltbm.report.items import (
     LOWER_IS_BETTER,
     PRIMARY_METRIC,
+    cell_label,
     finished_runs,
     load_cells,
     method_rank,
@@ -26,6 +27,7 @@ from ltbm.report.items import (
 from ltbm.report.plots import plot_statistics
 from ltbm.report.stats import StatsOptions, summarize
 from ltbm.report.tables import item_rows, stats_markdown, write_stats
+from ltbm.run.evaluate import LATER_PARAMETERS
 
 
 def collect_runs(runs_dir: Path, clashes: set[str] = frozenset()) -> list[dict[str, Any]]:
@@ -45,6 +47,8 @@ def collect_runs(runs_dir: Path, clashes: set[str] = frozenset()) -> list[dict[s
             "window": cell.get("window"),
             "scorer": cell.get("scorer"),
             **({"size_aware": True} if cell.get("size_aware") else {}),
+            **{k: cell[k] for k in LATER_PARAMETERS if cell.get(k) is not None},
+            "label": cell_label({k: v for k, v in cell.items() if k != "size_aware"}),
             "items": metrics["scored"],
             "failed": metrics.get("failed_count", len(metrics.get("failed", []))),
             "kept_tokens": metrics.get("mean_kept_tokens"),
@@ -81,6 +85,7 @@ def _row_order(row: dict[str, Any]):
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
+    later = [k for k in LATER_PARAMETERS if any(k in r for r in rows)]
     fixed = [
         "task",
         "backbone",
@@ -90,13 +95,14 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
         "window",
         "scorer",
         *(["size_aware"] if any(r.get("size_aware") for r in rows) else []),
+        *later,
         "items",
         "failed",
         "audio_tokens",
         "kept_tokens",
     ]
     joined = EFFICIENCY_FIELDS + PROVENANCE_FIELDS
-    extra = sorted({k for r in rows for k in r} - set(fixed) - {"kind"} - set(joined))
+    extra = sorted({k for r in rows for k in r} - set(fixed) - {"kind", "label"} - set(joined))
     efficiency = [f for f in joined if any(f in r for r in rows)]
     return fixed + extra + efficiency
 
@@ -182,11 +188,11 @@ def _groups(rows, keys) -> dict[tuple, list[dict[str, Any]]]:
 
 
 def _series_label(row: dict[str, Any]) -> str:
-    label = row["method"]
-    if row["method"] == "ltbm" and row["window"] is not None:
-        label = f"ltbm (w={row['window']})"
-    elif row["method"] == "prune" and row["scorer"]:
-        label = f"prune ({row['scorer']})"
+    """``ltbm (w=1)``, ``prune (norm)``, ``segment_topk (attention S=10)``, ``ltbm (w=1)
+    size-aware``: the method, then its parameters (:func:`ltbm.report.items.cell_label`)
+    in brackets."""
+    method, _, params = row["label"].partition(" ")
+    label = f"{method} ({params})" if params else method
     return label + (" size-aware" if row.get("size_aware") else "")
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltbm.run.evaluate import LATER_PARAMETERS
 from ltbm.run.identity import differences
 
 EFFICIENCY_FIELDS = ("prefill_ms", "ttft_ms", "peak_memory_mib", "kv_cache_mib")
@@ -49,15 +50,7 @@ class Measurement:
     def key(self) -> tuple:
         """What a report row must share with the cell: backbone, model size (a tiny random
         architecture and a 7B checkpoint are one backbone name) and the cell's settings."""
-        cell = self.cell
-        return (
-            self.backbone,
-            self.parameters,
-            cell["method"],
-            cell["keep_ratio"],
-            cell.get("window"),
-            cell.get("scorer"),
-        )
+        return (self.backbone, self.parameters, *cell_settings(self.cell))
 
     @property
     def conditions(self) -> dict[str, Any]:
@@ -65,19 +58,18 @@ class Measurement:
         return {**self.identity, "audio_seconds": self.cell["audio_seconds"]}
 
 
+def cell_settings(cell: dict[str, Any]) -> tuple:
+    """Method, keep ratio and every parameter a report row or bench cell may name."""
+    names = ("window", "scorer", *LATER_PARAMETERS)
+    return (cell["method"], cell["keep_ratio"], *(cell.get(k) for k in names))
+
+
 def row_key(row: dict[str, Any]) -> tuple:
     """A row's side of :attr:`Measurement.key`. A run whose size is unknown (its metrics
     file was written by an older ltbm) matches nothing: figures of an unknown size are
     left out rather than attached to a model of another size."""
     size = row.get("parameters")
-    return (
-        row["backbone"],
-        size if size is not None else "unknown",
-        row["method"],
-        row["keep_ratio"],
-        row["window"],
-        row["scorer"],
-    )
+    return (row["backbone"], size if size is not None else "unknown", *cell_settings(row))
 
 
 def join_efficiency(
@@ -97,11 +89,10 @@ def join_efficiency(
         if chosen and not matching:
             raise ValueError(
                 f"--bench {path} measures no cell of the reported runs (backbone, model "
-                "size in parameters, method, keep ratio, window and scorer must match a "
-                "run); pass a bench file of this report's model and cells (a tiny "
+                "size in parameters, method, keep ratio and the method's parameters must "
+                "match a run); pass a bench file of this report's model and cells (a tiny "
                 "--random-weights architecture describes no full-size run). A file or run "
                 "made by an older ltbm records no size: run the same bench or eval command "
-                "again to add it"
             )
         measurements += matching
     _check_one_condition(measurements)

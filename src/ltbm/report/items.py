@@ -34,7 +34,17 @@ from ltbm.run.records import read_records
 PRIMARY_METRIC = {"caption": "cider_d", "mcq": "accuracy", "asr": "wer"}
 LOWER_IS_BETTER = {"wer"}
 MMAU_GROUPS = ("task", "difficulty", "category", "sub_category")
-METHOD_ORDER = ("none", "uniform", "random", "pool", "prune", "global", "ltbm")
+METHOD_ORDER = (
+    "none",
+    "uniform",
+    "random",
+    "pool",
+    "prune",
+    "segment_topk",
+    "adaptive_diverse",
+    "global",
+    "ltbm",
+)
 
 
 @dataclass(frozen=True)
@@ -105,20 +115,37 @@ class CellItems:
 
     @property
     def label(self) -> str:
-        """The method and its parameters besides the keep ratio: ``ltbm w=1``, ``prune norm``,
-        ``ltbm w=1 size-aware``."""
-        parts = [self.method]
-        for name, value in sorted(self.cell.items()):
-            if name in ("method", "keep_ratio", "size_aware") or value is None:
-                continue
-            parts.append(str(value) if name == "scorer" else f"{name[0]}={value}")
-        if self.cell.get("size_aware"):
-            parts.append("size-aware")
-        return " ".join(parts)
+        """The method and its parameters besides the keep ratio (:func:`cell_label`):
+        ``ltbm w=1``, ``prune norm``, ``ltbm w=1 size-aware``."""
+        return cell_label(self.cell)
 
     def identity(self) -> tuple:
         """The cell's settings, hashable, for matching one cell across tasks."""
         return tuple(sorted((k, json.dumps(v)) for k, v in self.cell.items()))
+
+
+LABELS = {"window": "w=", "seed": "s=", "segments": "S=", "threshold": "t="}
+"""How a parameter is written in a cell's label; scorer and weighting are words."""
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    """The method and its parameters besides the keep ratio, in name order (weighting, then
+    size-aware, last): ``ltbm w=1``, ``prune norm``, ``segment_topk attention S=10``,
+    ``adaptive_diverse t=0.9 attention-weighted``, ``ltbm w=1 attention-weighted``,
+    ``ltbm w=1 size-aware``."""
+    parts = [cell["method"]]
+    for name, value in sorted(cell.items(), key=lambda item: (item[0] == "weighting", item[0])):
+        if name in ("method", "keep_ratio", "size_aware") or value is None:
+            continue
+        if name == "weighting":
+            parts.append(f"{value}-weighted")
+        elif name in LABELS:
+            parts.append(f"{LABELS[name]}{value}")
+        else:
+            parts.append(str(value))
+    if cell.get("size_aware"):
+        parts.append("size-aware")
+    return " ".join(parts)
 
 
 def finished_runs(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:

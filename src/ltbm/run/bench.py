@@ -27,7 +27,7 @@ from ltbm.backbones.hf.attention_capture import needs_attention
 from ltbm.backbones.hf.pipeline import HFPipeline
 from ltbm.core.budget import kept_tokens
 from ltbm.methods.registry import DEFAULT_WINDOW
-from ltbm.run.evaluate import Cell
+from ltbm.run.evaluate import LATER_PARAMETERS, SCORED, Cell
 
 
 @dataclass
@@ -38,6 +38,7 @@ class BenchGrid:
     seconds: tuple[float, ...] = (30.0,)
     window: int = DEFAULT_WINDOW
     scorer: str = "norm"
+    """prune's and segment_topk's scorer."""
     warmup: int = 1
     repeats: int = 5
     decode_tokens: int = 16
@@ -75,7 +76,7 @@ class BenchGrid:
         for ratio in (r for r in self.keep_ratios if r < 1.0):
             for method in (m for m in self.methods if m != "none"):
                 window = self.window if method == "ltbm" else None
-                scorer = self.scorer if method == "prune" else None
+                scorer = self.scorer if method in SCORED else None
                 cells.append(Cell(method, ratio, window=window, scorer=scorer))
         return cells
 
@@ -201,10 +202,7 @@ def measure_cell(pipeline: HFPipeline, cell: Cell, audios, prompt: str, grid: Be
     tokens = int(batch.attention_mask.sum())
     batch_size = len(audios)
     return {
-        "method": cell.method,
-        "keep_ratio": cell.keep_ratio,
-        "window": cell.window,
-        "scorer": cell.scorer,
+        **cell_fields(cell),
         "batch_size": batch_size,
         "audio_seconds": len(audios[0]) / 16000,
         "audio_tokens": sum(batch.audio_tokens),
@@ -251,12 +249,17 @@ def _generate(adapter, batch, new_tokens: int):
         )
 
 
+def cell_fields(cell: Cell) -> dict:
+    """The cell's settings as a bench row names them (later parameters only when set)."""
+    identity = cell.as_dict()
+    fields = {k: identity[k] for k in ("method", "keep_ratio", "window", "scorer")}
+    return {**fields, **{k: identity[k] for k in LATER_PARAMETERS if k in identity}}
+
+
 def cell_key(row: dict) -> tuple:
     """What identifies a measured cell, to reuse it when a killed bench is run again."""
-    return tuple(
-        row.get(k)
-        for k in ("method", "keep_ratio", "window", "scorer", "batch_size", "audio_seconds")
-    )
+    names = ("method", "keep_ratio", "window", "scorer", *LATER_PARAMETERS)
+    return tuple(row.get(k) for k in (*names, "batch_size", "audio_seconds"))
 
 
 def run_bench(
@@ -296,10 +299,7 @@ def _measure_or_oom(pipeline, cell: Cell, audios, prompt: str, grid: BenchGrid) 
     except torch.OutOfMemoryError as error:
         reset_peak(next(pipeline.model.parameters()).device)
         return {
-            "method": cell.method,
-            "keep_ratio": cell.keep_ratio,
-            "window": cell.window,
-            "scorer": cell.scorer,
+            **cell_fields(cell),
             "batch_size": len(audios),
             "audio_seconds": len(audios[0]) / 16000,
             "error": "out of memory",

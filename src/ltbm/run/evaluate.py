@@ -56,12 +56,30 @@ from ltbm.tasks.subset import stratified_subset
 NO_COMPRESSION = "none"
 
 
-PARAMETERS = ("window", "scorer", "seed")
-"""The method parameters a cell names (in its folder name, in this order)."""
+PARAMETERS = ("window", "scorer", "seed", "segments", "threshold", "weighting")
+"""The method parameters a cell may name (its folder names them in the order window,
+segments, threshold, scorer, weighting, seed)."""
+LATER_PARAMETERS = ("segments", "threshold", "weighting")
+"""Cell fields added after run identities existed: left out of a cell's identity while None,
+so the folders and identities of earlier cells stay as they were."""
 RANDOM_DEFAULT_SEED = 0
 """``random``'s seed when none is given (:class:`ltbm.methods.Random`'s default). A cell
 names it, so a run without a seed and one with seed 0, the same computation, share one
 folder (``random-r0.25-s0``, the name ``ltbm sweep`` always used)."""
+
+ALWAYS_NAMED = {
+    "segment_topk": ("segments", "scorer"),
+    "adaptive_diverse": ("threshold", "weighting"),
+}
+"""Methods added with those fields: every parameter is named in the cell (its folder and
+identity), its default filled in when not given, as ltbm's window is."""
+
+SCORED = ("prune", "segment_topk")
+"""Methods that take a ``scorer`` (attention or norm)."""
+
+NAMED_IF_NOT = {("ltbm", "weighting"): "size", ("global", "weighting"): "size"}
+"""A parameter added to an earlier method is named only when it is not its default (which
+reproduces that method's earlier results)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,9 @@ class Cell:
     scorer: str | None = None
     seed: int | None = None
     size_aware: bool = False
+    segments: int | None = None
+    threshold: float | None = None
+    weighting: str | None = None
 
     def __post_init__(self) -> None:
         ratio = self.keep_ratio
@@ -97,6 +118,7 @@ class Cell:
         if self.method == "random" and self.seed is None:
             # One computation, one folder: no seed means random's default seed, named.
             object.__setattr__(self, "seed", RANDOM_DEFAULT_SEED)
+        self._name_new_parameters()
         if not isinstance(self.size_aware, bool):
             raise ValueError(f"size_aware must be true or false, got {self.size_aware!r}")
         if self.size_aware and self.method == NO_COMPRESSION:
@@ -105,12 +127,32 @@ class Cell:
                 "run has none to weigh: drop --size-aware for method none"
             )
 
+    def _name_new_parameters(self) -> None:
+        """Defaults of the later methods' parameters filled in; a later parameter of an
+        earlier method dropped when it is its default (:data:`NAMED_IF_NOT`)."""
+        if self.method in ALWAYS_NAMED:
+            from ltbm.methods.registry import method_defaults
+
+            defaults = method_defaults(self.method)
+            for name in ALWAYS_NAMED[self.method]:
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, defaults[name])
+        for (method, name), default in NAMED_IF_NOT.items():
+            if self.method == method and getattr(self, name) == default:
+                object.__setattr__(self, name, None)
+        if isinstance(self.threshold, int) and not isinstance(self.threshold, bool):
+            object.__setattr__(self, "threshold", float(self.threshold))
+
     def as_dict(self) -> dict[str, Any]:
         """The cell's settings as stored in its identity and metrics: ``size_aware`` only
-        when set, so cells without it keep the identities they had before it existed."""
+        when set and the later parameters only when given, so cells without them keep the
+        identities they had before those existed."""
         settings = asdict(self)
         if not self.size_aware:
             del settings["size_aware"]
+        for name in LATER_PARAMETERS:
+            if settings[name] is None:
+                del settings[name]
         return settings
 
     def build(self) -> Method | None:
@@ -125,16 +167,22 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """Folder name of the cell, e.g. ``ltbm-r0.25-w3`` or ``none``. The keep ratio is
-        written as Python's shortest exact repr, so every distinct ratio has its own
-        folder (0.3333333 and 0.33333334 no longer share one)."""
+        """Folder name of the cell, e.g. ``ltbm-r0.25-w3``, ``segment_topk-r0.25-S10-norm``
+        or ``none``. The keep ratio is written as Python's shortest exact repr, so every
+        distinct ratio has its own folder (0.3333333 and 0.33333334 no longer share one)."""
         if self.method == NO_COMPRESSION:
             return NO_COMPRESSION
         parts = [self.method, f"r{self.keep_ratio!r}"]
         if self.window is not None:
             parts.append(f"w{self.window}")
+        if self.segments is not None:
+            parts.append(f"S{self.segments}")
+        if self.threshold is not None:
+            parts.append(f"t{self.threshold!r}")
         if self.scorer is not None:
             parts.append(self.scorer)
+        if self.weighting is not None:
+            parts.append(f"{self.weighting}-weighted")
         if self.seed is not None:
             parts.append(f"s{self.seed}")
         if self.size_aware:

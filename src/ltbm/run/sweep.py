@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ltbm.backbones.base import Backbone
+from ltbm.methods.adaptive import DEFAULT_THRESHOLD
+from ltbm.methods.segments import DEFAULT_SEGMENTS
 from ltbm.run.evaluate import (
     NO_COMPRESSION,
     Cell,
@@ -61,6 +63,18 @@ def _ratio(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise ValueError(f"{key} must hold numbers in (0, 1], got {value!r}")
     return float(value)
+
+
+def _cosine(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
+        raise ValueError(f"{key} must be a cosine similarity in [-1, 1], got {value!r}")
+    return float(value)
+
+
+def _weighting(key: str, value: Any) -> str:
+    if value not in ("size", "attention"):
+        raise ValueError(f"{key} must be size or attention, got {value!r}")
+    return value
 
 
 def _frame_rate(key: str, value: Any) -> int:
@@ -105,6 +119,9 @@ GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "scorer": _text,
     "seed": _seed,
     "size_aware": _flags,
+    "segments": _whole,
+    "threshold": _cosine,
+    "weighting": _weighting,
 }
 RUN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "root": _text,
@@ -129,10 +146,17 @@ class Grid:
     keep_ratios: tuple[float, ...] = PAPER_KEEP_RATIOS
     windows: tuple[int, ...] = PAPER_WINDOWS
     scorer: str = "norm"
+    """prune's and segment_topk's scorer."""
     seed: int = 0
     """random's seed."""
     size_aware: tuple[bool, ...] = (False,)
     """Size-aware attention off, on, or both (every compressed cell run each way)."""
+    segments: int = DEFAULT_SEGMENTS
+    """segment_topk's S."""
+    threshold: float = DEFAULT_THRESHOLD
+    """adaptive_diverse's threshold."""
+    weighting: str = "size"
+    """adaptive_diverse's weighting (ltbm's stays "size" in a sweep; ``ltbm eval`` sets it)."""
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -150,6 +174,12 @@ class Grid:
                     plain = [Cell("ltbm", ratio, window=w) for w in self.windows]
                 elif method == "prune":
                     plain = [Cell("prune", ratio, scorer=self.scorer)]
+                elif method == "segment_topk":
+                    plain = [Cell(method, ratio, scorer=self.scorer, segments=self.segments)]
+                elif method == "adaptive_diverse":
+                    plain = [
+                        Cell(method, ratio, threshold=self.threshold, weighting=self.weighting)
+                    ]
                 elif method == "random":
                     plain = [Cell("random", ratio, seed=self.seed)]
                 else:

@@ -228,9 +228,10 @@ class AudioAdapter:
     def check_method(self, method: Method | None) -> None:
         """Refuse, before any work, a method this family cannot feed."""
         if needs_attention(method) and not self.attention_scorer:
+            instead = getattr(method, "without_attention", "") or "another method"
             raise ValueError(
-                f"{self.model_type} gives no encoder attention to score tokens with; use "
-                "prune with scorer='norm', or another method"
+                f"{self.model_type} gives no encoder attention to score or weigh tokens with; "
+                f"use {method.name} with {instead}, or another method"
             )
 
     def audio_embeddings(

@@ -529,10 +529,11 @@ def _check_prompts(prompts: list[str | None] | None, count: int) -> None:
 
 def _check_method(method: Method) -> None:
     if getattr(method, "needs_attention", False):
+        instead = getattr(method, "without_attention", "") or "a method that needs no attention"
         raise ValueError(
-            f"{method!r} scores tokens by encoder attention, which CTranslate2's Whisper "
-            "encoder does not expose; on whisper-ct2 use scorer='norm' "
-            "(get_method('prune', keep_ratio=..., scorer='norm'))"
+            f"{method!r} reads the encoder's attention, which CTranslate2's Whisper encoder "
+            f"does not expose; on whisper-ct2 use {instead} "
+            f"(e.g. get_method('{method.name}', keep_ratio=..., {instead}))"
         )
 
 
