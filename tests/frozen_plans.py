@@ -1,11 +1,14 @@
-"""Frozen merge plans: the regression reference for every change to the merging kernel.
+"""Frozen plans: the regression reference for every change to a method's kernel.
 
 ``python tests/frozen_plans.py --write`` recomputes the plans of ``ltbm`` (windows 1-4) and
 ``global`` for a fixed set of inputs (seeds, shapes, mixed lengths, junk and NaN padding,
-exact ties, float32/float16/bfloat16, several keep ratios) and stores them in
-``tests/data/frozen_plans.json.gz``; ``tests/test_frozen_plans.py`` checks that today's code
-gives the same plans (slot of every source, K, and every round's merged pairs). Rewrite the
-file only for a deliberate change of the algorithm, and say why in the commit.
+exact ties, float32/float16/bfloat16, several keep ratios), then those of the methods added
+later (``segment_topk``, ``adaptive_diverse``, attention-weighted ``ltbm``/``global``, with
+seeded random queries and keys where attention is read) on the same inputs, and stores them
+in ``tests/data/frozen_plans.json.gz``; ``tests/test_frozen_plans.py`` checks that today's
+code gives the same plans (slot of every source, K, every round's merged pairs, and the
+weights where they are not all one). Rewrite the file only for a deliberate change of an
+algorithm, and say why in the commit.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ SHAPES = [
 ]
 SEEDS = [0, 1]
 KEEP_RATIOS = [0.1, 0.25, 0.5]
+LATER_METHODS: list[tuple[str, dict]] = [
+    ("segment_topk", {"scorer": "norm", "segments": 10}),
+    ("segment_topk", {"scorer": "attention", "segments": 4}),
+    ("adaptive_diverse", {"weighting": "size", "threshold": 0.2}),
+    ("adaptive_diverse", {"weighting": "attention", "threshold": 0.5}),
+    ("ltbm", {"window": 2, "weighting": "attention"}),
+    ("global", {"weighting": "attention"}),
+]
+"""The methods and settings added after the first frozen plans, frozen on the same inputs.
+Thresholds suit random tokens, whose cosine similarities lie near zero."""
 
 
 def make_tokens(
@@ -62,6 +75,12 @@ def make_tokens(
 
 def cases() -> Iterator[tuple[str, torch.Tensor, torch.Tensor, str, dict]]:
     """Every frozen case: (key, tokens, lengths, method, params)."""
+    yield from merge_cases()
+    yield from later_cases()
+
+
+def merge_cases() -> Iterator[tuple[str, torch.Tensor, torch.Tensor, str, dict]]:
+    """The first frozen cases: ltbm's windows and global."""
     count = 0
     for seed in SEEDS:
         for shape in SHAPES:
@@ -80,13 +99,50 @@ def cases() -> Iterator[tuple[str, torch.Tensor, torch.Tensor, str, dict]]:
                     yield key, tokens, lengths, method, {"keep_ratio": ratio, **params}
 
 
+def later_cases() -> Iterator[tuple[str, torch.Tensor, torch.Tensor, str, dict]]:
+    """The later methods on the same inputs; attention from seeded random queries and keys
+    (two heads of width 8, NaN past each clip's length where the padding is NaN)."""
+    count = 0
+    for seed in SEEDS:
+        for shape in SHAPES:
+            for dtype_name, dtype in DTYPES.items():
+                tokens, lengths = make_tokens(seed, shape, dtype)
+                for method, params in LATER_METHODS:
+                    ratio = KEEP_RATIOS[count % len(KEEP_RATIOS)]
+                    count += 1
+                    batch, width, dim, _, padding = shape
+                    setting = " ".join(f"{k}={v}" for k, v in params.items())
+                    key = (
+                        f"seed={seed} shape={batch}x{width}x{dim} padding={padding} "
+                        f"dtype={dtype_name} method={method} {setting} keep={ratio}"
+                    )
+                    signals = {}
+                    if "attention" in params.values():
+                        signals = attention_signals(seed, shape)
+                    yield key, tokens, lengths, method, {"keep_ratio": ratio, **params, **signals}
+
+
+def attention_signals(seed: int, shape: tuple[int, int, int, list[int], str]) -> dict:
+    batch, width, dim, lengths, padding = shape
+    generator = torch.Generator().manual_seed(seed * 1000 + width * 7 + dim + 1)
+    queries, keys = torch.randn(2, batch, 2, width, 8, generator=generator)
+    if padding == "nan":
+        pad = torch.arange(width)[None, None, :, None] >= torch.tensor(lengths)[:, None, None, None]
+        queries, keys = queries.masked_fill(pad, float("nan")), keys.masked_fill(pad, float("nan"))
+    return {"queries": queries, "keys": keys}
+
+
 def plan_record(plan: ltbm.Plan) -> dict:
-    """What is frozen of a plan: every source's slot, K per clip, every round's pairs."""
-    return {
+    """What is frozen of a plan: every source's slot, K per clip, every round's pairs, and
+    the weights when some are not one (attention weighting)."""
+    record = {
         "slot_index": plan.slot_index.tolist(),
         "kept": plan.kept.tolist(),
         "history": [edges.tolist() for edges in plan.history],
     }
+    if not plan.unit_weights:  # 8 significant digits: float32's, and compared to 1e-5
+        record["weights"] = [[float(f"{w:.8g}") for w in row] for row in plan.weights.tolist()]
+    return record
 
 
 def compute() -> dict[str, dict]:
