@@ -19,6 +19,12 @@ until K remain (``benchmarks/tome_rounds.py``), so ``global`` is compared with t
 it generalises in the same run. ``ltbm-torch`` is ``ltbm`` with the compiled loops switched
 off (``LTBM_COMPILED=0``: torch operations, the same values), so the loops' speed-up is a
 ratio from the same run; every cell records whether the loops ran.
+
+``segment_topk`` (norm scorer) and ``adaptive_diverse`` (size weighting) run without encoder
+attention, which random tokens do not have. ``adaptive_diverse``'s greedy choice is O(K·R·D)
+with R up to N on random tokens (their neighbours are not similar, so few runs merge):
+``--largest-n`` (default 3000) bounds the sizes it is measured at, since at N = 15000 one
+call reads the runs' features K = 3750 times.
 """
 
 from __future__ import annotations
@@ -45,9 +51,13 @@ DEFAULT_METHODS = {
     "tome": {},
     "pool": {},
     "prune": {"scorer": "norm"},
+    "segment_topk": {"scorer": "norm"},
+    "adaptive_diverse": {"weighting": "size"},
     "uniform": {},
     "random": {},
 }
+QUADRATIC = ("adaptive_diverse",)
+"""Methods measured only up to ``--largest-n`` tokens per clip."""
 TORCH_ONLY = "-torch"
 """Suffix of a method measured with the compiled loops switched off."""
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -153,6 +163,8 @@ def grid(args: argparse.Namespace) -> list[dict]:
         for batch in args.batches:
             for n in args.sizes:
                 for name in args.methods:
+                    if name in QUADRATIC and n > args.largest_n:
+                        continue
                     params = DEFAULT_METHODS.get(name, {})
                     cells.append(
                         {**base, "method": name, "params": params, "batch": batch, "n": n}
@@ -244,6 +256,12 @@ def main() -> None:
         "--budget-s", type=float, default=20.0, help="stop repeating a cell after this many s"
     )
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument(
+        "--largest-n",
+        type=int,
+        default=3000,
+        help=f"largest N for {', '.join(QUADRATIC)} (quadratic in N)",
+    )
     parser.add_argument("--half-methods", nargs="*", default=["ltbm", "ltbm-torch", "global"])
     parser.add_argument("--half-dtypes", nargs="+", default=["float16", "bfloat16"])
     parser.add_argument(

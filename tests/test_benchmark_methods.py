@@ -38,3 +38,22 @@ def test_methods_benchmark_records_its_command_and_commit(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     if head.returncode == 0:
         assert run["commit"] == head.stdout.strip() and isinstance(run["dirty"], bool)
+
+
+def test_methods_benchmark_times_the_new_methods_and_bounds_the_quadratic_one(tmp_path):
+    out = tmp_path / "methods.json"
+    args = ["--sizes", "16", "32", "--batches", "2", "--dim", "8", "--threads", "1"]
+    args += ["--repeats", "1", "--methods", "segment_topk", "adaptive_diverse"]
+    args += ["--largest-n", "16", "--half-methods", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "methods.py"), *args],
+        check=True, capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    cells = json.loads(out.read_text())["cells"]
+    assert [(c["method"], c["n"], c["kept"], c["params"]) for c in cells] == [
+        ("segment_topk", 16, 4, {"scorer": "norm"}),
+        ("adaptive_diverse", 16, 4, {"weighting": "size"}),
+        ("segment_topk", 32, 8, {"scorer": "norm"}),
+    ]
+    assert all(c["passes"] > 0 for c in cells)
