@@ -239,6 +239,33 @@ def test_compressed_context_manager_and_exact_restore(pipe, clips, texts):
     assert_behaves_as_before(model, processor, after_inputs, before_logits, before_tokens, 4)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("segment_topk", {"scorer": "attention"}),
+        ("adaptive_diverse", {"weighting": "attention"}),
+        ("ltbm", {"weighting": "attention"}),
+    ],
+    ids=method_id,
+)
+def test_dropin_feeds_the_attention_methods_as_the_pipeline_does(pipe, clips, texts, case):
+    """Methods added later that read encoder attention get it through the drop-in too: the
+    same logits as the pipeline's, K placeholders per clip."""
+    name, params = case
+    model, processor = pipe.model, pipe.processor
+    method = ltbm.get_method(name, keep_ratio=0.25, **params)
+    with ltbm.compressed(model, processor, method):
+        inputs = processor_inputs(processor, texts, clips)
+        assert placeholder_counts(inputs["input_ids"], model.config.audio_token_id) == [19, 46]
+        with torch.no_grad():
+            inside = model(**inputs).logits
+    batch = pipe.prepare(clips, PROMPTS, method=method)
+    with torch.no_grad():
+        expected = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask)
+    valid = inputs["attention_mask"].bool()
+    assert torch.equal(inside[valid], expected.logits[valid])
+
+
 def test_pipeline_around_a_held_model(pipe, clips):
     method = ltbm.get_method("uniform", keep_ratio=0.5)
     wrapped = ltbm.pipeline(pipe.model, pipe.processor, method)
