@@ -144,7 +144,8 @@ def run_means(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per run: ``units [B, R, D]`` (its weighted mean, unit length), ``mass [B, R]`` (its
     total weight) and the run id of every source (-1 on padding); R = the most runs.
-    ``totals [N, B, D]`` are the scan's."""
+    ``totals [N, B, D]`` are the scan's, so units and mass hold for the scan's runs; a clip
+    whose weakest joins were undone keeps all its runs and never reads them."""
     width, batch, dim = totals.shape
     valid = valid_mask(lengths, width)
     run_id = torch.where(valid, starts.long().cumsum(1) - 1, NOT_KEPT)
