@@ -1,23 +1,45 @@
-# Set-up is part of every target, so a fresh clone needs one command per job.
+# Set-up is part of every target, so a fresh clone needs one command per job. Everything
+# installs into a project virtual environment (.venv), never into the system Python; a
+# stamp file remembers the install, so a second run installs nothing unless the package's
+# build inputs changed.
 PYTHON ?= python3
+VENV ?= .venv
 # The CPU build of torch; an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# PyPI's Linux x86-64 torch wheels are CUDA builds: where no CPU wheel is at hand locally,
+# `make TORCH_INDEX=https://download.pytorch.org/whl/cpu ...` takes PyTorch's CPU index.
+TORCH_INDEX ?=
+EXTRAS ?= all
+# What the editable install is built from: a change to any of them installs again.
+BUILD_INPUTS := pyproject.toml setup.py src/ltbm/core/_native.c
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench
+.PRECIOUS: %/bin/python
 
-install:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -e ".[all]"
+install: $(STAMP)
+
+# A virtual environment per folder; other environments (e.g. one per optional backend)
+# reuse this rule by depending on FOLDER/bin/python.
+%/bin/python:
+	@$(PYTHON) -m venv $* || { echo "error: '$(PYTHON) -m venv $*' failed; install the venv module (Debian/Ubuntu: apt-get install python3-venv) or pass PYTHON=another-python" >&2; exit 1; }
+
+$(STAMP): $(BUILD_INPUTS) | $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
 
 demo: install
-	ltbm demo
+	$(BIN)/ltbm demo
 
 test: install
-	$(PYTHON) -m pytest -q
+	$(BIN)/python -m pytest -q
 
 lint: install
-	ruff check src tests benchmarks scripts
-	ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 bench: install
-	$(PYTHON) benchmarks/methods.py --repeats 3 --budget-s 10 --out benchmarks/results/methods.json
+	$(BIN)/python benchmarks/methods.py --repeats 3 --budget-s 10 --out benchmarks/results/methods.json
