@@ -163,6 +163,44 @@ def test_one_round_slots_gather_around_a_destination(width, window, seed):
         assert bool(((frames - destinations[0]).abs() <= 2 * window - 1).all())
 
 
+def unbroken(plan) -> torch.Tensor:
+    """Real slots whose source frames are one unbroken run."""
+    spans, sizes = plan.spans, plan.sizes
+    return ((spans[..., 1] - spans[..., 0] + 1) == sizes)[plan.slot_mask]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(2, 160),
+    short=st.integers(1, 160),
+    keep_ratio=st.sampled_from([0.01, 0.05, 0.15, 0.25, 0.5, 0.9]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.float64]),
+    seed=st.integers(0, 10_000),
+)
+def test_window_one_tokens_are_unbroken_runs_of_frames(width, short, keep_ratio, dtype, seed):
+    """The README's claim: at window 1 every kept token is the mean of one unbroken run of
+    neighbouring frames, in every round, for any length, padding and keep ratio (each round
+    merges a token into an adjacent one, and runs stay in order)."""
+    tokens = torch.randn(2, width, 6, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    lengths = torch.tensor([width, min(short, width)])
+    plan = ltbm.compress(tokens, lengths, "ltbm", keep_ratio, window=1).plan
+    assert bool(unbroken(plan).all())
+
+
+@pytest.mark.parametrize("method, window", [("ltbm", 2), ("global", None)])
+def test_wider_windows_and_global_can_join_frames_that_are_not_neighbours(method, window):
+    """Frames x y z x: at window 2 (or without one) the first x merges with its copy three
+    positions on, past y and z, so "one unbroken run" holds at window 1 only."""
+    x, y, z = torch.eye(3)
+    tokens = torch.stack([x, y, z, x])[None]
+    params = {} if window is None else {"window": window}
+    plan = ltbm.compress(tokens, None, method, 0.75, **params).plan
+    slot = int(plan.slot_index[0, 0])
+    assert plan.spans[0, slot].tolist() == [0, 3] and int(plan.sizes[0, slot]) == 2
+    assert not bool(unbroken(plan).all())
+    assert bool(unbroken(ltbm.compress(tokens, None, "ltbm", 0.75, window=1).plan).all())
+
+
 def repeated_segments(segment: int = 5, dim: int = 16, seed: int = 0) -> torch.Tensor:
     """Segments X Y Z X: the last segment is an exact copy of the first, an odd distance
     away, so every even frame of the first X has a perfect match in the other X's B set."""

@@ -170,6 +170,23 @@ def test_keep_ratio_one_is_identity_bit_for_bit(name, dtype):
 
 
 @pytest.mark.parametrize("name", CASES)
+def test_keep_ratio_one_returns_padding_rows_as_zeros(name):
+    """What the README states: at keep_ratio=1 the valid rows come back bit for bit and the
+    rows past each clip's length are zeros, whatever the padding held, so a batch padded
+    with zeros comes back unchanged; the output is max(lengths) rows wide."""
+    tokens = torch.randn(3, 12, 5)
+    lengths = torch.tensor([10, 4, 7])
+    padded = tokens.clone()
+    padded[torch.arange(12)[None, :] >= lengths[:, None]] = 0.0
+    garbage = padded.clone()
+    garbage[torch.arange(12)[None, :] >= lengths[:, None]] = 7.0
+    from_zeros = compress(name, padded, lengths, 1.0).tokens
+    from_garbage = compress(name, garbage, lengths, 1.0).tokens
+    assert from_zeros.shape == (3, 10, 5)
+    assert torch.equal(from_zeros, padded[:, :10]) and torch.equal(from_garbage, from_zeros)
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_padding_content_is_ignored(name):
     """Changing what lies past a clip's length, even to NaN, changes nothing."""
     generator = torch.Generator().manual_seed(0)

@@ -51,7 +51,7 @@ def demo(
     ),
 ) -> None:
     """Transcribe speech with Whisper tiny.en on this CPU, compressed by each method."""
-    from ltbm.demo import builtin_clips, check_demo_audio, demo_table, file_clip, run_demo
+    from ltbm.demo import builtin_clips, check_demo_audio, demo_tables, file_clip, run_demo
     from ltbm.run.options import check_out_dir
 
     if reference is not None and audio is None:
@@ -62,7 +62,9 @@ def demo(
     chosen = builtin_clips(clips) if audio is None else [file_clip(audio, reference)]
     check_demo_audio(chosen, console)
     result = run_demo(chosen, out, keep_ratios=keep, console=console)
-    console.print(demo_table(result, console.width))
+    for table in demo_tables(result):
+        console.print(table)
+        console.print()
     seconds = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.timings.items())
     console.print(f"picture: {result.figure}\ntime: {seconds}")
 

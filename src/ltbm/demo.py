@@ -2,10 +2,12 @@
 
 Whisper tiny.en (CTranslate2, CPU) transcribes a few clips of the built-in speech set, or
 the user's own file, with its encoder frames compressed by each method at a few keep
-ratios, and shows what survived: a table of tokens kept, transcripts and word error rates,
-and a picture of which time frames each method merged into each kept token. The picture
-is the point: LTBM's slots are short runs of neighbouring frames, Global Merge's may
-gather frames from anywhere in the clip, pooling cuts blindly, pruning drops frames.
+ratios, and shows what survived: a table of totals over the clips (tokens kept, word
+error rate, how many kept tokens are one unbroken run of frames), each clip's full
+transcripts, and a picture of which time frames each method merged into each kept token.
+The picture is the point: at its default window of 1, every LTBM token is one unbroken run
+of neighbouring frames; Global Merge's may gather frames from anywhere in the clip, pooling
+cuts blindly, pruning drops frames.
 
 Each clip goes through the encoder once; every method compresses the same encoder frames.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -27,18 +30,19 @@ from rich.table import Table
 from ltbm.core.plan import Plan
 from ltbm.io.audio import SAMPLE_RATE, AudioError, load_audio
 from ltbm.methods import Method, get_method
+from ltbm.methods.registry import DEFAULT_WINDOW
 
 DEMO_METHODS: dict[str, dict[str, Any]] = {
-    "ltbm": {"window": 2},
+    "ltbm": {"window": DEFAULT_WINDOW},
     "global": {},
     "pool": {},
     "prune": {"scorer": "norm"},
 }
-"""Methods compared, with their parameters (prune by feature norm: CTranslate2's encoder
-exposes no attention)."""
+"""Methods compared, with their parameters: LTBM at its default window (the one the README
+describes), prune by feature norm (CTranslate2's encoder exposes no attention)."""
 DEMO_KEEP_RATIOS = (0.5, 0.25)
 DEMO_CLIPS = 3
-TEXT_WIDTH = 60
+TITLE_WIDTH = 90
 SLOT_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
 """Neighbouring slots never share a colour, so a slot whose frames are not contiguous
 shows as a colour that reappears away from its band."""
@@ -55,26 +59,54 @@ class DemoClip:
 
 
 @dataclass
-class DemoRow:
-    """One line of the demo table: a method at a keep ratio, over all demo clips."""
+class ClipOutcome:
+    """One clip under one configuration."""
 
-    method: str
-    keep_ratio: float
+    clip: str
     kept_tokens: int
     audio_tokens: int
     transcript: str
-    """Transcript of the first clip (the one in the picture)."""
     wer: float | None
+    """This clip's word error rate (None without a reference)."""
     contiguous: float | None
-    """Share of the pictured clip's slots whose source frames are one unbroken run (None
-    where it means nothing: no compression, or one frame per slot as in pruning)."""
+    """Share of this clip's kept tokens whose source frames are one unbroken run (None where
+    it means nothing: no compression, or one frame per token as in pruning)."""
+
+
+@dataclass
+class DemoRow:
+    """One configuration (a method at a keep ratio) over every demo clip: totals over the
+    clips, and each clip's own outcome."""
+
+    method: str
+    keep_ratio: float
+    params: dict[str, Any]
+    """The method's own parameters (LTBM's window, prune's scorer)."""
+    kept_tokens: int
+    """Tokens kept, summed over the clips."""
+    audio_tokens: int
+    """Encoder tokens before compression, summed over the clips."""
+    wer: float | None
+    """Word error rate over all the clips' words (errors summed over summed reference
+    words); None when no clip has a reference."""
+    contiguous: float | None
+    """Share of all the clips' kept tokens whose source frames are one unbroken run."""
     seconds: float
+    clips: list[ClipOutcome]
+
+    @property
+    def label(self) -> str:
+        """The method as the table names it: with its window or scorer."""
+        extra = " ".join(f"{k[0]}{v}" if k == "window" else str(v) for k, v in self.params.items())
+        return f"{self.method} {extra}".strip()
 
 
 @dataclass
 class DemoResult:
+    """Everything ``ltbm demo`` shows, also written to ``demo.json``."""
+
     clips: list[str]
-    reference: str | None
+    references: list[str | None]
     rows: list[DemoRow]
     figure: Path
     timings: dict[str, float]
@@ -152,30 +184,55 @@ def run_demo(
         )
     timings["total_s"] = time.perf_counter() - start
     result = DemoResult(
-        [c.name for c in clips], clips[0].reference, rows, figure, timings, backbone.describe()
+        [c.name for c in clips],
+        [c.reference for c in clips],
+        rows,
+        figure,
+        timings,
+        backbone.describe(),
     )
     (out / "demo.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     return result
 
 
 def _transcribe(backbone, encoded, clips, name, ratio, method) -> tuple[DemoRow, Plan | None]:
-    """Compress every clip with one method, decode, score; return the row and the plan."""
+    """Compress every clip with one method, decode, score; return the row and the plan of
+    the first clip (the pictured one)."""
     tick = time.perf_counter()
     compressed = backbone.compress(encoded, method)
     generations = backbone.decode(encoded, compressed)
-    wer = _wer(clips, [g.text for g in generations])
-    plan = None if compressed is None else _clip_plan(compressed.plan, 0, encoded[0].valid)
+    plans = [
+        None if compressed is None else _clip_plan(compressed.plan, i, clip.valid)
+        for i, clip in enumerate(encoded)
+    ]
+    outcomes = [
+        ClipOutcome(
+            clip=clip.name,
+            kept_tokens=generation.kept_tokens,
+            audio_tokens=generation.audio_tokens,
+            transcript=generation.text,
+            wer=_wer([clip], [generation.text]),
+            contiguous=_contiguity_or_none(plan),
+        )
+        for clip, generation, plan in zip(clips, generations, plans, strict=True)
+    ]
+    params = (
+        {}
+        if method is None
+        else {k: v for k, v in method.params().items() if k not in ("method", "keep_ratio")}
+    )
     row = DemoRow(
         method=name,
         keep_ratio=ratio,
-        kept_tokens=sum(g.kept_tokens for g in generations),
-        audio_tokens=sum(g.audio_tokens for g in generations),
-        transcript=generations[0].text,
-        wer=wer,
-        contiguous=None if plan is None or plan.is_selection else contiguity(plan),
+        params=params,
+        kept_tokens=sum(o.kept_tokens for o in outcomes),
+        audio_tokens=sum(o.audio_tokens for o in outcomes),
+        wer=_wer(clips, [g.text for g in generations]),
+        contiguous=None if compressed is None else _contiguity_or_none(compressed.plan),
         seconds=time.perf_counter() - tick,
+        clips=outcomes,
     )
-    return row, plan
+    return row, plans[0]
 
 
 def _wer(clips: Sequence[DemoClip], texts: list[str]) -> float | None:
@@ -197,14 +254,24 @@ def _clip_plan(plan: Plan, index: int, length: int) -> Plan:
     )
 
 
+def unbroken_slots(plan: Plan) -> torch.Tensor:
+    """``[B, K_max]`` bool: the real slots whose source frames form one unbroken run (a
+    slot of n frames spanning exactly n positions)."""
+    spans, sizes = plan.spans, plan.sizes
+    return ((spans[..., 1] - spans[..., 0] + 1) == sizes) & plan.slot_mask
+
+
 def contiguity(plan: Plan) -> float:
-    """Share of slots (clip 0) whose source frames form one unbroken run: 1.0 for pooling
-    and, by construction, nearly so for LTBM; lower when merging reaches across time."""
-    spans = plan.spans[0]
-    sizes = plan.sizes[0]
-    real = plan.slot_mask[0]
-    unbroken = (spans[:, 1] - spans[:, 0] + 1) == sizes
-    return float(unbroken[real].float().mean()) if bool(real.any()) else 1.0
+    """Share of the plan's kept tokens (all clips) whose source frames form one unbroken run:
+    1.0 for pooling and for LTBM at window 1; lower when merging reaches across time."""
+    real = int(plan.slot_mask.sum())
+    return int(unbroken_slots(plan).sum()) / real if real else 1.0
+
+
+def _contiguity_or_none(plan: Plan | None) -> float | None:
+    """:func:`contiguity`, or None where it means nothing (no compression, or a selection:
+    one frame per token)."""
+    return None if plan is None or plan.is_selection else contiguity(plan)
 
 
 def _progress(console: Console) -> Progress:
@@ -223,30 +290,69 @@ def _safe(name: str) -> str:
 
 
 # ------------------------------------------------------------------------ show
-def demo_table(result: DemoResult, width: int | None = None) -> Table:
-    """The demo's rich table: one row per method and keep ratio. Transcripts are cut to
-    fit ``width`` (the console's) so that every row stays on one line."""
-    table = Table(title=f"Whisper tiny.en on {', '.join(result.clips)}", title_justify="left")
-    widths = {"method": 6, "keep": 4, "tokens kept": 11, "WER": 5, "contiguous": 10}
-    for header, column_width in widths.items():
-        justify = "left" if header == "method" else "right"
-        table.add_column(header, no_wrap=True, min_width=column_width, justify=justify)
-    table.add_column(f"transcript of {result.clips[0]}")
-    fixed = sum(widths.values()) + 3 * (len(widths) + 1) + 1  # borders and padding
-    text_width = TEXT_WIDTH if width is None else max(16, min(TEXT_WIDTH, width - fixed))
+def demo_tables(result: DemoResult) -> list[Table]:
+    """What ``ltbm demo`` prints: the totals over the clips, then one table per clip with
+    its full transcripts (wrapped to the terminal, never cut)."""
+    return [totals_table(result)] + [
+        clip_table(result, index) for index in range(len(result.clips))
+    ]
+
+
+def totals_table(result: DemoResult) -> Table:
+    """One row per method and keep ratio, summed over every clip."""
+    count = len(result.clips)
+    scope = "the clip" if count == 1 else f"all {count} clips"
+    table = Table(
+        title=f"Whisper tiny.en: totals over {scope} ({', '.join(result.clips)})",
+        title_justify="left",
+        caption=(
+            f"tokens kept: kept / encoder tokens, summed over {scope}. WER: word error rate "
+            f"over {scope}' words together. contiguous: share of the kept tokens made of one "
+            "unbroken run of frames (– where each token is one frame)."
+        ),
+        caption_justify="left",
+    )
+    table.add_column("method", no_wrap=True)
+    for header in ("keep", "tokens kept", "WER", "contiguous"):
+        table.add_column(header, no_wrap=True, justify="right")
     for row in result.rows:
         table.add_row(
-            row.method,
+            row.label,
             f"{row.keep_ratio:g}",
             f"{row.kept_tokens}/{row.audio_tokens}",
-            "–" if row.wer is None else f"{row.wer:.3f}",
+            _format_wer(row.wer),
             "–" if row.contiguous is None else f"{row.contiguous:.0%}",
-            _shorten(row.transcript, text_width),
         )
     return table
 
 
-def _shorten(text: str, width: int = TEXT_WIDTH) -> str:
+def clip_table(result: DemoResult, index: int) -> Table:
+    """One clip: each configuration's tokens kept, word error rate and full transcript."""
+    name = result.clips[index]
+    reference = result.references[index] if result.references else None
+    title = name if reference is None else f"{name}. Reference: {reference}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("method", no_wrap=True)
+    for header in ("keep", "kept", "WER"):
+        table.add_column(header, no_wrap=True, justify="right")
+    table.add_column("transcript", overflow="fold", ratio=1)
+    for row in result.rows:
+        outcome = row.clips[index]
+        table.add_row(
+            row.label,
+            f"{row.keep_ratio:g}",
+            f"{outcome.kept_tokens}/{outcome.audio_tokens}",
+            _format_wer(outcome.wer),
+            outcome.transcript,
+        )
+    return table
+
+
+def _format_wer(wer: float | None) -> str:
+    return "–" if wer is None else f"{wer:.3f}"
+
+
+def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
@@ -284,7 +390,9 @@ def draw_demo(
     )
     axes[0].set_ylabel("mel bin")
     title = (
-        clip.name if clip.reference is None else f"{clip.name}: “{_shorten(clip.reference, 90)}”"
+        clip.name
+        if clip.reference is None
+        else f"{clip.name}: “{_shorten(clip.reference, TITLE_WIDTH)}”"
     )
     axes[0].set_title(title, fontsize=10, loc="left")
     cmap = ListedColormap([PRUNED_COLOUR, *SLOT_COLOURS])
@@ -302,14 +410,15 @@ def draw_demo(
             extent=(0, end, 0, 1),
         )
         axis.set_yticks([])
-        label = f"{row.method} {row.keep_ratio:g}\n{int(plan.kept[0])}/{len(slots)}"
+        label = f"{row.label} {row.keep_ratio:g}\n{int(plan.kept[0])}/{len(slots)}"
         axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
         _mark_broken_slots(axis, plan, frame_seconds)
-        if row.contiguous is not None:
+        pictured = row.clips[0].contiguous  # this clip's own share, not the total's
+        if pictured is not None:
             axis.text(
                 1.005,
                 0.5,
-                f"{row.contiguous:.0%} contiguous",
+                f"{pictured:.0%} contiguous",
                 transform=axis.transAxes,
                 fontsize=7,
                 va="center",
@@ -331,8 +440,7 @@ def _mark_broken_slots(axis: Any, plan: Plan, frame_seconds: float) -> None:
     if plan.is_selection:
         return
     slots = plan.slot_index[0]
-    spans, sizes = plan.spans[0], plan.sizes[0]
-    broken = ((spans[:, 1] - spans[:, 0] + 1) != sizes) & plan.slot_mask[0]
+    broken = ~unbroken_slots(plan)[0] & plan.slot_mask[0]
     for slot in broken.nonzero()[:, 0].tolist():
         frames = (slots == slot).nonzero()[:, 0].numpy()
         times = (frames + 0.5) * frame_seconds
