@@ -24,16 +24,39 @@ def main() -> None:
 
 
 @app.command()
-def methods() -> None:
-    """List the registered compression methods and their parameters (with defaults)."""
-    from ltbm.methods.registry import METHODS, method_defaults
+def methods(
+    markdown: bool = typer.Option(
+        False, "--markdown", help="Print the table as markdown (the README's method table)."
+    ),
+) -> None:
+    """List the registered compression methods, their parameters (with defaults) and what
+    they do."""
+    from ltbm.methods.registry import method_table, method_table_markdown
 
-    table = Table("method", "parameters", "what it does")
-    for name, cls in METHODS.items():
-        params = ", ".join(f"{k}={v}" for k, v in method_defaults(name).items())
-        first_paragraph = (cls.__doc__ or "").strip().split("\n\n")[0]
-        table.add_row(name, params, " ".join(first_paragraph.split()))
+    if markdown:
+        typer.echo(method_table_markdown())
+        return
+    table = Table(expand=True)
+    table.add_column("method", no_wrap=True)
+    table.add_column("parameters", ratio=2)
+    table.add_column("what it does", ratio=5)
+    table.add_column("source", ratio=2)
+    for row in method_table():
+        table.add_row(*(_rendered(cell) for cell in row))
     console.print(table)
+
+
+def _rendered(text: str) -> Text:
+    """The method table's markdown as styled text: `code` in colour, *titles* in italics;
+    the terminal shows no backticks or asterisks (and rich reads no [markup] in the words)."""
+    styled = Text()
+    for index, part in enumerate(text.split("`")):
+        if index % 2:
+            styled.append(part, style="cyan")
+            continue
+        for inner, piece in enumerate(part.split("*")):
+            styled.append(piece, style="italic" if inner % 2 else "")
+    return styled
 
 
 @app.command()

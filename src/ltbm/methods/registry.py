@@ -22,7 +22,7 @@ from ltbm.methods.pooling import pool_plan
 from ltbm.methods.pruning import SCORERS, prune_plan
 from ltbm.methods.sampling import random_plan, uniform_plan
 from ltbm.methods.segments import DEFAULT_SEGMENTS, check_segments, segment_topk_plan
-from ltbm.methods.weighting import attention_weights, check_weighting, reweighted
+from ltbm.methods.weighting import WEIGHTINGS, attention_weights, check_weighting, reweighted
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,14 @@ class Method:
     needs_attention: ClassVar[bool] = False
     without_attention: ClassVar[str] = ""
     """The parameter setting that needs no encoder attention (named in refusals)."""
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """The values a text parameter takes, listed in the method table."""
+    source: ClassVar[str] = ""
+    """Where the method comes from: the method table's last column (markdown).
+
+    The first paragraph of a method class's docstring is its "what it does" in the method
+    table (``ltbm methods`` and the README's, :func:`method_table`), with inline code in
+    single backticks."""
 
     def __init__(self, keep_ratio: float = 0.25) -> None:
         self.keep_ratio = check_keep_ratio(keep_ratio)
@@ -85,6 +93,7 @@ class MergeMethod(Method):
     results made before it existed keep their identity."""
 
     without_attention = "weighting='size'"
+    choices = {"weighting": WEIGHTINGS}
     window: int | None = None
 
     def __init__(self, keep_ratio: float = 0.25, weighting: str = "size") -> None:
@@ -110,12 +119,21 @@ class MergeMethod(Method):
 
 
 class LTBM(MergeMethod):
-    """Local Temporal Bipartite Merging: merge the most similar neighbours among the ``window``
+    """Rounds of bipartite matching: even positions (A) find their most similar odd position
+    (B) among the `window` nearest B tokens on either side (positions ±1, ±3, …,
+    ±(2·window − 1); every integer is a distinct band); the best `min(n − K, ⌈n/2⌉)` pairs
+    merge (size-weighted mean); repeat until K remain. Banded scores only: O(N · window · D).
+    At window 1 every kept token is one unbroken run of neighbouring tokens.
+    `weighting="attention"`: the same merges, but each merged token is the mean of its frames
+    weighted by the attention each receives in the encoder's last layer.
+
+    Local Temporal Bipartite Merging: merge the most similar neighbours among the ``window``
     nearest B tokens on either side (positions ±1, ±3, …, ±(2·window − 1) of the current
     sequence), round after round, until K tokens remain. ``weighting``: a merged token is the
     plain mean of its frames ("size") or their mean weighted by encoder attention."""
 
     name = "ltbm"
+    source = "the paper (Luo et al., arXiv 2605.25179); attention weighting as SA-MAP's merge"
 
     def __init__(
         self, keep_ratio: float = 0.25, window: int = DEFAULT_WINDOW, weighting: str = "size"
@@ -127,26 +145,34 @@ class LTBM(MergeMethod):
 
 
 class GlobalMerge(MergeMethod):
-    """The LTBM procedure with no window: any A token may merge with any B token
-    (``weighting`` as in ltbm)."""
+    """The same kernel with no window (every A×B pair): the controlled test of locality.
+    `weighting` as in `ltbm`.
+
+    The LTBM procedure with no window: any A token may merge with any B token."""
 
     name = "global"
+    source = "the paper (ToMe's bipartite matching in rounds)"
 
 
 class Pool(Method):
-    """Average pooling into K fixed groups of consecutive tokens."""
+    """Average pooling into K fixed groups of ⌈N/K⌉ or ⌊N/K⌋ consecutive tokens."""
 
     name = "pool"
+    source = "baseline"
 
     def plan(self, tokens, lengths=None, **signals) -> Plan:
         return pool_plan(tokens, lengths, self.keep_ratio)
 
 
 class Prune(Method):
-    """Keep the K highest-scoring tokens (``scorer``: "attention" or "norm")."""
+    """Keep the K highest-scoring tokens in temporal order. `attention`: mean attention each
+    token receives in the encoder's last layer (queries and keys captured by a hook; the
+    model stays on SDPA/FlashAttention). `norm`: feature L2 norm."""
 
     name = "prune"
     without_attention = "scorer='norm'"
+    choices = {"scorer": SCORERS}
+    source = "baseline"
 
     def __init__(self, keep_ratio: float = 0.25, scorer: str = "attention") -> None:
         super().__init__(keep_ratio)
@@ -164,12 +190,23 @@ class Prune(Method):
 
 
 class SegmentTopK(Method):
-    """Segment-wise top-K (Gibier et al., arXiv 2511.14293, ICASSP 2026): cut each clip into
+    """Cut each clip into S equal stretches of time (segment s: positions ⌊s·n/S⌋ …
+    ⌊(s+1)·n/S⌋ − 1; some are empty when n < S) and keep the highest-scoring tokens of each
+    (ties: the earlier token). Segment s is owed K·L_s/n tokens: floors first, the rest one
+    each to the largest remainders; tied remainders at the cut share them evenly spread
+    (`uniform`'s stride). Exactly K per clip; `segments=1` is `prune`. Scorers as `prune`'s.
+
+    Segment-wise top-K (Gibier et al., arXiv 2511.14293, ICASSP 2026): cut each clip into
     ``segments`` equal stretches of time and keep the highest-scoring tokens of each, the K
     tokens shared among segments by largest remainder; ``scorer`` as in prune."""
 
     name = "segment_topk"
     without_attention = "scorer='norm'"
+    choices = {"scorer": SCORERS}
+    source = (
+        "Gibier et al., *Segmentwise Pruning in Audio-Language Models*, arXiv 2511.14293 "
+        "(ICASSP 2026), who keep ⌊K/S⌋ per segment"
+    )
 
     def __init__(
         self,
@@ -195,12 +232,26 @@ class SegmentTopK(Method):
 
 
 class AdaptiveDiverse(Method):
-    """Merge runs of neighbours whose cosine similarity to their run's mean is at least
+    """(1) Scan each clip in time: a token joins the current run when its cosine similarity
+    to the run's mean (size- or attention-weighted) is ≥ `threshold`, else starts a new run.
+    (2) Fewer runs than K: undo the K − R weakest joins (lowest similarity; ties: the
+    earlier), all runs kept. (3) Otherwise keep K runs by greedy max-min diversity on the
+    cosine similarity of their means: the heaviest run first, then each time the run least
+    similar to those chosen (ties: the earlier). Runs in temporal order; dropped runs feed
+    nothing. O(N·D) sequential scan, O(K·R·D) choice (quadratic in clip length, like
+    `global`).
+
+    Merge runs of neighbours whose cosine similarity to their run's mean is at least
     ``threshold``, then keep K runs by greedy max-min diversity, in temporal order (in the
     spirit of SA-MAP, 2026); ``weighting``: the runs' means by "attention" or "size"."""
 
     name = "adaptive_diverse"
     without_attention = "weighting='size'"
+    choices = {"weighting": WEIGHTINGS}
+    source = (
+        "in the spirit of SA-MAP (*Similarity-Attention Boosted Token Compression via "
+        "Merging-and-Pruning*, 2026): adjacent merge, then diversity-driven pruning"
+    )
 
     def __init__(
         self,
@@ -226,18 +277,20 @@ class AdaptiveDiverse(Method):
 
 
 class Uniform(Method):
-    """Keep every (N/K)-th token: a content-blind floor."""
+    """Every (N/K)-th token: a content-blind floor."""
 
     name = "uniform"
+    source = "floor"
 
     def plan(self, tokens, lengths=None, **signals) -> Plan:
         return uniform_plan(tokens, lengths, self.keep_ratio)
 
 
 class Random(Method):
-    """Keep K tokens drawn at random with a fixed ``seed``: a content-blind floor."""
+    """K tokens drawn at random (seeded per clip): a content-blind floor."""
 
     name = "random"
+    source = "floor"
 
     def __init__(self, keep_ratio: float = 0.25, seed: int = 0) -> None:
         super().__init__(keep_ratio)
@@ -272,6 +325,56 @@ def method_defaults(name: str) -> dict[str, Any]:
     }
 
 
+def method_summary(name: str) -> str:
+    """What a method does, in one paragraph: the first paragraph of its class docstring,
+    on one line (inline code in `backticks`)."""
+    first = (method_class(name).__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(first.split())
+
+
+def parameter_summary(name: str) -> str:
+    """A method's parameters with their values and defaults, as the method table lists
+    them: ``"`keep_ratio` (default 0.25), `scorer` (`attention` or `norm`; default
+    `attention`)"``."""
+    cls = method_class(name)
+    parts = []
+    for parameter in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        notes = []
+        if parameter.name in cls.choices:
+            values = [f"`{value}`" for value in cls.choices[parameter.name]]
+            notes.append(
+                " or ".join([", ".join(values[:-1]), values[-1]] if values[:-1] else values)
+            )
+        default = parameter.default
+        if default is not parameter.empty:
+            notes.append(
+                f"default `{default}`" if isinstance(default, str) else f"default {default}"
+            )
+        parts.append(f"`{parameter.name}`" + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
+
+
+def method_table() -> list[tuple[str, str, str, str]]:
+    """(method, parameters, what it does, source) for every registered method, in registry
+    order: the one source of ``ltbm methods`` and of the README's method table."""
+    return [
+        (f"`{name}`", parameter_summary(name), method_summary(name), METHODS[name].source)
+        for name in METHODS
+    ]
+
+
+METHOD_TABLE_HEADER = ("method", "parameters", "what it does", "source")
+
+
+def method_table_markdown() -> str:
+    """:func:`method_table` as the markdown table the README holds."""
+    lines = ["| " + " | ".join(METHOD_TABLE_HEADER) + " |", "|---" * 4 + "|"]
+    lines += [f"| {' | '.join(row)} |" for row in method_table()]
+    return "\n".join(lines)
+
+
 def method_class(name: str) -> type[Method]:
     try:
         return METHODS[name]
@@ -288,7 +391,7 @@ def get_method(name: str, keep_ratio: float = 0.25, **params: Any) -> Method:
     if unknown:
         raise ValueError(
             f"method {name!r} takes no parameter {', '.join(map(repr, unknown))}; "
-            f"it accepts: keep_ratio{''.join(', ' + p for p in accepted)}"
+            f"it accepts {', '.join(map(repr, ['keep_ratio', *accepted]))}"
         )
     return cls(keep_ratio=keep_ratio, **params)
 
