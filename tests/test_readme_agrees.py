@@ -77,3 +77,27 @@ def test_a_registered_method_gets_its_row(monkeypatch: pytest.MonkeyPatch):
     )
     result = runner.invoke(app, ["methods"], env={"COLUMNS": "1000"})
     assert "[a test's] method, with brackets rich must not eat." in result.output
+
+
+def help_words(command: str) -> set[str]:
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    return {word.strip(",;()") for word in result.output.replace("│", " ").split()}
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep"])
+def test_backbone_help_names_every_backbone_and_every_family_of_load(command):
+    from ltbm.backbones.hf.loading import pipeline_class, supported_model_types
+    from ltbm.backbones.registry import BACKBONES
+
+    words = help_words(command)
+    assert set(BACKBONES) <= words
+    assert set(supported_model_types()) <= words
+    for model_type in supported_model_types():  # each is one ltbm.load accepts
+        assert pipeline_class(model_type) is not None
+
+
+def test_a_family_name_as_backbone_points_to_hf(tmp_path: Path):
+    result = runner.invoke(app, ["eval", "--backbone", "voxtral", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "voxtral is a Hugging Face family: pass --backbone hf --model" in result.output

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ltbm.backbones.registry import backbone_help
+
 app = typer.Typer(
     help="Compress the audio tokens of audio-language models, training-free.",
     no_args_is_help=True,
@@ -122,7 +124,7 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
     return values
 
 
-BackboneOption = typer.Option("whisper-ct2", help="whisper-ct2, hf, qwen2-audio, audioflamingo3")
+BackboneOption = typer.Option("whisper-ct2", help=backbone_help())
 ModelOption = typer.Option(None, help="checkpoint id or local folder of the backbone")
 TaskOption = typer.Option("speech", help="speech, clotho, audiocaps or mmau")
 RootOption = typer.Option(None, help="dataset folder in its usual layout")
@@ -267,10 +269,17 @@ def eval_command(
     csv: Path = CsvOption,
     json_path: Path = JsonOption,
     audio_dir: Path = AudioDirOption,
-    method: str = typer.Option("ltbm", help="a registered method, or none"),
+    method: str = typer.Option(
+        "ltbm",
+        help="a registered method (ltbm methods lists them: ltbm, global, pool, ...) or none",
+    ),
     keep_ratio: float = typer.Option(0.25, help="fraction of audio tokens kept"),
     window: int = typer.Option(None, help="ltbm's window (default 1)"),
-    scorer: str = typer.Option(None, help="prune's and segment_topk's scorer: attention or norm"),
+    scorer: str = typer.Option(
+        None,
+        help="prune's and segment_topk's scorer: attention or norm (default: attention, norm on "
+        "whisper-ct2)",
+    ),
     seed: int = typer.Option(None, help="seed of the --subset sample (default 0) and of random"),
     segments: int = SegmentsOption,
     threshold: float = ThresholdOption,
@@ -396,7 +405,9 @@ def sweep(
     keep_ratios: str = typer.Option(None, help="comma-separated (default 0.5,0.25,0.15)"),
     windows: str = typer.Option(None, help="ltbm windows, comma-separated (default 1,2,4)"),
     scorer: str = typer.Option(
-        None, help="prune's and segment_topk's scorer (default: attention, norm on CT2)"
+        None,
+        help="prune's and segment_topk's scorer: attention or norm (default: attention, norm on "
+        "whisper-ct2)",
     ),
     seed: int = typer.Option(
         None, help="seed of random and of the --subset sample (default 0), as in eval"

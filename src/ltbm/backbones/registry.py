@@ -16,6 +16,18 @@ DEFAULT_MODELS = {
 }
 
 
+def backbone_help() -> str:
+    """The ``--backbone`` help of ``ltbm eval`` and ``ltbm sweep``: every name, and the
+    Hugging Face families ``hf`` loads (every ``config.model_type`` ``ltbm.load`` reads)."""
+    from ltbm.backbones.hf.loading import supported_model_types
+
+    named = ", ".join(name for name in BACKBONES if name != "hf")
+    return (
+        f"{named}, or hf with --model (a checkpoint id or folder of any family ltbm.load "
+        f"reads; its config's model_type is one of {', '.join(supported_model_types())})"
+    )
+
+
 def load_backbone(
     name: str,
     model: str | None = None,
@@ -54,4 +66,14 @@ def load_backbone(
         if model is None:
             raise ValueError("--backbone hf needs --model (a checkpoint id or a local folder)")
         return load(model, method=None, device_map=device, torch_dtype=dtype)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    from ltbm.backbones.hf.loading import supported_model_types
+
+    if name.replace("-", "_") in supported_model_types():
+        raise ValueError(
+            f"{name} is a Hugging Face family: pass --backbone hf --model <a {name} "
+            "checkpoint id or folder> (the family is read from its config)"
+        )
+    raise ValueError(
+        f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} (hf loads every "
+        f"family ltbm.load reads: {', '.join(supported_model_types())})"
+    )
