@@ -210,7 +210,7 @@ def test_a_cuda_device_this_machine_lacks_is_refused_before_loading():
     [
         (["--reference", "hello"], "give the audio file too"),
         (["{clip}", "--reference", "  "], "--reference is empty"),
-        (["--keep", "0"], "keep_ratio must be in (0, 1]"),
+        (["--keep", "0"], "--keep must be in (0, 1]"),
         (["{clip}/missing.wav"], "not found"),
         (["--out", "{file}"], "is a file; pass a folder"),
     ],

@@ -370,7 +370,7 @@ def test_a_method_the_backbone_cannot_feed_is_refused_before_any_item(tmp_path):
         ],
     )
     assert result.exit_code == 2
-    assert "scorer='norm'" in result.output
+    assert "--scorer norm" in result.output
     assert not list(tmp_path.rglob("items*.jsonl"))
 
 

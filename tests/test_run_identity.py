@@ -363,7 +363,7 @@ def test_a_sweep_checks_every_cell_before_running_the_first(tmp_path):
     out = tmp_path / "runs"
     args = ["sweep", "--methods", "none,prune", "--keep-ratios", "0.5", "--limit", "1"]
     message = one_line_error(run(*args, "--scorer", "attention", "--out", str(out)))
-    assert "scorer='norm'" in message
+    assert "--scorer norm" in message
     assert not list(out.rglob("items*.jsonl"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import typer
@@ -644,7 +645,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, ImportError, CaptionMetricsError)
 
 
-def _report_error(error: BaseException) -> None:
+def _report_error(error: BaseException, flags: dict[str, str] | None = None) -> None:
     message = " ".join(str(error).split()) or type(error).__name__
     if isinstance(error, OSError) and error.filename and error.strerror:
         # The system's own wording ("[Errno 21] Is a directory: ...") names no way out.
@@ -652,11 +653,104 @@ def _report_error(error: BaseException) -> None:
             f"{error.strerror}: {error.filename}. Check that path (a folder where a file "
             "belongs, or the reverse; its permissions; free disk space), then run again"
         )
+    elif flags:
+        message = cli_wording(message, flags)
     console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
+KEYWORD_OPTIONS = {
+    "json": ("json_path",),
+    "keep_ratio": ("keep_ratio", "keep_ratios", "keep"),
+    "window": ("window", "windows"),
+    "method": ("method", "methods"),
+    "model_path": ("model",),
+    "device_map": ("device",),
+    "torch_dtype": ("dtype",),
+    "compute_type": ("dtype",),
+}
+"""The library's keyword → the command's parameters that set it, first match wins (a
+keyword not listed is the parameter of the same name)."""
+
+
+def command_flags(callback) -> dict[str, str]:
+    """Python keyword → the command's flag (``json`` → ``--json``, ``keep_ratio`` →
+    ``--keep-ratios`` in sweep), for the parameters ``callback`` declares as options."""
+    import inspect
+
+    from typer.models import OptionInfo
+
+    options = {}
+    for name, parameter in inspect.signature(callback).parameters.items():
+        info = parameter.default
+        if isinstance(info, OptionInfo):
+            declared = [d for d in info.param_decls or () if d.startswith("--")]
+            options[name] = declared[0].split("/")[0] if declared else "--" + name.replace("_", "-")
+    flags = {name: flag for name, flag in options.items()}
+    for keyword, candidates in KEYWORD_OPTIONS.items():
+        found = next((options[c] for c in candidates if c in options), None)
+        if found:
+            flags[keyword] = found
+    return flags
+
+
+_CALL = re.compile(r"[A-Za-z_][\w.]*\([^()]*\)")
+"""A Python call written out in a message (``get_method('ltbm', keep_ratio=...)``): left as
+it is, since it is code for the Python API."""
+
+
+METHOD_WORDS = frozenset({"method", "methods", "window", "windows", "scorer", "seed"})
+"""Plain words that, quoted or before a quoted value, are a method's keyword in a message
+(``takes no parameter 'window'``, ``method 'pool'``)."""
+
+
+def cli_wording(message: str, flags: dict[str, str]) -> str:
+    """A library message as the command line should print it: the Python keywords it names
+    become the command's flags (``json=...`` → ``--json ...``, ``scorer='norm'`` →
+    ``--scorer norm``, ``keep_ratio must`` → ``--keep-ratio must``, ``'window'`` →
+    ``--window``, ``method 'pool'`` → ``--method pool``). Only keywords the command has a
+    flag for are rewritten, never inside a written-out call; a plain English word only where
+    its form marks it as a keyword."""
+    if not flags:
+        return message
+    every = _alternatives(flags)
+    marked = _alternatives([k for k in flags if "_" in k or k in METHOD_WORDS])
+    named = _alternatives([k for k in flags if "_" in k])
+    value = r"<[^>]*>|'[^']*'|\"[^\"]*\"|\.\.\.|[^\s,;)]+"
+    rules = [
+        (rf"(?<![\w.-])({every})=({value})?", lambda m: _flag_and_value(flags, m)),
+        (rf"^({every})(?= must )", lambda m: flags[m[1]]),
+        (rf"(?<![\w.'-])({marked}) '([^']*)'", lambda m: f"{flags[m[1]]} {m[2]}"),
+        (rf"(?<![\w.-])'({marked})'(?!\w)", lambda m: flags[m[1]]),
+        (rf"(?<![\w.'-])({named})(?![\w='-])", lambda m: flags[m[1]]),
+    ]
+    pieces, last = [], 0
+    for call in [*_CALL.finditer(message), None]:
+        stop = len(message) if call is None else call.start()
+        text = message[last:stop]
+        for pattern, replace in rules:
+            if last == 0 or not pattern.startswith("^"):
+                text = re.sub(pattern, replace, text)
+        pieces.append(text if call is None else text + call[0])
+        last = stop if call is None else call.end()
+    return "".join(pieces)
+
+
+def _alternatives(words) -> str:
+    """A regex alternation of ``words``, longest first (``keep_ratios`` before
+    ``keep_ratio``); one that matches nothing when there are none."""
+    ordered = sorted(map(re.escape, words), key=len, reverse=True)
+    return "|".join(ordered) or r"(?!x)x"
+
+
+def _flag_and_value(flags: dict[str, str], match: re.Match) -> str:
+    value = match[2]
+    return flags[match[1]] + ("" if not value else " " + value.strip("'\""))
+
+
 def _friendly(command):
-    """Wrap a command so that user errors end with one line and exit code 2."""
+    """Wrap a command so that user errors end with one line, in the command's own terms
+    (its flags), and exit code 2. Messages about a ``--config`` file keep the file's keys."""
+    flags = command_flags(command)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -665,7 +759,9 @@ def _friendly(command):
         except Exception as error:
             if not isinstance(error, _user_errors()):
                 raise
-            _report_error(error)
+            config = kwargs.get("config")
+            about_config = config is not None and str(config) in str(error)
+            _report_error(error, None if about_config else flags)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -224,7 +224,7 @@ def no_audio_error(
     )
     return DatasetError(
         f"{task}: {where}. Expected audio files named like {examples}{hint}. "
-        "Pass the folder that holds the audio files (audio_dir=... / --audio-dir), "
+        "Pass the folder that holds the audio files (audio_dir=...), "
         "or a root folder in the layout described in the reader's docstring."
     )
 

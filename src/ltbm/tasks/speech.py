@@ -76,9 +76,9 @@ class SpeechTask:
         unknown = sorted(set(config) - {"root", "audio_dir", "name", "allow_outside_root"})
         if unknown:
             raise DatasetError(
-                f"the speech task takes a folder (root=...) and nothing else; got "
-                f"{', '.join(unknown)}. The folder holds {MANIFEST} or LibriSpeech "
-                "*.trans.txt files"
+                "the speech task takes a folder (root=...) and nothing else (got "
+                f"{', '.join(key + '=...' for key in unknown)}); the folder holds {MANIFEST} or "
+                "LibriSpeech *.trans.txt files"
             )
         root = config.get("root") or config.get("audio_dir")
         return cls(

@@ -532,8 +532,7 @@ def _check_method(method: Method) -> None:
         instead = getattr(method, "without_attention", "") or "a method that needs no attention"
         raise ValueError(
             f"{method!r} reads the encoder's attention, which CTranslate2's Whisper encoder "
-            f"does not expose; on whisper-ct2 use {instead} "
-            f"(e.g. get_method('{method.name}', keep_ratio=..., {instead}))"
+            f"does not expose; on whisper-ct2 use {instead}"
         )
 
 
