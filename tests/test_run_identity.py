@@ -202,7 +202,7 @@ def test_disk_full_ends_in_one_line_and_the_run_resumes(tmp_path, cells, monkeyp
         (["--max-new-tokens", "0"], "--max-new-tokens must be ≥ 1"),
         (["--dtype", "float8"], "--dtype float8 is not one of"),
         (["--device", "gpu7"], "--device gpu7"),
-        (["--method", "pool", "--keep-ratio", "1.5"], "keep_ratio"),
+        (["--method", "pool", "--keep-ratio", "1.5"], "--keep-ratio must be in (0, 1]"),
     ],
 )
 def test_bad_options_are_refused_before_any_model_loads(tmp_path, extra, expected):

@@ -708,20 +708,19 @@ def cli_wording(message: str, flags: dict[str, str]) -> str:
     become the command's flags (``json=...`` → ``--json ...``, ``scorer='norm'`` →
     ``--scorer norm``, ``keep_ratio must`` → ``--keep-ratio must``, ``'window'`` →
     ``--window``, ``method 'pool'`` → ``--method pool``). Only keywords the command has a
-    flag for are rewritten, never inside a written-out call; a plain English word only where
-    its form marks it as a keyword."""
+    flag for are rewritten, only where their form marks them as keywords (a bare
+    ``decode_tokens: 2 in the folder`` names a recorded setting and stays), and never inside
+    a written-out call."""
     if not flags:
         return message
     every = _alternatives(flags)
     marked = _alternatives([k for k in flags if "_" in k or k in METHOD_WORDS])
-    named = _alternatives([k for k in flags if "_" in k])
     value = r"<[^>]*>|'[^']*'|\"[^\"]*\"|\.\.\.|[^\s,;)]+"
     rules = [
         (rf"(?<![\w.-])({every})=({value})?", lambda m: _flag_and_value(flags, m)),
         (rf"^({every})(?= must )", lambda m: flags[m[1]]),
         (rf"(?<![\w.'-])({marked}) '([^']*)'", lambda m: f"{flags[m[1]]} {m[2]}"),
         (rf"(?<![\w.-])'({marked})'(?!\w)", lambda m: flags[m[1]]),
-        (rf"(?<![\w.'-])({named})(?![\w='-])", lambda m: flags[m[1]]),
     ]
     pieces, last = [], 0
     for call in [*_CALL.finditer(message), None]:
