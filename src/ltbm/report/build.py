@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,14 @@ from ltbm.report.items import (
     task_label,
     tasks_in_several,
 )
-from ltbm.report.plots import plot_statistics
+from ltbm.report.plots import (
+    COLOURS,
+    keep_ratio_axis,
+    legend_below,
+    nudges,
+    plot_statistics,
+    series_style,
+)
 from ltbm.report.stats import StatsOptions, summarize
 from ltbm.report.tables import item_rows, stats_markdown, write_stats
 from ltbm.run.evaluate import LATER_PARAMETERS
@@ -209,11 +217,10 @@ def plot_runs(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
         metric = PRIMARY_METRIC.get(group[0]["kind"])
         if metric is None or not any(metric in r for r in group):
             continue
-        figure, (lines_axis, pair_axis) = plt.subplots(1, 2, figsize=(11, 4))
+        figure, (lines_axis, pair_axis) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
         _plot_lines(lines_axis, group, metric)
         _plot_pairs(pair_axis, group, metric)
         figure.suptitle(f"{task} — {backbone}")
-        figure.tight_layout()
         path = out_dir / f"{task}_{backbone}_{metric}.png".replace("/", "_")
         figure.savefig(path, dpi=120)
         plt.close(figure)
@@ -226,50 +233,54 @@ def _plot_lines(axis, group, metric) -> None:
     for row in group:
         if metric in row:
             series[_series_label(row)].append((row["keep_ratio"], row[metric]))
-    for label, points in sorted(series.items()):
+    baseline = series.pop("none", None)
+    if baseline:
+        axis.axhline(baseline[0][1], linestyle="--", color="grey", label="uncompressed")
+    shifts = nudges(len(series), [ratio for points in series.values() for ratio, _ in points])
+    for index, (label, points) in enumerate(sorted(series.items())):
         points.sort()
-        if label == "none":
-            axis.axhline(points[0][1], linestyle="--", color="grey", label="uncompressed")
-            continue
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-    axis.set_xlabel("keep ratio")
+        ratios = [ratio + shifts[index] for ratio, _ in points]
+        axis.plot(ratios, [value for _, value in points], label=label, **series_style(index))
     axis.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
-    axis.invert_xaxis()
-    axis.legend(fontsize=8)
+    keep_ratio_axis(axis)
+    legend_below(axis)
     axis.set_title(f"{metric} vs keep ratio")
 
 
 def _plot_pairs(axis, group, metric) -> None:
-    """LTBM (best window per ratio) next to Global Merge at each keep ratio."""
+    """LTBM (best window per ratio) next to Global Merge at each keep ratio, the ratios in
+    the lines panel's direction; a method without cells gets no bars and no legend entry."""
     pick = min if metric in LOWER_IS_BETTER else max
     ratios = sorted({r["keep_ratio"] for r in group if r["method"] in ("ltbm", "global")})
-    local = [
-        pick(
-            [
+    ratios.reverse()  # as the lines panel: less kept to the right
+
+    def values(method: str, choose) -> list[float]:
+        heights = []
+        for q in ratios:
+            found = [
                 r[metric]
                 for r in group
-                if r["method"] == "ltbm" and r["keep_ratio"] == q and metric in r
-            ],
-            default=float("nan"),
-        )
-        for q in ratios
-    ]
-    global_ = [
-        next(
-            (
-                r[metric]
-                for r in group
-                if r["method"] == "global" and r["keep_ratio"] == q and metric in r
-            ),
-            float("nan"),
-        )
-        for q in ratios
-    ]
-    positions = range(len(ratios))
-    axis.bar([p - 0.2 for p in positions], local, width=0.4, label="ltbm (best window)")
-    axis.bar([p + 0.2 for p in positions], global_, width=0.4, label="global")
-    axis.set_xticks(list(positions), [f"{q:g}" for q in ratios])
-    axis.set_xlabel("keep ratio")
-    axis.set_ylabel(metric)
-    axis.legend(fontsize=8)
+                if r["method"] == method and r["keep_ratio"] == q and metric in r
+            ]
+            heights.append(choose(found) if found else math.nan)
+        return heights
+
+    bars = {
+        "ltbm (best window)": values("ltbm", pick),
+        "global": values("global", lambda v: v[0]),
+    }
+    bars = {k: v for k, v in bars.items() if any(not math.isnan(x) for x in v)}
     axis.set_title("locality: ltbm vs global")
+    if not bars:
+        axis.text(0.5, 0.5, "no ltbm or global cells", ha="center", transform=axis.transAxes)
+        axis.set_xticks([])
+        return
+    width = 0.8 / len(bars)
+    for index, (label, heights) in enumerate(bars.items()):
+        offset = (index - (len(bars) - 1) / 2) * width
+        positions = [p + offset for p in range(len(ratios))]
+        axis.bar(positions, heights, width=width, label=label, color=COLOURS[index])
+    axis.set_xticks(list(range(len(ratios))), [f"{q:g}" for q in ratios])
+    axis.set_xlabel("keep ratio (stronger compression →)")
+    axis.set_ylabel(metric)
+    legend_below(axis)

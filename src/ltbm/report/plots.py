@@ -11,6 +11,59 @@ from typing import Any
 
 from ltbm.report.tables import by_condition
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<")
+LINESTYLES = ("-", "--", "-.", ":")
+COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+"""matplotlib's tab10. Ten colours, nine markers and four line styles: no two of the first
+ninety series look alike, and lines that coincide still show each other's marks."""
+
+
+def series_style(index: int) -> dict[str, str]:
+    """The colour, marker and line style of the ``index``-th series of a panel."""
+    return {
+        "color": COLOURS[index % len(COLOURS)],
+        "marker": MARKERS[index % len(MARKERS)],
+        "linestyle": LINESTYLES[index % len(LINESTYLES)],
+    }
+
+
+def nudges(count: int, ratios: list[float]) -> list[float]:
+    """Sideways offsets, in keep-ratio units, for ``count`` series drawn at ``ratios``: spread
+    over a fifth of the narrowest gap between two ratios, so points at one ratio stay apart
+    and never drift toward the next one."""
+    distinct = sorted(set(ratios))
+    gaps = [b - a for a, b in zip(distinct[:-1], distinct[1:], strict=True)]
+    spread = (min(gaps) if gaps else 0.1) / 5
+    step = spread / max(count - 1, 1)
+    return [(index - (count - 1) / 2) * step for index in range(count)]
+
+
+def keep_ratio_axis(axis) -> None:
+    """The keep-ratio axis of every ltbm plot: less kept to the right (stronger compression
+    further along), so all panels read the same way."""
+    axis.set_xlabel("keep ratio (stronger compression →)")
+    if not axis.xaxis_inverted():
+        axis.invert_xaxis()
+
+
+def legend_below(axis) -> None:
+    """A legend under the panel, outside the data, for the series drawn with a label (none
+    when nothing was drawn, so no entry stands for missing data)."""
+    handles, labels = axis.get_legend_handles_labels()
+    if handles:
+        axis.legend(
+            handles,
+            labels,
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            ncol=min(3, len(handles)),
+            frameon=False,
+        )
+
 
 def plot_statistics(stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """One figure per condition; returns the paths written."""
@@ -25,13 +78,14 @@ def plot_statistics(stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         if not any(c["interval"] for c in cells):
             continue
         condition = json.loads(key)
-        figure, (cells_axis, differences_axis) = plt.subplots(1, 2, figsize=(11, 4))
+        figure, (cells_axis, differences_axis) = plt.subplots(
+            1, 2, figsize=(11, 5), layout="constrained"
+        )
         _plot_cells(cells_axis, cells)
         _plot_differences(differences_axis, differences.get(key, []))
         rate = f" @ {condition['frame_rate_hz']:g} Hz" if condition["frame_rate_hz"] else ""
         level = f"{stats['options']['level']:.0%}"
         figure.suptitle(f"{condition['task']} — {condition['backbone']}{rate} ({level} intervals)")
-        figure.tight_layout()
         hz = f"_{condition['frame_rate_hz']:g}hz" if condition["frame_rate_hz"] else ""
         name = f"{condition['task']}_{condition['backbone']}{hz}_{cells[0]['metric']}_intervals"
         path = out_dir / (_safe(name) + ".png")
@@ -53,10 +107,9 @@ def _plot_cells(axis, cells: list[dict[str, Any]]) -> None:
         axis.axhspan(interval["low"], interval["high"], color="grey", alpha=0.15)
     _errorbars(axis, series)
     metric = cells[0]["metric"]
-    axis.set_xlabel("keep ratio")
     axis.set_ylabel(metric + (" (lower is better)" if cells[0]["lower_is_better"] else ""))
-    axis.invert_xaxis()
-    axis.legend(fontsize=8)
+    keep_ratio_axis(axis)
+    legend_below(axis)
     axis.set_title(f"{metric} vs keep ratio")
 
 
@@ -67,28 +120,36 @@ def _plot_differences(axis, rows: list[dict[str, Any]]) -> None:
             series[f"{row['a']} − {row['b']}"].append((row["keep_ratio"], row["difference"]))
     axis.axhline(0.0, color="black", linewidth=0.8)
     _errorbars(axis, series)
-    axis.set_xlabel("keep ratio")
     if rows:
         better = "below 0: A better" if rows[0]["lower_is_better"] else "above 0: A better"
         axis.set_ylabel(f"A − B ({better})")
-    if series:
-        axis.invert_xaxis()
-        axis.legend(fontsize=8)
+    if not series:
+        axis.text(0.5, 0.5, "no paired differences", ha="center", transform=axis.transAxes)
+    keep_ratio_axis(axis)
+    legend_below(axis)
     axis.set_title("paired differences")
 
 
 def _errorbars(axis, series: dict[str, list[tuple[float, dict]]]) -> None:
-    """One line with interval bars per series, each nudged sideways so that bars at the
-    same keep ratio do not hide each other."""
-    step = 0.004
+    """One line with interval bars per series, each in its own colour, marker and line
+    style and nudged sideways, so bars and lines at the same keep ratio do not hide each
+    other."""
+    shifts = nudges(len(series), [ratio for points in series.values() for ratio, _ in points])
     for index, (label, points) in enumerate(sorted(series.items())):
         points.sort(key=lambda point: point[0])
-        shift = (index - (len(series) - 1) / 2) * step
         estimates = [i["estimate"] for _, i in points]
         below = [i["estimate"] - i["low"] for _, i in points]
         above = [i["high"] - i["estimate"] for _, i in points]
-        ratios = [ratio + shift for ratio, _ in points]
-        axis.errorbar(ratios, estimates, yerr=[below, above], marker="o", capsize=3, label=label)
+        ratios = [ratio + shifts[index] for ratio, _ in points]
+        axis.errorbar(
+            ratios,
+            estimates,
+            yerr=[below, above],
+            capsize=3,
+            label=label,
+            markersize=5,
+            **series_style(index),
+        )
 
 
 def _safe(name: str) -> str:
