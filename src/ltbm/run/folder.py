@@ -10,6 +10,7 @@ size has one and the records cover every selected item.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -231,9 +232,7 @@ def finish_lock(run_dir: Path) -> Iterator[None]:
     """Held by a rank while it marks itself done and, if it is the last, finalizes: ranks
     finishing together take turns, so exactly one of them sees every marker. It waits rather
     than refuses (the holder is only scoring), and the OS frees it if the holder dies."""
-    from filelock import FileLock
-
-    with FileLock(str(run_dir / "finish.lock")):
+    with held_file_lock(run_dir / "finish.lock", wait=True):
         yield
 
 
@@ -242,24 +241,80 @@ def writer_lock(path: Path) -> Iterator[None]:
     """Hold ``path`` as a lock while writing; a second process is refused at once, not
     queued. The operating system releases the lock when its holder dies (even by kill -9),
     so a killed run never leaves its folder locked."""
-    from filelock import FileLock, Timeout
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ResultWriteError(path.parent, error) from None
-    lock = FileLock(str(path), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise RunConflict(
-            f"another ltbm run is writing {path.parent} (lock {path.name} is held); wait for "
-            "it to finish, or pass another --out"
-        ) from None
-    try:
+    with held_file_lock(path, wait=False) as acquired:
+        if not acquired:
+            raise RunConflict(
+                f"another ltbm run is writing {path.parent} (lock {path.name} is held); wait "
+                "for it to finish, or pass another --out"
+            )
         yield
+
+
+@contextmanager
+def held_file_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """An exclusive lock on ``path`` (``wait``: until it is free; else yields False at once
+    when another holder has it), whose file is removed on release, so finished cells keep
+    no lock files.
+
+    Removing a lock file is safe only with a check: the holder deletes the file while it
+    still holds it, and whoever locks a file checks afterwards that the path still names
+    that very file, starting over otherwise (it locked a file already unlinked). POSIX
+    ``flock`` does this; elsewhere ``filelock`` locks and its file stays."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(path), timeout=-1 if wait else 0)
+        try:
+            lock.acquire()
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+        return
+    descriptor = _lock_path(path, fcntl, wait)
+    if descriptor is None:
+        yield False
+        return
+    try:
+        yield True
     finally:
-        lock.release()
+        try:
+            path.unlink(missing_ok=True)  # still held: nobody can take it in between
+        finally:
+            os.close(descriptor)
+
+
+def _lock_path(path: Path, fcntl: Any, wait: bool) -> int | None:
+    """A descriptor holding ``flock`` on the file ``path`` names now, or None if another
+    holder has it and ``wait`` is false."""
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise ResultWriteError(path, error) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return None
+            raise ResultWriteError(path, error) from None
+        try:
+            same = os.path.samestat(os.fstat(descriptor), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return descriptor
+        os.close(descriptor)  # its holder removed that file after we opened it: again
 
 
 def pending(
