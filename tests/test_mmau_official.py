@@ -194,6 +194,32 @@ def test_headline_equals_both_official_scripts(task: MMAUTask, tmp_path: Path, s
     assert 0.2 < metrics["accuracy"] < metrics["lenient_accuracy"] < 0.9
 
 
+def test_a_selection_without_a_difficulty_level_crashes_only_the_older_script(
+    task: MMAUTask, tmp_path: Path
+):
+    """What the README warns about: the first 10 items (``--limit 10``) are all "medium";
+    the newer script (7468292) prints ltbm's numbers, the older one (6097b91) divides by the
+    empty "easy" group and stops with a traceback."""
+    items = task.all_items()[:10]
+    assert {item.meta["difficulty"] for item in items} == {"medium"}
+    records = varied_records(items, seed=4)
+    succeeded = [r for r in records if "error" not in r]
+    metrics = score_records(task, items, succeeded, tmp_path)["metrics"]
+    submission = tmp_path / SUBMISSION_FILE
+    newest = parse_7468292(run_official("7468292", submission))
+    assert newest["overall"] == {
+        "all": (f"{percent(metrics['overall']):.2f}", metrics["overall"]["total"])
+    }
+    older = subprocess.run(
+        [sys.executable, str(SCRIPTS["6097b91"]), "--input", str(submission)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert older.returncode != 0 and "ZeroDivisionError" in older.stderr
+
+
 def test_every_item_verdict_equals_official_string_match(task: MMAUTask, tmp_path: Path):
     items = task.all_items()
     by_id = {item.id: item for item in items}
