@@ -37,6 +37,7 @@ def flags_of(name: str) -> dict[str, str]:
         ("pass audio_dir=<folder holding x/>", "pass --audio-dir <folder holding x/>"),
         ("keep_ratio must be in (0, 1], got 2.0", "--keep-ratio must be in (0, 1], got 2.0"),
         ("clips over 40 s; pass batch_size=1", "clips over 40 s; pass --batch-size 1"),
+        ("or pass allow_outside_root=True", "or pass --allow-outside-root"),
         # Written-out calls are Python and stay as they are.
         (
             "build one with ltbm.get_method(name, keep_ratio=...)",

@@ -742,8 +742,8 @@ def _alternatives(words) -> str:
 
 
 def _flag_and_value(flags: dict[str, str], match: re.Match) -> str:
-    value = match[2]
-    return flags[match[1]] + ("" if not value else " " + value.strip("'\""))
+    value = (match[2] or "").strip("'\"")
+    return flags[match[1]] + ("" if value in ("", "True") else " " + value)  # a switch: no value
 
 
 def _friendly(command):
