@@ -43,7 +43,7 @@ def test_demo_on_two_builtin_clips_at_80_columns(tmp_path):
     assert max(len(line) for line in lines) <= 80
     assert "…" not in out  # nothing cut: transcripts wrap instead
     assert "totals over all 2 clips" in out
-    for method in ("none", "ltbm w1", "global", "pool", "prune norm"):
+    for method in ("none", "ltbm w=1", "global", "pool", "prune norm"):
         assert re.search(rf"│ {method}\s+│", out), method
     assert "763/763" not in out and "497/497" in out  # totals: 283 + 214 frames
     assert "142/283" in out and "107/214" in out  # per clip: K = kept_tokens(N, 0.5)
@@ -89,7 +89,7 @@ def test_demo_tables_name_their_columns_and_wrap_long_transcripts():
     totals, first, second = demo_tables(demo_result(long))
     text = " ".join(render(totals, 80).split())  # title and caption wrap
     assert "totals over all 2 clips" in text and "summed over all 2 clips" in text
-    assert "ltbm w1" in text and "prune norm" in text and "100%" in text
+    assert "ltbm w=1" in text and "prune norm" in text and "100%" in text
     clip_text = render(first, 80)
     assert "clip_0. Reference: the reference" in clip_text
     assert max(len(line) for line in clip_text.splitlines()) <= 80

@@ -97,7 +97,7 @@ class DemoRow:
     @property
     def label(self) -> str:
         """The method as the table names it: with its window or scorer."""
-        extra = " ".join(f"{k[0]}{v}" if k == "window" else str(v) for k, v in self.params.items())
+        extra = " ".join(f"w={v}" if k == "window" else str(v) for k, v in self.params.items())
         return f"{self.method} {extra}".strip()
 
 
