@@ -73,3 +73,27 @@ def test_a_finished_eval_cell_holds_no_lock_files(tmp_path: Path):
     cell = tmp_path / "speech" / "whisper-ct2" / "none"
     assert (cell / "metrics.json").is_file()
     assert not [p.name for p in cell.iterdir() if p.name.endswith(".lock")]
+
+
+@posix_only
+def test_a_shared_lock_file_goes_with_its_last_holder(tmp_path: Path):
+    path = tmp_path / "writer.lock"
+    with held_file_lock(path, wait=False, shared=True) as first:
+        with held_file_lock(path, wait=False, shared=True) as second:
+            assert first and second
+            with held_file_lock(path, wait=False) as exclusive:
+                assert exclusive is False  # shared holders keep an exclusive one out
+        assert path.exists()  # the first holder is still there
+    assert not path.exists()
+
+
+@posix_only
+def test_ranks_share_the_cell_lock_and_leave_no_files(tmp_path: Path):
+    from ltbm.run.folder import cell_lock
+
+    cell = tmp_path / "cell"
+    with cell_lock(cell, 0, world_size=2), cell_lock(cell, 1, world_size=2):
+        with pytest.raises(RunConflict):
+            with cell_lock(cell, 0, world_size=1):  # a run without a launcher
+                pass
+    assert list(cell.iterdir()) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -74,9 +75,7 @@ def shared_lock(path: Path, exclusive: bool) -> Iterator[None]:
     once when the other kind is held. An ``flock`` of the operating system, released when
     its holder dies; where there is none (Windows), only exclusive holders are locked out
     of each other."""
-    try:
-        import fcntl
-    except ImportError:  # no flock: fall back to the exclusive file lock for single runs
+    if importlib.util.find_spec("fcntl") is None:  # no flock: exclusive file locks only
         if exclusive:
             with writer_lock(path):
                 yield
@@ -85,23 +84,16 @@ def shared_lock(path: Path, exclusive: bool) -> Iterator[None]:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a")
     except OSError as error:
         raise ResultWriteError(path, error) from None
-    with handle:
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        try:
-            fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with held_file_lock(path, wait=False, shared=not exclusive) as acquired:
+        if not acquired:
             raise RunConflict(
                 f"another ltbm run is writing {path.parent} (lock {path.name} is held by "
                 f"{'a run or the ranks of a launch' if exclusive else 'a run without a launcher'}"
                 "); wait for it to finish, or pass another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            )
+        yield
 
 
 def done_marker(run_dir: Path, rank: int) -> Path:
@@ -194,16 +186,10 @@ def launch_note(run_dir: Path, rank: int, world_size: int) -> str | None:
 
 
 def _running(run_dir: Path, rank: int) -> bool:
-    """Whether some process holds ``rank``'s writer lock now (it is still writing)."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(run_dir / f"writer.rank{rank}.lock"), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        return True
-    lock.release()
-    return False
+    """Whether some process holds ``rank``'s writer lock now (it is still writing); the
+    probe leaves no lock file behind."""
+    with held_file_lock(run_dir / f"writer.rank{rank}.lock", wait=False) as acquired:
+        return not acquired
 
 
 def metrics_are_current(run_dir: Path) -> bool:
@@ -255,15 +241,16 @@ def writer_lock(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def held_file_lock(path: Path, wait: bool) -> Iterator[bool]:
-    """An exclusive lock on ``path`` (``wait``: until it is free; else yields False at once
-    when another holder has it), whose file is removed on release, so finished cells keep
-    no lock files.
+def held_file_lock(path: Path, wait: bool, shared: bool = False) -> Iterator[bool]:
+    """A lock on ``path``, exclusive or ``shared`` (``wait``: until it is free; else yields
+    False at once when a holder of the other kind, or any holder of an exclusive one, has
+    it), whose file its last holder removes, so finished cells keep no lock files.
 
-    Removing a lock file is safe only with a check: the holder deletes the file while it
-    still holds it, and whoever locks a file checks afterwards that the path still names
-    that very file, starting over otherwise (it locked a file already unlinked). POSIX
-    ``flock`` does this; elsewhere ``filelock`` locks and its file stays."""
+    Removing a lock file is safe only with checks: a holder deletes the file only while it
+    holds it alone (exclusively) and the path still names it, and whoever locks a file
+    checks afterwards that the path still names that very file, starting over otherwise
+    (it locked a file already unlinked). POSIX ``flock`` does this; elsewhere ``filelock``
+    locks (exclusively) and its file stays."""
     try:
         import fcntl
     except ImportError:  # not POSIX
@@ -280,41 +267,57 @@ def held_file_lock(path: Path, wait: bool) -> Iterator[bool]:
         finally:
             lock.release()
         return
-    descriptor = _lock_path(path, fcntl, wait)
+    descriptor = _lock_path(path, fcntl, wait, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
     if descriptor is None:
         yield False
         return
     try:
         yield True
     finally:
-        try:
-            path.unlink(missing_ok=True)  # still held: nobody can take it in between
-        finally:
-            os.close(descriptor)
+        _let_go(path, descriptor, fcntl)
 
 
-def _lock_path(path: Path, fcntl: Any, wait: bool) -> int | None:
-    """A descriptor holding ``flock`` on the file ``path`` names now, or None if another
-    holder has it and ``wait`` is false."""
+def _lock_path(path: Path, fcntl: Any, wait: bool, mode: int) -> int | None:
+    """A descriptor holding ``flock`` (``mode``) on the file ``path`` names now, or None if
+    another holder keeps it from us and ``wait`` is false."""
     while True:
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise ResultWriteError(path, error) from None
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(descriptor, mode | (0 if wait else fcntl.LOCK_NB))
         except OSError as error:
             os.close(descriptor)
             if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return None
             raise ResultWriteError(path, error) from None
-        try:
-            same = os.path.samestat(os.fstat(descriptor), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
+        if _names(path, descriptor):
             return descriptor
         os.close(descriptor)  # its holder removed that file after we opened it: again
+
+
+def _let_go(path: Path, descriptor: int, fcntl: Any) -> None:
+    """Release a lock, removing its file if this holder is the last: it takes the lock
+    exclusively (at once or not at all) and deletes the file while it still holds it."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)  # others hold it too: the last of them removes the file
+        return
+    try:
+        if _names(path, descriptor):
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(descriptor)
+
+
+def _names(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` names the file open as ``descriptor``."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def pending(
