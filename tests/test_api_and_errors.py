@@ -185,7 +185,7 @@ def test_methods_command_lists_every_method_with_its_whole_summary():
     from ltbm.cli import app
     from ltbm.methods.registry import METHODS
 
-    result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "1000"})  # one line a row
+    result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "3000"})  # one line a row
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.replace("│", " ").split())
     for name in METHODS:

@@ -40,19 +40,20 @@ def test_methods_markdown_prints_the_readme_table():
 
 
 def plain(cell: str) -> str:
-    return cell.replace("`", "")
+    return cell.replace("`", "").replace("*", "")
 
 
 def test_ltbm_methods_prints_every_row_with_defaults_and_no_markup():
-    result = runner.invoke(app, ["methods"], env={"COLUMNS": "1000"})
+    result = runner.invoke(app, ["methods"], env={"COLUMNS": "3000"})
     assert result.exit_code == 0, result.output
     assert "`" not in result.output and "**" not in result.output
     lines = result.output.splitlines()
-    for name, parameters, summary in method_table():
+    for name, parameters, summary, source in method_table():
         [line] = [line for line in lines if line.startswith(f"│ {plain(name)} ")]
-        assert plain(parameters) in line and plain(summary) in line
+        assert plain(parameters) in line and plain(summary) in line and plain(source) in line
     assert "window (default 1)" in result.output
-    assert "scorer (default attention)" in result.output
+    assert "scorer (attention or norm; default attention)" in result.output
+    assert "*" not in result.output  # the sources' titles are in italics, not asterisks
 
 
 class Echo(Method):
@@ -61,10 +62,11 @@ class Echo(Method):
     Later paragraphs stay out of the table."""
 
     name = "echo-test"
+    choices = {"mode": ("first", "last", "middle")}
 
-    def __init__(self, keep_ratio: float = 0.5, stride: int = 3) -> None:
+    def __init__(self, keep_ratio: float = 0.5, stride: int = 3, mode: str = "first") -> None:
         super().__init__(keep_ratio)
-        self.stride = stride
+        self.stride, self.mode = stride, mode
 
 
 def test_a_registered_method_gets_its_row(monkeypatch: pytest.MonkeyPatch):
@@ -72,10 +74,12 @@ def test_a_registered_method_gets_its_row(monkeypatch: pytest.MonkeyPatch):
     row = method_table()[-1]
     assert row == (
         "`echo-test`",
-        "`keep_ratio` (default 0.5), `stride` (default 3)",
+        "`keep_ratio` (default 0.5), `stride` (default 3), "
+        "`mode` (`first`, `last` or `middle`; default `first`)",
         "Keeps the first K tokens: [a test's] method, with `brackets` rich must not eat.",
+        "",  # no source given
     )
-    result = runner.invoke(app, ["methods"], env={"COLUMNS": "1000"})
+    result = runner.invoke(app, ["methods"], env={"COLUMNS": "3000"})
     assert "[a test's] method, with brackets rich must not eat." in result.output
 
 
