@@ -10,11 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ltbm.report.build import _plot_lines, _plot_pairs  # noqa: E402
+from ltbm.report.items import cell_label  # noqa: E402
 from ltbm.report.plots import _plot_cells, _plot_differences, nudges, series_style  # noqa: E402
 
 
 def row(method: str, keep: float, wer: float, window: int | None = None) -> dict:
-    return {"method": method, "keep_ratio": keep, "wer": wer, "window": window, "scorer": None}
+    cell = {"method": method, "keep_ratio": keep, "window": window, "scorer": None}
+    return {**cell, "wer": wer, "label": cell_label(cell)}
 
 
 @pytest.fixture()
