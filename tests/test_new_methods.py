@@ -276,12 +276,18 @@ def test_methods_command_shows_the_new_methods_with_their_defaults():
 
     from ltbm.cli import app
 
-    result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "3000"})  # one line a row
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.replace("│", " ").split())
-    assert "keep_ratio=0.25, segments=10, scorer=attention" in text
-    assert "keep_ratio=0.25, threshold=0.9, weighting=attention" in text
-    assert "keep_ratio=0.25, window=1, weighting=size" in text
+    assert (
+        "keep_ratio (default 0.25), segments (default 10), scorer (attention or norm; default "
+        "attention)" in text
+    )
+    assert (
+        "keep_ratio (default 0.25), threshold (default 0.9), weighting (size or attention; "
+        "default attention)" in text
+    )
+    assert "keep_ratio (default 0.25), window (default 1), weighting (size or attention" in text
     assert "arXiv 2511.14293" in text and "SA-MAP" in text
 
 

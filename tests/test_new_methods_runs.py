@@ -121,9 +121,9 @@ def test_eval_runs_the_new_methods_on_whisper_ct2_with_exact_parameters(tmp_path
 @pytest.mark.parametrize(
     ("args", "fix"),
     [
-        (["--method", "segment_topk", "--scorer", "attention"], "scorer='norm'"),
-        (["--method", "adaptive_diverse", "--weighting", "attention"], "weighting='size'"),
-        (["--method", "ltbm", "--weighting", "attention"], "weighting='size'"),
+        (["--method", "segment_topk", "--scorer", "attention"], "use --scorer norm"),
+        (["--method", "adaptive_diverse", "--weighting", "attention"], "use --weighting size"),
+        (["--method", "ltbm", "--weighting", "attention"], "use --weighting size"),
     ],
 )
 def test_eval_refuses_attention_on_whisper_ct2_with_the_fix(tmp_path, args, fix):

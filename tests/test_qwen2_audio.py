@@ -89,7 +89,7 @@ def test_load_passes_method_parameters(model_dir):
     assert pipe.method.params() == {"method": "prune", "keep_ratio": 0.3, "scorer": "norm"}
     with pytest.raises(ValueError, match="takes no window"):
         ltbm.load(str(model_dir), method="pool", window=5)
-    with pytest.raises(ValueError, match="accepts: keep_ratio, scorer"):
+    with pytest.raises(ValueError, match="accepts 'keep_ratio', 'scorer'"):
         ltbm.load(str(model_dir), method="prune", scorr="norm")
 
 
