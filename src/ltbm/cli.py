@@ -636,6 +636,36 @@ def bench(
         console.print(f"{kind}: {path}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="checkpoint id or local folder (Qwen2-Audio, AF3)"),
+    method: str = typer.Option("ltbm", help="compression method (see ltbm methods)"),
+    keep_ratio: float = typer.Option(0.25, help="fraction of audio tokens kept"),
+    window: int = typer.Option(None, help="ltbm's window (default 1)"),
+    scorer: str = typer.Option(None, help="prune's scorer: attention or norm"),
+    method_seed: int = typer.Option(None, help="random's seed (vLLM's own --seed passes on)"),
+    print_command: bool = typer.Option(
+        False, "--print-command", help="print the vLLM command instead of running it"
+    ),
+) -> None:
+    """Serve MODEL with vLLM's OpenAI-compatible server, its audio compressed; every other
+    option (--port, --tensor-parallel-size, --max-model-len ...) goes to vLLM as written."""
+    import os
+    import shlex
+    import sys
+
+    from ltbm.vllm.serve import server_command
+
+    params = {"window": window, "scorer": scorer, "seed": method_seed}
+    args = server_command(model, method, keep_ratio, ctx.args, **params)
+    if print_command:
+        print(shlex.join([sys.executable, *args]))
+        return
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *args])
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a fault of the environment (missing file, disk
     full, a package not installed, Java missing): reported in one line, exit code 2.

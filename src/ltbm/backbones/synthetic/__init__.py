@@ -20,6 +20,13 @@ import torch
 from ltbm.backbones.synthetic.families import FAMILIES, MODEL_TYPES
 from ltbm.backbones.synthetic.parts import FULL_TEXT, tiny_tokenizer
 
+VLLM_TEXT_HEADS = {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
+"""The tiny LLM's attention heads for checkpoints vLLM serves: vLLM's CPU attention takes
+head sizes 32, 64, 80, ... but not the 16 of :data:`TINY_TEXT` (same width, fewer heads)."""
+
+VLLM_MODEL_TYPES = ("qwen2_audio", "audioflamingo3")
+"""Families whose tiny checkpoints can be written for vLLM (those ltbm.vllm serves)."""
+
 
 def model_config(model_type: str, size: str, tokenizer):
     """The transformers config of a synthetic model (``size``: "full" or "tiny"; "full" only
@@ -46,12 +53,16 @@ def build_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    text_heads: dict[str, int] | None = None,
 ):
-    """(model, processor) with random weights, initialised directly on ``device``."""
+    """(model, processor) with random weights, initialised directly on ``device``;
+    ``text_heads`` overrides the LLM's attention-head settings (e.g. for vLLM)."""
     import transformers
 
     tokenizer = tiny_tokenizer()
     config = model_config(model_type, size, tokenizer)
+    for key, value in (text_heads or {}).items():
+        setattr(config.get_text_config(), key, value)
     model_class = getattr(transformers, FAMILIES[model_type].model_class)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
@@ -70,11 +81,42 @@ def build_model(
     return model, processor
 
 
-def save_model(model_type: str, path: Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a synthetic checkpoint (model + processor) that ``ltbm.load`` reads back."""
-    model, processor = build_model(model_type, size, seed=seed)
+def save_model(
+    model_type: str, path: Path, size: str = "tiny", seed: int = 0, vllm: bool = False
+) -> Path:
+    """Write a synthetic checkpoint (model + processor) that ``ltbm.load`` reads back.
+
+    ``vllm=True`` writes one that vLLM loads too (Qwen2-Audio and Audio Flamingo 3 only):
+    LLM attention heads of size 32 (:data:`VLLM_TEXT_HEADS`) and the weight names of the
+    published checkpoints (:func:`published_weight_names`)."""
+    if vllm and model_type not in VLLM_MODEL_TYPES:
+        raise ValueError(
+            f"vllm=True writes {', '.join(VLLM_MODEL_TYPES)} checkpoints (the families "
+            f"ltbm.vllm serves), not {model_type!r}; drop vllm=True"
+        )
+    text_heads = VLLM_TEXT_HEADS if vllm else None
+    model, processor = build_model(model_type, size, seed=seed, text_heads=text_heads)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     if FAMILIES[model_type].extra_files is not None:
         FAMILIES[model_type].extra_files(path)
+    if vllm:
+        published_weight_names(Path(path))
     return path
+
+
+def published_weight_names(folder: Path) -> None:
+    """Rename the LLM's weights in ``folder``'s safetensors files to the published
+    checkpoints' ``language_model.model.*``: transformers from 5.19 writes
+    ``language_model.model.model.*``, which vLLM 0.32 refuses, while transformers reads both.
+    (A sharded checkpoint's index is not rewritten: tiny checkpoints are one file.)"""
+    from safetensors.torch import load_file, save_file
+
+    prefix, published = "language_model.model.model.", "language_model.model."
+    for file in sorted(folder.glob("*.safetensors")):
+        weights = load_file(file)
+        renamed = {
+            (published + key[len(prefix) :] if key.startswith(prefix) else key): value
+            for key, value in weights.items()
+        }
+        save_file(renamed, file, metadata={"format": "pt"})
