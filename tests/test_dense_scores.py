@@ -228,3 +228,13 @@ def test_kept_scratch_buffers_never_leak_between_calls_or_threads():
         thread.join()
     kept = [r for r in results if r is not None]
     assert len(kept) == 5 and all(torch.equal(r, expected) for r in kept)
+
+
+def test_a_call_outside_inference_mode_after_one_inside_it():
+    """vLLM runs models under torch.inference_mode: the scratch buffers a call keeps from
+    there cannot be written outside it, so the next call outside must not reuse them."""
+    tokens, lengths = tokens_of("random", seed=5)
+    with torch.inference_mode():
+        inside = ltbm.compress(tokens, lengths, "global", keep_ratio=0.25).plan.slot_index
+    outside = ltbm.compress(tokens, lengths, "global", keep_ratio=0.25).plan.slot_index
+    assert torch.equal(inside, outside)

@@ -181,7 +181,12 @@ class Scratch:
         nbytes = size * dtype.itemsize
         store = self.kept if nbytes <= KEPT_BUFFER_BYTES else self.buffers
         buffer = store.get(name)
-        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+        # A buffer made under torch.inference_mode (vLLM runs its models in it) cannot be
+        # written outside it, so the thread's next call outside makes a new one.
+        stale = (
+            buffer is not None and buffer.is_inference() and not torch.is_inference_mode_enabled()
+        )
+        if buffer is None or stale or buffer.numel() < size or buffer.dtype != dtype:
             buffer = store[name] = fresh_empty((size,), dtype, torch.device("cpu"))
         return buffer[:size].view(shape)
 
