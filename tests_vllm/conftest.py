@@ -77,8 +77,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny random checkpoints written for vLLM (head size 32, published weight names)."""
     root = tmp_path_factory.mktemp("checkpoints")
     return {
-        model_type: save_model(model_type, root / model_type, vllm=True)
-        for model_type in PROMPTS
+        model_type: save_model(model_type, root / model_type, vllm=True) for model_type in PROMPTS
     }
 
 
@@ -95,8 +94,9 @@ class Output:
 @contextmanager
 def serving(folder: Path, settings: dict[str, Any] | None, **engine: Any) -> Iterator[Any]:
     """An in-process engine: stock vLLM (``settings`` None) or ltbm's plugin; shut down after."""
-    import ltbm.vllm
     from vllm import LLM
+
+    import ltbm.vllm
 
     kwargs = {**ENGINE, **engine}
     if settings is None:

@@ -89,10 +89,7 @@ def test_supported_vllm_versions_pass():
 
 def test_the_import_checks_the_installed_version():
     """``import ltbm.vllm`` with another vLLM release installed fails with the message."""
-    code = (
-        "import importlib.metadata as m; m.version = lambda name: '0.31.0'\n"
-        "import ltbm.vllm"
-    )
+    code = "import importlib.metadata as m; m.version = lambda name: '0.31.0'\nimport ltbm.vllm"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "ImportError: ltbm.vllm supports vLLM 0.32.x, found vLLM 0.31.0" in result.stderr

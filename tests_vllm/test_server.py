@@ -79,9 +79,7 @@ def stop(server: subprocess.Popen) -> None:
             server.wait(timeout=30)
 
 
-def test_ltbm_serve_answers_input_audio_with_compressed_prompt_tokens(
-    checkpoints, clips, tmp_path
-):
+def test_ltbm_serve_answers_input_audio_with_compressed_prompt_tokens(checkpoints, clips, tmp_path):
     folder, clip = checkpoints["qwen2_audio"], clips["qwen2_audio"][1]
     template = tmp_path / "chat.jinja"
     template.write_text(CHAT_TEMPLATE)

@@ -44,7 +44,9 @@ def llm(
     (``hf_overrides`` of your own are merged, a clash is refused). Settings and model family
     are checked before the engine starts."""
     model_type = model_type_of(model)
-    ours = hf_overrides(model_type, method, keep_ratio, window=window, scorer=scorer, seed=method_seed)
+    ours = hf_overrides(
+        model_type, method, keep_ratio, window=window, scorer=scorer, seed=method_seed
+    )
     overrides = merge_overrides(vllm_kwargs.pop("hf_overrides", None), ours)
     from vllm import LLM
 
