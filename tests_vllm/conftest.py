@@ -25,8 +25,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import ltbm  # noqa: E402
-from ltbm.audio import load_audio  # noqa: E402
 from ltbm.backbones.synthetic import save_model  # noqa: E402
+from ltbm.io.audio import load_audio  # noqa: E402
 
 SPEECH = Path(ltbm.__file__).parent / "data" / "speech"
 MAX_NEW_TOKENS = 8

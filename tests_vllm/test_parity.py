@@ -17,7 +17,7 @@ import pytest
 from conftest import TOP, Output, reference, run
 
 import ltbm
-from ltbm.budget import kept_tokens
+from ltbm.core.budget import kept_tokens
 from ltbm.methods import get_method
 
 KEEPS = (1.0, 0.5, 0.25)

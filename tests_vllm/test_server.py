@@ -21,7 +21,7 @@ import pytest
 import soundfile
 
 import ltbm
-from ltbm.budget import kept_tokens
+from ltbm.core.budget import kept_tokens
 
 STARTUP_S = 300
 """Bound on the server's start: about 45 s on 2 busy cores."""

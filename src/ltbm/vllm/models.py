@@ -38,9 +38,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
-from ltbm.backbones.hf.adapter import AudioAdapter, encoder_token_count
 from ltbm.backbones.families.audioflamingo3 import AudioFlamingo3Adapter
 from ltbm.backbones.families.qwen2_audio import Qwen2AudioAdapter
+from ltbm.backbones.hf.adapter import AudioAdapter, encoder_token_count
 from ltbm.core.budget import kept_tokens
 from ltbm.vllm.settings import method_from_config
 
