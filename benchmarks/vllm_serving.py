@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -204,6 +206,8 @@ async def measure(args, model: str, setting: str, prompt: str) -> dict:
                 "levels": levels}  # fmt: skip
     finally:
         engine.shutdown()
+        del engine  # now, not at interpreter exit (where its __del__ shuts down again)
+        gc.collect()
 
 
 def with_ratios(results: list[dict]) -> list[dict]:
@@ -225,11 +229,22 @@ def with_ratios(results: list[dict]) -> list[dict]:
     return results
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def environment(model: str, tiny: bool) -> dict:
     import torch
     import vllm
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
     note = None
     if tiny:
         note = (
@@ -238,8 +253,10 @@ def environment(model: str, tiny: bool) -> dict:
         )
     return {
         "model": "tiny random qwen2_audio (save_model(vllm=True))" if tiny else model,
-        "device": device or platform.machine(),
+        "device": device,
         "cuda": torch.cuda.is_available(),
+        "cpus": os.cpu_count(),
+        "load_average_at_end": os.getloadavg()[0],
         "vllm": vllm.__version__,
         "torch": torch.__version__,
         "ltbm": ltbm.__version__,
