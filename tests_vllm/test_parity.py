@@ -127,6 +127,12 @@ OTHER_PARAMETERS = [
     pytest.param({"method": "prune"}, {"scorer": "norm"}, id="prune-attention"),
     pytest.param({"method": "random", "method_seed": 3}, {"seed": 0}, id="random-seed-3"),
     pytest.param({"method": "ltbm", "window": 3}, {"window": 1}, id="ltbm-window-3"),
+    pytest.param({"method": "segment_topk", "segments": 4}, {"segments": 10}, id="segments-4"),
+    pytest.param(
+        {"method": "adaptive_diverse", "weighting": "attention"},
+        {"weighting": "size"},
+        id="adaptive-attention-weighting",
+    ),
 ]
 """Settings, and another value of the same parameter (to show that it matters here)."""
 
@@ -134,8 +140,9 @@ OTHER_PARAMETERS = [
 @pytest.mark.parametrize("settings, other", OTHER_PARAMETERS)
 def test_every_method_parameter_reaches_the_model(family, settings, other):
     """Prune's attention scorer (queries and keys captured on vLLM's encoder modules),
-    random's seed and ltbm's window, against the transformers path with the same method;
-    the parameter's other value gives other logprobs, so the match is not by chance."""
+    random's seed, ltbm's window, segment_topk's segments and adaptive_diverse's attention
+    weighting, against the transformers path with the same method; the parameter's other
+    value gives other logprobs, so the match is not by chance."""
     model_type, folder, audios, _, _, pipe = family
     outputs = run(folder, model_type, audios, {**settings, "keep_ratio": 0.5})
     params = {k.removeprefix("method_"): v for k, v in settings.items() if k != "method"}

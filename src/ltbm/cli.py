@@ -643,7 +643,12 @@ def serve(
     method: str = typer.Option("ltbm", help="compression method (see ltbm methods)"),
     keep_ratio: float = typer.Option(0.25, help="fraction of audio tokens kept"),
     window: int = typer.Option(None, help="ltbm's window (default 1)"),
-    scorer: str = typer.Option(None, help="prune's scorer: attention or norm"),
+    scorer: str = typer.Option(None, help="prune's and segment_topk's scorer"),
+    segments: int = SegmentsOption,
+    threshold: float = ThresholdOption,
+    weighting: str = typer.Option(
+        None, help="ltbm's, global's, adaptive_diverse's weighting: size or attention"
+    ),
     method_seed: int = typer.Option(None, help="random's seed (vLLM's own --seed passes on)"),
     print_command: bool = typer.Option(
         False, "--print-command", help="print the vLLM command instead of running it"
@@ -657,7 +662,8 @@ def serve(
 
     from ltbm.vllm.serve import server_command
 
-    params = {"window": window, "scorer": scorer, "seed": method_seed}
+    params = {"window": window, "scorer": scorer, "seed": method_seed, "segments": segments}
+    params.update(threshold=threshold, weighting=weighting)
     args = server_command(model, method, keep_ratio, ctx.args, **params)
     if print_command:
         print(shlex.join([sys.executable, *args]))

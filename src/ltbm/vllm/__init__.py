@@ -31,22 +31,31 @@ def llm(
     model: str,
     method: str = "ltbm",
     keep_ratio: float = 0.25,
+    *,
     window: int | None = None,
     scorer: str | None = None,
     method_seed: int | None = None,
+    segments: int | None = None,
+    threshold: float | None = None,
+    weighting: str | None = None,
     **vllm_kwargs: Any,
 ):
     """A ``vllm.LLM`` serving ``model`` with its audio compressed by ``method``.
 
-    ``window`` (ltbm), ``scorer`` (prune) and ``method_seed`` (random's ``seed``; vLLM's own
-    ``seed`` is a vLLM argument) are the method's own parameters, each method's defaults when
-    omitted; ``vllm_kwargs`` go to ``vllm.LLM`` unchanged
-    (``hf_overrides`` of your own are merged, a clash is refused). Settings and model family
-    are checked before the engine starts."""
-    model_type = model_type_of(model)
-    ours = hf_overrides(
-        model_type, method, keep_ratio, window=window, scorer=scorer, seed=method_seed
-    )
+    ``window``, ``scorer``, ``segments``, ``threshold``, ``weighting`` and ``method_seed``
+    (random's ``seed``; vLLM's own ``seed`` is a vLLM argument) are the method's parameters
+    (``ltbm methods`` lists them), each method's default when omitted; ``vllm_kwargs`` go to
+    ``vllm.LLM`` unchanged (``hf_overrides`` of your own are merged, a clash is refused).
+    Settings and model family are checked before the engine starts."""
+    params = {
+        "window": window,
+        "scorer": scorer,
+        "seed": method_seed,
+        "segments": segments,
+        "threshold": threshold,
+        "weighting": weighting,
+    }
+    ours = hf_overrides(model_type_of(model), method, keep_ratio, **params)
     overrides = merge_overrides(vllm_kwargs.pop("hf_overrides", None), ours)
     from vllm import LLM
 

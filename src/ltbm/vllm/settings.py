@@ -97,27 +97,18 @@ def check_vllm_version(version: str | None) -> None:
 
 
 # ----------------------------------------------------------------------------- settings
-def method_settings(
-    method: str,
-    keep_ratio: float,
-    window: int | None = None,
-    scorer: str | None = None,
-    seed: int | None = None,
-) -> dict[str, Any]:
+def method_settings(method: str, keep_ratio: float, **params: Any) -> dict[str, Any]:
     """The validated parameters of a method, as stored in the served config: bad values are
-    refused here, before any engine starts. ``window``, ``scorer`` and ``seed`` are passed
-    only when given, so each method keeps its own defaults and refuses what it does not take."""
+    refused here, before any engine starts. ``params`` (``window``, ``scorer``, ``seed``,
+    ``segments``, ``threshold``, ``weighting``) are passed on only when not None, so each
+    method keeps its own defaults and refuses a parameter it does not take."""
     if method in (None, "none"):
         raise ValueError(
             "serving through ltbm needs a compression method; for uncompressed audio serve "
             "the model with plain vLLM (vllm serve MODEL), without ltbm"
         )
-    params = {
-        name: value
-        for name, value in (("window", window), ("scorer", scorer), ("seed", seed))
-        if value is not None
-    }
-    return get_method(method, keep_ratio=keep_ratio, **params).params()
+    given = {name: value for name, value in params.items() if value is not None}
+    return get_method(method, keep_ratio=keep_ratio, **given).params()
 
 
 def method_from_config(hf_config: Any) -> Method:
