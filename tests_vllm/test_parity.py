@@ -14,6 +14,7 @@ class, so that comparison is exact.
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import TOP, Output, reference, run
 
 import ltbm
@@ -156,3 +157,28 @@ def test_every_method_parameter_reaches_the_model(family, settings, other):
             assert abs(logprob - float(ref.logprobs[clip, token])) <= LOGPROB_ATOL
     changed = reference(pipe, model_type, audios, get_method(method.name, 0.5, **other))
     assert (changed.logprobs - ref.logprobs).abs().max() > 100 * LOGPROB_ATOL
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_audio", "audioflamingo3"])
+def test_audio_embeds_pass_through_uncompressed(model_type, checkpoints):
+    """Precomputed audio embeddings are the user's: the plugin hands all 30 rows to the LLM,
+    exactly as stock vLLM does."""
+    from conftest import PROMPTS, serving
+    from vllm import SamplingParams
+
+    folder = checkpoints[model_type]
+    embeds = torch.randn(1, 30, 64, generator=torch.Generator().manual_seed(0))
+    request = {
+        "prompt": PROMPTS[model_type],
+        "multi_modal_data": {"audio": {"audio_embeds": embeds}},
+    }
+    params = SamplingParams(temperature=0.0, max_tokens=4, logprobs=TOP)
+    results = []
+    for settings in ({"method": "ltbm", "keep_ratio": 0.25}, None):
+        with serving(folder, settings, enable_mm_embeds=True) as llm:
+            result = llm.generate([request], params, use_tqdm=False)[0]
+        top = {t: lp.logprob for t, lp in result.outputs[0].logprobs[0].items()}
+        results.append((list(result.prompt_token_ids), list(result.outputs[0].token_ids), top))
+    assert results[0] == results[1]
+    pipe = ltbm.load(str(folder), method=None)
+    assert len(results[0][0]) == text_tokens(pipe, model_type) + 30
