@@ -703,6 +703,7 @@ KEYWORD_OPTIONS = {
     "device_map": ("device",),
     "torch_dtype": ("dtype",),
     "compute_type": ("dtype",),
+    "seed": ("seed", "method_seed"),
 }
 """The library's keyword → the command's parameters that set it, first match wins (a
 keyword not listed is the parameter of the same name)."""
