@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from device_paths import PATHS, on_path
 
 
 @pytest.fixture(scope="module")
@@ -14,3 +15,11 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=PATHS)
+def on_every_path(request):
+    """Every test of a module that uses it (``pytestmark = pytest.mark.usefixtures(...)``)
+    runs on the CPU path and on the accelerator path (forced on CPU tensors)."""
+    with on_path(request.param):
+        yield request.param

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import ltbm
-from ltbm.methods import dense_scores
+from ltbm.methods import dense_certified, dense_scores
+from ltbm.methods.dense_certified import certified_best_partners
 from ltbm.methods.dense_scores import BFLOAT16, FLOAT32, forced_path
 
 PATHS = {
@@ -238,3 +239,33 @@ def test_a_call_outside_inference_mode_after_one_inside_it():
         inside = ltbm.compress(tokens, lengths, "global", keep_ratio=0.25).plan.slot_index
     outside = ltbm.compress(tokens, lengths, "global", keep_ratio=0.25).plan.slot_index
     assert torch.equal(inside, outside)
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "near duplicates", "extreme scales"])
+@pytest.mark.parametrize("block_elements", [1 << 26, 1000, 1])
+def test_accelerator_path_partners_are_the_exact_argmax(kind, block_elements):
+    """The accelerator path (every clip in one batched float64 multiply, certified) gives
+    the canonical winners, in one block, in blocks of rows, and clip by clip (a batch that
+    does not fit the block)."""
+    tokens, lengths = tokens_of(kind)
+    score, partner = certified_best_partners(tokens, lengths, block_elements)
+    expected_score, expected_partner = brute_force(tokens, lengths)
+    assert torch.equal(partner, expected_partner)
+    assert torch.equal(score, expected_score)
+
+
+def test_accelerator_path_scores_unsettled_pairs_the_canonical_way(monkeypatch):
+    """With a margin so wide that no pair is settled by the multiply, every pair is scored on
+    the host the canonical way: the same winners, so the margin only decides the cost."""
+    tokens, lengths = tokens_of("ties")
+    sent = []
+    host_scores = dense_certified.host_scores
+    monkeypatch.setattr(dense_certified, "margin", lambda dim: 1.0)
+    monkeypatch.setattr(
+        dense_certified, "host_scores", lambda a, b: sent.append(len(a)) or host_scores(a, b)
+    )
+    score, partner = certified_best_partners(tokens, lengths)
+    expected_score, expected_partner = brute_force(tokens, lengths)
+    assert torch.equal(partner, expected_partner) and torch.equal(score, expected_score)
+    valid_pairs = sum(((n + 1) // 2) * (n // 2) for n in lengths.tolist())
+    assert sum(sent) == valid_pairs

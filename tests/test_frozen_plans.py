@@ -1,4 +1,5 @@
-"""Plans are exactly those frozen before the kernels were optimised (tests/frozen_plans.py).
+"""Plans are exactly those frozen before the kernels were optimised (tests/frozen_plans.py),
+on the CPU path and on the accelerator path (the branches a GPU takes, forced on CPU).
 
 Weights (attention weighting) are compared to within float32 rounding of the attention
 scores: softmax's last bits may differ between CPUs; which sources feed which slot may not.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from device_paths import PATHS, on_path
 from frozen_plans import cases, load, plan_record
 
 import ltbm
@@ -20,10 +22,12 @@ def test_every_case_is_frozen():
     assert sorted(FROZEN) == sorted(CASES)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("key", sorted(CASES))
-def test_plan_matches_frozen_copy(key):
+def test_plan_matches_frozen_copy(key, path):
     tokens, lengths, method, params = CASES[key]
-    plan = ltbm.compress(tokens, lengths, method, **params).plan
+    with on_path(path):
+        plan = ltbm.compress(tokens, lengths, method, **params).plan
     record = plan_record(plan)
     frozen = FROZEN[key]
     assert record["kept"] == frozen["kept"]

@@ -1,4 +1,5 @@
-"""The invariants of DESIGN §2, checked for every registered method over random batches."""
+"""The invariants of DESIGN §2, checked for every registered method over random batches, on
+the CPU path and on the accelerator path (the branches a GPU takes, forced on CPU)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ ATTENTION_VARIANTS = {
 """Settings that read the encoder's attention, run on random queries and keys."""
 CASES = sorted(METHODS) + sorted(ATTENTION_VARIANTS)
 THRESHOLDS = [-1.0, 0.0, 0.5, 0.9, 1.0]
+
+pytestmark = pytest.mark.usefixtures("on_every_path")
 
 
 def make_method(name: str, keep_ratio: float, window: int = 2) -> ltbm.Method:

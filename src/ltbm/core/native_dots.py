@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from ltbm.core.device_path import uses_accelerator_path
+
 try:
     from ltbm.core import _native as compiled
 except ImportError:  # built without a C compiler: torch operations do the same work
@@ -89,7 +91,7 @@ def accepts(rows: torch.Tensor, distances: list[int]) -> bool:
     """Whether the loop can take these rows (``[n, D]``, float32 or half precision, in
     place on CPU) with torch's values."""
     return (
-        rows.device.type == "cpu"
+        not uses_accelerator_path(rows)
         and rows.dtype in KINDS
         and rows.dim() == 2
         and rows.is_contiguous()

@@ -12,6 +12,7 @@ from functools import cached_property
 
 import torch
 
+from ltbm.core.device_path import uses_accelerator_path
 from ltbm.core.inputs import working_dtype
 from ltbm.core.memory import fresh_empty, fresh_zeros
 from ltbm.core.scaling import times_power_of_two, unit_exponents
@@ -209,7 +210,7 @@ class Plan:
             # buffers, which autograd cannot follow): the index_add_ path, same sums.
             means = self._weighted_means_by_index_add(x, dtype)
             return means.to(out_dtype), all_finite(means)
-        if x.device.type == "cpu":  # elsewhere index_add_ adds in no fixed order
+        if not uses_accelerator_path(x):  # elsewhere index_add_ adds in no fixed order
             if x.dtype == dtype:  # add the input in order, in place, into the output
                 return self._means_in_source_order(x, dtype)
             in_order = self._means_in_row_order(x, dtype, out_dtype)  # widened in a ring

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ltbm.core.device_path import uses_accelerator_path
 from ltbm.core.native_dots import KINDS
 from ltbm.core.native_dots import compiled as _native  # None: torch's index_add_, the same sums
 
@@ -64,7 +65,7 @@ def sum_rows_into_slots(
     flat_out = None if out is None else out.reshape(slots, -1)
     per_slot = rows.numel() / slots
     block = max(1, int(BLOCK_ELEMENTS / (per_slot * max(flat_source.shape[1], 1))))
-    if source.device.type != "cpu":  # accelerators: one block, as few kernel launches as possible
+    if uses_accelerator_path(source):  # accelerators: one block, as few kernel launches as possible
         block = slots
     starts = list(range(0, slots, block))
     bounds = offsets[starts].tolist() + [rows.numel()]
@@ -245,10 +246,10 @@ def _compiled_rows(into: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) 
     all contiguous on CPU, one long index per row."""
     return (
         _native is not None
-        and into.device.type == "cpu"
+        and not uses_accelerator_path(into)
         and into.dtype == torch.float32
         and into.is_contiguous()
-        and rows.device.type == "cpu"
+        and not uses_accelerator_path(rows)
         and rows.dtype in KINDS
         and rows.is_contiguous()
         and not rows.requires_grad

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 
+from ltbm.core.device_path import uses_accelerator_path
 from ltbm.core.inputs import (
     budgets,
     check_tokens,
@@ -39,6 +40,7 @@ from ltbm.core.memory import fresh_empty
 from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.core.scaling import times_power_of_two, unit_exponents
 from ltbm.core.slot_sums import sum_rows_in_order, sum_rows_into_slots
+from ltbm.methods.dense_certified import certified_best_partners
 from ltbm.methods.dense_scores import filtered_best_partners
 from ltbm.methods.neighbour_dots import StreamedNeighbourDots
 
@@ -92,7 +94,7 @@ def norms_and_neighbour_dots(
         sources = list(x)
     rows = max(1, ROW_BLOCK_ELEMENTS * max(1, torch.get_num_threads()) // max(dim, 1))
     in_place = streamed.takes_in_place(sources[0])
-    if x.device.type != "cpu" or in_place:
+    if uses_accelerator_path(x) or in_place:
         # accelerators: one block, as few kernel launches as possible; the compiled loop:
         # one call, every row read once, in place
         rows = sources[0].shape[0]
@@ -152,13 +154,17 @@ def dense_best_partners(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best B partner of every A token among all B tokens of its clip (Global Merge).
 
-    Float32 work on CPU takes :mod:`ltbm.methods.dense_scores` (a low-precision pre-filter,
-    then exact scores for the few candidates; same plans whichever filter runs). Elsewhere
-    (float64, accelerators), per clip, only its valid rows take part (no padding columns to
-    mask); A×B dot products are computed in cache-sized row blocks and divided in place by
-    |a|·|b|.
+    Float32 work decides by the canonical float32 cosine of each pair: on the CPU path
+    through :mod:`ltbm.methods.dense_scores` (a low-precision pre-filter, then exact scores
+    for the few candidates), on the accelerator path through
+    :mod:`ltbm.methods.dense_certified` (every clip at once, certified float64 scores): the
+    same plans either way. Float64 work, per clip, takes only the clip's valid rows (no
+    padding columns to mask); A×B dot products are computed in cache-sized row blocks and
+    divided in place by |a|·|b|.
     """
-    if x.device.type == "cpu" and norms.dtype == torch.float32:
+    if norms.dtype == torch.float32:
+        if uses_accelerator_path(x):
+            return certified_best_partners(x, length)
         return filtered_best_partners(x, length, DENSE_BLOCK_ELEMENTS)
     batch, width, _ = x.shape
     na = (width + 1) // 2
@@ -341,7 +347,7 @@ def _next_round_input(
     merged = None
     if dense or not next_is_last:
         merged = workspaces.take(batch, new_width, dim, dtype, x.device)
-    elif x.device.type == "cpu":  # only the norms and dots are needed: try one in-order read
+    elif not uses_accelerator_path(x):  # only the norms and dots are needed: try one in-order read
         slot_of_row = _slots_in_row_order(merge, new_width)
         rows = x.reshape(batch * width, dim)
         if slot_of_row is not None and sum_rows_in_order(

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ltbm.core import native_dots
+from ltbm.core.device_path import uses_accelerator_path
 
 PIECE_ROWS = 4096
 """Fewest rows per piece when the compiled loop splits a long stretch across threads."""
@@ -39,7 +40,7 @@ class StreamedNeighbourDots:
         self.dots = {d: torch.zeros(batch * width, dtype=dtype, device=device) for d in distances}
         self.tail: torch.Tensor | None = None  # the last ``reach`` rows seen so far, in dtype
         self.product: torch.Tensor | None = None
-        self.compiled = dtype == torch.float32 and torch.device(device).type == "cpu"
+        self.compiled = dtype == torch.float32 and not uses_accelerator_path(device)
 
     def takes_in_place(self, rows: torch.Tensor) -> bool:
         """Whether :meth:`visit` reads these rows as they are (half precision included)."""
