@@ -13,6 +13,9 @@ width). Each cell (method, B, N, dtype, threads) runs in a fresh subprocess, and
   ``/proc/self/clear_refs`` just before the call) minus the resident set before it, over the
   input's size, for the first call of the cell (every page the call touches counts, whatever
   allocates it: torch, numpy, Python). Linux only.
+- **syncs**: the points where a GPU's host would wait for the device in one call
+  (:class:`ltbm.core.syncs.SyncCounter`), counted once per cell, after the timed calls, with
+  the accelerator path forced (:mod:`ltbm.core.device_path`); by kind in ``syncs_by_kind``.
 
 ``tome`` is ToMe's bipartite soft matching with its size-weighted merge, applied in rounds
 until K remain (``benchmarks/tome_rounds.py``), so ``global`` is compared with the reference
@@ -43,6 +46,8 @@ from pathlib import Path
 import torch
 
 import ltbm
+from ltbm.core.device_path import forced
+from ltbm.core.syncs import SyncCounter
 
 DEFAULT_METHODS = {
     "ltbm": {"window": 1},
@@ -108,6 +113,7 @@ def measure_cell(cell: dict) -> dict:
         ratios.append(took / read)
     from ltbm.core import native_dots
 
+    syncs = count_syncs(call, tokens)
     return {
         **cell,
         "compiled": native_dots.compiled is not None,
@@ -120,7 +126,17 @@ def measure_cell(cell: dict) -> dict:
         "input_bytes": input_bytes,
         "peak_extra_bytes": peak_extra,
         "peak_extra_over_input": peak_extra / input_bytes,
+        "syncs": syncs.total,
+        "syncs_by_kind": dict(syncs.by_kind),
     }
+
+
+def count_syncs(call, tokens: torch.Tensor) -> SyncCounter:
+    """The host's waits for the device in one call on the accelerator path (forced on CPU
+    tensors): what a GPU would pay, whatever machine runs the cell."""
+    with forced("accelerator"), SyncCounter() as syncs:
+        call(tokens)
+    return syncs
 
 
 def run_cell_in_subprocess(cell: dict) -> dict:
@@ -283,7 +299,8 @@ def main() -> None:
             print(
                 f"threads={cell['threads']} {cell['dtype']:8s} B={cell['batch']:2d} "
                 f"N={cell['n']:6d} {cell['method']:8s} {result['median_s'] * 1e3:10.1f} ms "
-                f"{result['passes']:7.1f} passes  peak +{result['peak_extra_over_input']:.2f}x",
+                f"{result['passes']:7.1f} passes  peak +{result['peak_extra_over_input']:.2f}x  "
+                f"{result['syncs']:3d} syncs",
                 flush=True,
             )
             cells = [merged_rounds(results) for results in runs.values()]

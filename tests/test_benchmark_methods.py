@@ -33,6 +33,11 @@ def test_methods_benchmark_records_its_command_and_commit(tmp_path):
     assert on["ltbm"] == (native_dots.compiled is not None)
     assert on["ltbm-torch"] is False
     assert "compiled_speedup_ltbm_float32_B1_N16_threads1" in written["summary"]
+    # every cell counts the syncs of one call on the accelerator path, where the compiled
+    # loops play no part: ltbm and ltbm-torch wait as often
+    syncs = {c["method"]: c["syncs"] for c in written["cells"]}
+    assert syncs["ltbm"] == syncs["ltbm-torch"] > 0
+    assert all(sum(c["syncs_by_kind"].values()) == c["syncs"] for c in written["cells"])
     run = written["run"]
     assert run["command"] == "python benchmarks/methods.py " + " ".join(args)
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
