@@ -8,13 +8,16 @@ generates from a batch of clips with every registered method and without compres
 wrapping the pipeline's own functions (the run is the pipeline's ``generate``, unchanged):
 processor → encoder → compress → projector → scatter (K placeholders, the embeddings) →
 generate → decode. On a CPU machine the accelerator path is forced
-(:mod:`ltbm.core.device_path`); the steps that run transformers' code (encoder, projector,
-generate) take transformers' own CPU branches, so their counts are those of its CPU code.
+(:mod:`ltbm.core.device_path`), except in the processor, which runs on the host on every
+machine. The steps that run transformers' code (encoder, projector, generate) take
+transformers' own CPU branches, so their counts are those of its CPU code; on a GPU machine
+(``--device cuda``) every count is of reads of device tensors only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -35,21 +38,26 @@ PARAMS = {"ltbm": {"window": 1}, "prune": {"scorer": "norm"}}
 
 
 def labelled(counter: SyncCounter, function: Callable, step: str, after: str) -> Callable:
-    """``function`` whose syncs count under ``step``, and whatever follows under ``after``."""
+    """``function`` whose syncs count under ``step``, and whatever follows under ``after``.
+    The processor works on the host on every machine: its step runs on the automatic path,
+    where reads of CPU tensors are not waits for a device."""
 
     def wrapper(*args, **kwargs):
         counter.step = step
         try:
-            return function(*args, **kwargs)
+            with forced("auto") if step == "processor" else contextlib.nullcontext():
+                return function(*args, **kwargs)
         finally:
             counter.step = after
 
     return wrapper
 
 
-def count_steps(pipeline, method, audios, prompt: str, new_tokens: int) -> dict[str, int]:
-    """Synchronisations per step of one ``generate`` call."""
-    counter = SyncCounter()
+def count_steps(
+    pipeline, method, audios, prompt: str, new_tokens: int, sites: bool = False
+) -> SyncCounter:
+    """The synchronisations of one ``generate`` call, by step (``by_step``)."""
+    counter = SyncCounter(sites=sites)
     adapter = pipeline.adapter
     patches = [
         (pipeline, "encoder_inputs", "processor", "encoder"),
@@ -71,7 +79,7 @@ def count_steps(pipeline, method, audios, prompt: str, new_tokens: int) -> dict[
                 setattr(owner, name, original)
             else:
                 delattr(owner, name)  # the instance attribute hid the class's method
-    return {step: counter.by_step.get(step, 0) for step in STEPS}
+    return counter
 
 
 def main() -> None:
@@ -83,6 +91,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--sites", action="store_true", help="print where each sync happens")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, processor = build_model(BACKBONE_TYPES[args.backbone], "tiny", device=args.device)
@@ -97,9 +106,12 @@ def main() -> None:
             if method.needs_attention:
                 continue
         with forced("accelerator"):
-            steps = count_steps(pipeline, method, audios, prompt, args.new_tokens)
+            counter = count_steps(pipeline, method, audios, prompt, args.new_tokens, args.sites)
+        steps = {step: counter.by_step.get(step, 0) for step in STEPS}
         rows.append({"method": name, **steps, "total": sum(steps.values())})
         print(f"{name:10s} " + " ".join(f"{step} {steps[step]:3d}" for step in STEPS), flush=True)
+        for site, count in counter.by_site.most_common() if args.sites else ():
+            print(f"    {count:3d} {site}")
     if args.out is not None:
         record = {
             "command": " ".join(["python", "benchmarks/pipeline_syncs.py", *sys.argv[1:]]),

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from ltbm.core.budget import check_keep_ratio, kept_tokens
+from ltbm.core.syncs import host_values, is_host_tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+class ClipLengths(NamedTuple):
+    """Valid lengths of a batch: ``on_device``, a long tensor on the tokens' device, and
+    ``host``, the same values as Python integers, so that K and every shape that follows
+    from the lengths are decided without reading the device."""
+
+    on_device: torch.Tensor
+    host: tuple[int, ...]
 
 
 def check_tokens(
@@ -18,31 +30,57 @@ def check_tokens(
     the tokens' device (all N when ``lengths`` is None). ``check_finite=False`` skips the
     NaN/Inf check for a caller that folds it into a pass it makes anyway (the merge kernel
     checks the row norms it computes, see :func:`refuse_non_finite`)."""
+    return clip_lengths(tokens, lengths, check_finite).on_device
+
+
+def clip_lengths(
+    tokens: torch.Tensor, lengths: torch.Tensor | None, check_finite: bool = True
+) -> ClipLengths:
+    """:func:`check_tokens`, returning the lengths on the device and on the host.
+
+    Lengths given on the host (a list, or a CPU tensor beside tokens on a GPU, as a
+    processor returns them) are checked there and sent to the device without waiting for
+    it; lengths on the tokens' device are read back once."""
     check_token_tensor(tokens)
     batch, width, _ = tokens.shape
     if lengths is None:
-        lengths = torch.full((batch,), width, dtype=torch.long, device=tokens.device)
+        on_device = torch.full((batch,), width, dtype=torch.long, device=tokens.device)
+        host = (width,) * batch
     else:
-        lengths = _as_length_tensor(lengths, batch, tokens.device)
-        if lengths.dim() != 1 or lengths.shape[0] != batch:
+        given = lengths
+        if not isinstance(lengths, torch.Tensor):  # built on the host
+            given = _as_length_tensor(lengths, batch, None)
+        if given.dim() != 1 or given.shape[0] != batch:
             raise ValueError(
                 f"lengths must be a 1-D tensor with one valid length per clip ({batch}), got "
-                f"shape {list(lengths.shape)}"
+                f"shape {list(given.shape)}"
             )
-        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
-        lengths = lengths.long()
-        if bool((lengths < 0).any()) or bool((lengths > width).any()):
+        if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+            raise TypeError(f"lengths must hold integers, got {given.dtype}")
+        # Built here from Python values, kept on the host beside tokens elsewhere, or
+        # marked as host memory by whoever made it (a backbone adapter).
+        on_host = given.device.type == "cpu" and (
+            given is not lengths or given.device != tokens.device or is_host_tensor(given)
+        )
+        host = tuple(host_values(given) if on_host else given.tolist())
+        if any(n < 0 or n > width for n in host):
             raise ValueError(
                 f"lengths must lie in [0, {width}] (the tokens tensor has {width} positions), "
-                f"got {lengths.tolist()}"
+                f"got {list(host)}"
             )
+        on_device = given.long() if given.device == tokens.device else to_device(host, tokens)
     if check_finite:
-        refuse_non_finite(tokens, lengths)
-    return lengths
+        refuse_non_finite(tokens, on_device, host)
+    return ClipLengths(on_device, host)
 
 
-def _as_length_tensor(lengths, batch: int, device: torch.device) -> torch.Tensor:
+def to_device(values: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Host integers as a long tensor on ``like``'s device, sent without waiting for the
+    device (a blocking copy from host memory would wait for its queue to drain)."""
+    return torch.tensor(list(values), dtype=torch.long).to(like.device, non_blocking=True)
+
+
+def _as_length_tensor(lengths, batch: int, device: torch.device | None) -> torch.Tensor:
     """``lengths`` as a tensor, or a TypeError naming what was given: text such as "300"
     is not a length (torch's own error speaks of an invalid data type)."""
     hint = (
@@ -89,9 +127,12 @@ def check_token_tensor(tokens: torch.Tensor) -> None:
         )
 
 
-def refuse_non_finite(tokens: torch.Tensor, lengths: torch.Tensor) -> None:
-    """Raise if the valid tokens of any clip hold NaN or ±Inf."""
-    bad = non_finite_clips(tokens, lengths)
+def refuse_non_finite(
+    tokens: torch.Tensor, lengths: torch.Tensor, host: Sequence[int] | None = None
+) -> None:
+    """Raise if the valid tokens of any clip hold NaN or ±Inf (``host``: the lengths as
+    Python integers, when known, spares reading them back)."""
+    bad = non_finite_clips(tokens, lengths, host)
     if bad:
         raise ValueError(
             f"tokens hold NaN or Inf in the valid positions of clips {bad}; check the audio "
@@ -100,20 +141,28 @@ def refuse_non_finite(tokens: torch.Tensor, lengths: torch.Tensor) -> None:
         )
 
 
-def non_finite_clips(tokens: torch.Tensor, lengths: torch.Tensor) -> list[int]:
+def non_finite_clips(
+    tokens: torch.Tensor, lengths: torch.Tensor, host: Sequence[int] | None = None
+) -> list[int]:
     """Clips whose valid tokens hold NaN or ±Inf. A clip's sum is finite whenever all its
     elements are (NaN and ±Inf propagate); a non-finite sum may also be an overflow of
     finite values, so only then are the clip's extremes read, which are NaN or infinite
-    exactly when some element is. One read of the data in the usual case, no copy."""
+    exactly when some element is. One read of the data and one of the device (all sums
+    at once) in the usual case, no copy."""
+    values = list(host) if host is not None else lengths.tolist()
+    clips = [clip for clip, length in enumerate(values) if length]
+    if not clips:
+        return []
+    dtype = working_dtype(tokens.dtype)
+    sums = torch.stack([tokens[clip, : values[clip]].sum(dtype=dtype) for clip in clips])
+    finite = torch.isfinite(sums)
+    if bool(finite.all()):
+        return []
     bad = []
-    for clip, length in enumerate(lengths.tolist()):
-        if length == 0:
-            continue
-        valid = tokens[clip, :length]
-        if bool(torch.isfinite(valid.sum(dtype=working_dtype(valid.dtype)))):
-            continue
+    for clip, clip_finite in zip(clips, finite.tolist(), strict=True):
+        valid = tokens[clip, : values[clip]]
         extremes = torch.stack([valid.amax(), valid.amin()])
-        if not bool(torch.isfinite(extremes).all()):
+        if not clip_finite and not bool(torch.isfinite(extremes).all()):
             bad.append(clip)
     return bad
 
@@ -129,14 +178,23 @@ def valid_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def budgets(lengths: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """K per clip, from the one budget rule."""
+def budgets(lengths: torch.Tensor | ClipLengths, keep_ratio: float) -> torch.Tensor:
+    """K per clip, from the one budget rule, on the lengths' device (read from the host
+    values of :class:`ClipLengths`; a tensor of lengths is read back)."""
     check_keep_ratio(keep_ratio)
+    if isinstance(lengths, ClipLengths):
+        return to_device(kept_per_clip(lengths.host, keep_ratio), lengths.on_device)
     return torch.tensor(
         [kept_tokens(int(n), keep_ratio) for n in lengths.tolist()],
         dtype=torch.long,
         device=lengths.device,
     )
+
+
+def kept_per_clip(host: Sequence[int], keep_ratio: float) -> list[int]:
+    """K of every clip, as Python integers, from host lengths."""
+    check_keep_ratio(keep_ratio)
+    return [kept_tokens(int(n), keep_ratio) for n in host]
 
 
 def check_window(window: int | None) -> int | None:

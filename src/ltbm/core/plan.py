@@ -7,6 +7,7 @@ is cheap to apply many times: to the encoder tokens, to attention scores, to pos
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -30,6 +31,19 @@ NOT_KEPT = -1
 """Slot index of a source that feeds no output slot (pruned, or padding)."""
 
 
+@dataclass(frozen=True, eq=False)
+class HostFacts:
+    """What the method that made a plan knows on the host, so that applying the plan reads
+    nothing back from the device: K and the number of kept sources of every clip, for the
+    very ``slot_index`` and ``weights`` tensors it made (all kept weights one). A plan built
+    from other tensors (``dataclasses.replace``) does not inherit them."""
+
+    kept: tuple[int, ...]
+    sources: tuple[int, ...]
+    slot_index: torch.Tensor = field(repr=False)
+    weights: torch.Tensor = field(repr=False)
+
+
 @dataclass(frozen=True)
 class Plan:
     """A source→slot assignment for a batch of clips.
@@ -51,6 +65,15 @@ class Plan:
     weights: torch.Tensor
     kept: torch.Tensor
     history: list[torch.Tensor] = field(default_factory=list, compare=False, repr=False)
+    host: HostFacts | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def host_facts(self) -> HostFacts | None:
+        """:attr:`host`, where it speaks of this plan's own tensors."""
+        facts = self.host
+        if facts is None or facts.slot_index is not self.slot_index:
+            return None
+        return facts if facts.weights is self.weights else None
 
     # ------------------------------------------------------------------ shape
     @property
@@ -64,6 +87,8 @@ class Plan:
     @cached_property
     def num_slots(self) -> int:
         """Width of the padded output: the largest K in the batch."""
+        if self.host_facts is not None:
+            return max(self.host_facts.kept, default=0)
         return int(self.kept.max()) if self.kept.numel() else 0
 
     @cached_property
@@ -118,12 +143,17 @@ class Plan:
     @cached_property
     def unit_weights(self) -> bool:
         """Every kept source weighs one (true of every built-in method)."""
+        if self.host_facts is not None:
+            return True
         return bool((self.weights[self.slot_index >= 0] == 1).all())
 
     @cached_property
     def is_selection(self) -> bool:
         """True when every slot holds exactly one source with weight one (pruning, sampling,
         or no compression): then ``apply`` is an exact gather."""
+        facts = self.host_facts
+        if facts is not None:
+            return facts.sources == facts.kept
         return self.unit_weights and bool((self.sizes[self.slot_mask] == 1).all())
 
     @cached_property
@@ -182,12 +212,23 @@ class Plan:
         else:
             out = fresh_empty((batch * slots, *feature_shape), x.dtype, x.device)
             torch.index_select(rows, 0, index, out=out)
-        padding = (~self.slot_mask.to(x.device)).reshape(-1).nonzero().squeeze(1)
+        padding = self._padding_slots(x.device)
         if padding.numel():
             out = (
                 out.index_fill(0, padding, 0) if x.requires_grad else out.index_fill_(0, padding, 0)
             )
         return out.reshape(batch, slots, *feature_shape)
+
+    def _padding_slots(self, device: torch.device) -> torch.Tensor:
+        """Flat indices of the padding slots (past each clip's K) in ``[B · K_max]``, listed
+        on the host when K is known there."""
+        facts, slots = self.host_facts, self.num_slots
+        if facts is None:
+            return (~self.slot_mask.to(device)).reshape(-1).nonzero().squeeze(1)
+        rows = [
+            clip * slots + k for clip, kept in enumerate(facts.kept) for k in range(kept, slots)
+        ]
+        return torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
 
     def _weighted_means(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``[B, K_max, ...]`` weighted mean per slot in ``dtype``. Padding slots are zero."""
@@ -226,11 +267,12 @@ class Plan:
             torch.arange(width, device=x.device)
             == first.gather(1, self.slot_index.to(x.device).clamp(min=0))
         )
-        extra_clip, extra_source = torch.nonzero(kept & ~is_first, as_tuple=True)
+        extra_clip, extra_source = self._extra_sources(kept & ~is_first)
         extra_slot = extra_clip * slots + self.slot_index.to(x.device)[extra_clip, extra_source]
         sizes = self.sizes.to(device=x.device, dtype=dtype).clamp(min=1)
         real = self.slot_mask.to(x.device).reshape(-1)
-        all_real = bool(real.all())
+        facts = self.host_facts
+        all_real = all(k == slots for k in facts.kept) if facts else bool(real.all())
         checks = []
 
         def check_finite(start: int, stop: int, means: torch.Tensor) -> None:
@@ -252,8 +294,19 @@ class Plan:
         )
         out = out.view(batch, slots, *feature_shape)
         if not all_real:
-            out[~self.slot_mask.to(x.device)] = 0
+            padding = ~self.slot_mask.to(x.device)
+            out.masked_fill_(padding.reshape(batch, slots, *([1] * len(feature_shape))), 0)
         return out, all(checks)
+
+    def _extra_sources(self, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clip, source) of every kept source that is not its slot's first, in row-major
+        order; their number is known on the host when K and the kept sources are."""
+        facts = self.host_facts
+        if facts is None:
+            return torch.nonzero(extra, as_tuple=True)
+        count = sum(facts.sources) - sum(facts.kept)
+        found = torch.nonzero_static(extra, size=count)
+        return found[:, 0], found[:, 1]
 
     def _means_in_source_order(
         self, x: torch.Tensor, dtype: torch.dtype
@@ -384,7 +437,19 @@ def _check_tensor(name: str, value: object, shape: str) -> None:
         )
 
 
-def plan_from_slots(slot_index: torch.Tensor, kept: torch.Tensor, history=None) -> Plan:
-    """A plan in which every kept source has weight one (merging, pooling, selection)."""
+def plan_from_slots(
+    slot_index: torch.Tensor,
+    kept: torch.Tensor,
+    history=None,
+    host_kept: Sequence[int] | None = None,
+    host_sources: Sequence[int] | None = None,
+) -> Plan:
+    """A plan in which every kept source has weight one (merging, pooling, selection).
+    ``host_kept`` and ``host_sources`` (K and the kept sources of every clip, as Python
+    integers: the lengths for merging and pooling, K for a selection), when the method knows
+    them, let the plan be applied without reading the device."""
     weights = (slot_index >= 0).float()
-    return Plan(slot_index, weights, kept, list(history or []))
+    host = None
+    if host_kept is not None and host_sources is not None:
+        host = HostFacts(tuple(host_kept), tuple(host_sources), slot_index, weights)
+    return Plan(slot_index, weights, kept, list(history or []), host)

@@ -65,15 +65,18 @@ def sum_rows_into_slots(
     flat_out = None if out is None else out.reshape(slots, -1)
     per_slot = rows.numel() / slots
     block = max(1, int(BLOCK_ELEMENTS / (per_slot * max(flat_source.shape[1], 1))))
-    if uses_accelerator_path(source):  # accelerators: one block, as few kernel launches as possible
+    accelerator = uses_accelerator_path(source)
+    if accelerator:  # one block, as few kernel launches as possible
         block = slots
     starts = list(range(0, slots, block))
-    bounds = offsets[starts].tolist() + [rows.numel()]
+    # The first slot's rows start at 0: one block needs no read of the offsets.
+    bounds = (offsets[starts[1:]].tolist() if len(starts) > 1 else []) + [rows.numel()]
+    bounds = [0, *bounds]
     direct = flat_out is not None and flat_out.dtype == dtype  # sums written in place
     widened = None
     if source.dtype != dtype:
         most = max(end - begin for begin, end in zip(bounds, bounds[1:], strict=False))
-        widened = _WidenedRows(flat_source, dtype, most)
+        widened = _WidenedRows(flat_source, dtype, most, stretches=not accelerator)
     for number, start in enumerate(starts):
         stop = min(slots, start + block)
         begin, end = bounds[number], bounds[number + 1]
@@ -124,7 +127,10 @@ def bags(
     slots = first.shape[0]
     order = torch.sort(extra_slot, stable=True).indices
     extra_slot, extra_row = extra_slot[order], extra_row[order]
-    counts = torch.bincount(extra_slot, minlength=slots)
+    # Counted by a scatter, not bincount: bincount's output size depends on the largest
+    # value, which a GPU's host would have to read back.
+    counts = torch.zeros(slots, dtype=torch.long, device=first.device)
+    counts.scatter_add_(0, extra_slot, torch.ones_like(extra_slot))
     offsets = torch.cumsum(counts + 1, 0) - (counts + 1)
     rows = torch.empty(slots + extra_row.numel(), dtype=torch.long, device=first.device)
     rows[offsets] = first
@@ -138,10 +144,13 @@ class _WidenedRows:
     """A block's source rows widened (half precision summed in float32), in buffers reused
     from block to block: fresh ones would be paged in each time. Rows that lie close
     together (merging: a block's bags cover a stretch of the sequence) are widened as one
-    contiguous stretch, without a gather."""
+    contiguous stretch, without a gather (where reading the stretch's ends from the device
+    costs nothing: not on the accelerator path, ``stretches=False``)."""
 
-    def __init__(self, source: torch.Tensor, dtype: torch.dtype, most: int) -> None:
-        self.source = source
+    def __init__(
+        self, source: torch.Tensor, dtype: torch.dtype, most: int, stretches: bool = True
+    ) -> None:
+        self.source, self.stretches = source, stretches
         self.gathered = source.new_empty(most, source.shape[1])
         self.widened = torch.empty(2 * most, source.shape[1], dtype=dtype, device=source.device)
         self.in_order = torch.arange(most, device=source.device)
@@ -149,9 +158,10 @@ class _WidenedRows:
     def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The widened rows, and the indices of the block's bag rows among them."""
         count = rows.numel()
-        low, high = (int(value) for value in torch.aminmax(rows))
-        span = high - low + 1
-        if span <= 2 * count:
+        if self.stretches:
+            low, high = (int(value) for value in torch.aminmax(rows))
+            span = high - low + 1
+        if self.stretches and span <= 2 * count:
             self.widened[:span].copy_(self.source[low : high + 1])
             return self.widened[:span], rows - low
         torch.index_select(self.source, 0, rows, out=self.gathered[:count])

@@ -53,6 +53,49 @@ HOST_READS = {
 }
 """Tensor methods that hand device values to the host, by the name they are counted under."""
 
+_host_side = [0]
+"""Depth of :func:`host_values` calls in progress: their reads are of host memory."""
+
+
+def host_values(tensor: torch.Tensor) -> list:
+    """``tensor.tolist()`` for a tensor that lives on the host by construction (built from
+    Python values, or a processor's output), which no device needs to finish first: not
+    counted, even with the accelerator path forced. Refuses a tensor that is not on the CPU."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"host_values reads host tensors; this one is on {tensor.device}")
+    _host_side[0] += 1
+    try:
+        return tensor.tolist()
+    finally:
+        _host_side[0] -= 1
+
+
+def host_tensor(values: torch.Tensor | list[int]) -> torch.Tensor:
+    """A long CPU tensor of ``values`` (a tensor is copied to the host, which waits for the
+    device where it lives there) marked as one that stays on the host on every machine, so
+    that :func:`is_host_tensor` says so even with the accelerator path forced (where every
+    CPU tensor otherwise stands for device memory)."""
+    if isinstance(values, torch.Tensor):
+        tensor = values.long().cpu()
+        tensor = tensor.clone() if tensor is values else tensor
+    else:
+        tensor = torch.tensor(values, dtype=torch.long)
+    tensor._ltbm_on_host = True
+    return tensor
+
+
+def is_host_tensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is host memory on every machine: made by :func:`host_tensor`."""
+    return tensor.device.type == "cpu" and getattr(tensor, "_ltbm_on_host", False)
+
+
+def host_list(tensor: torch.Tensor) -> list:
+    """The values of a tensor the adapters hand around (a processor's mask, lengths from
+    :func:`host_tensor`): read without counting where it is on the CPU, which for these
+    is the host on every machine; read back (and counted) where it is on a device."""
+    return host_values(tensor) if tensor.device.type == "cpu" else tensor.tolist()
+
+
 aten = torch.ops.aten
 SYNCING_OPS = {
     aten._local_scalar_dense.default: "item",
@@ -76,6 +119,8 @@ def _on_device(args: tuple) -> bool:
     """Whether the first tensor among ``args`` is device memory: not on the CPU, or any
     tensor while the accelerator path is forced (then every read counts, those of tensors
     that stay on the host on a GPU machine too: an upper bound)."""
+    if _host_side[0]:
+        return False
     tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
     return tensor is not None and uses_accelerator_path(tensor)
 

@@ -23,16 +23,18 @@ and the rows other rounds need go to workspaces that later rounds reuse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
 from ltbm.core.device_path import uses_accelerator_path
 from ltbm.core.inputs import (
-    budgets,
-    check_tokens,
     check_window,
+    clip_lengths,
+    kept_per_clip,
     refuse_non_finite,
+    to_device,
     valid_mask,
     working_dtype,
 )
@@ -150,7 +152,7 @@ def banded_best_partners(
 
 
 def dense_best_partners(
-    x: torch.Tensor, norms: torch.Tensor, length: torch.Tensor
+    x: torch.Tensor, norms: torch.Tensor, length: torch.Tensor, host: Sequence[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best B partner of every A token among all B tokens of its clip (Global Merge).
 
@@ -160,7 +162,8 @@ def dense_best_partners(
     :mod:`ltbm.methods.dense_certified` (every clip at once, certified float64 scores): the
     same plans either way. Float64 work, per clip, takes only the clip's valid rows (no
     padding columns to mask); A×B dot products are computed in cache-sized row blocks and
-    divided in place by |a|·|b|.
+    divided in place by |a|·|b|. ``host``: the lengths as Python integers, when known (else
+    read back).
     """
     if norms.dtype == torch.float32:
         if uses_accelerator_path(x):
@@ -171,7 +174,7 @@ def dense_best_partners(
     dtype = norms.dtype
     best_score = torch.full((batch, na), float("-inf"), dtype=dtype, device=x.device)
     best_b = torch.zeros((batch, na), dtype=torch.long, device=x.device)
-    for clip, n in enumerate(length.tolist()):
+    for clip, n in enumerate(length.tolist() if host is None else host):
         num_a, num_b = (n + 1) // 2, n // 2
         if num_b == 0:
             continue
@@ -204,6 +207,17 @@ def round_merges(length: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     return torch.minimum(length - kept, (length + 1) // 2).clamp(min=0)
 
 
+def host_round_merges(length: Sequence[int], kept: Sequence[int]) -> list[int]:
+    """:func:`round_merges` on the host: how many merges each round makes follows from the
+    lengths and K alone, so the rounds are planned without reading the device."""
+    return [max(0, min(n - k, (n + 1) // 2)) for n, k in zip(length, kept, strict=True)]
+
+
+def rounds_left(length: Sequence[int], kept: Sequence[int]) -> bool:
+    """Whether any clip still holds more than its K tokens."""
+    return any(n > k for n, k in zip(length, kept, strict=True))
+
+
 def band_distances(window: int) -> list[int]:
     """Position distances whose dot products window w needs: 1, 3, …, 2w − 1."""
     return [max_distance(w) for w in range(1, window + 1)]
@@ -215,11 +229,13 @@ def best_partners(
     window: int | None,
     dtype: torch.dtype,
     measured: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None,
+    host: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row norms and the best B partner (score, B index) of every A token of ``x``.
 
     ``measured``: the norms and band dot products of ``x``, when the round that made ``x``
     took them already (then ``x`` itself may be None: a banded last round needs no rows).
+    ``host``: the lengths as Python integers.
     """
     width = x.shape[1] if measured is None else measured[0].shape[1]
     dense = is_dense(window, width)
@@ -230,7 +246,7 @@ def best_partners(
     # The floor makes an all-zero token score 0 instead of NaN.
     norms.clamp_(min=1e-12)
     if dense:
-        score, partner = dense_best_partners(x, norms, length)
+        score, partner = dense_best_partners(x, norms, length, host)
     else:
         score, partner = banded_best_partners(norms, dots, length, window)
     return norms, score, partner
@@ -265,6 +281,8 @@ class RoundMerge(NamedTuple):
     edges: torch.Tensor  # [E, 3] merged pairs (clip, a_pos, b_pos)
     keep: torch.Tensor  # [B, n'] the current position each new token starts from
     merge_a: torch.Tensor  # [B, |A|] which A tokens merged
+    merged_clip: torch.Tensor  # [E] clip of every merged A token, in row-major order
+    merged_a: torch.Tensor  # [E] its A index
 
 
 def _merge_round(
@@ -274,15 +292,19 @@ def _merge_round(
     kept: torch.Tensor,
     best_score: torch.Tensor,
     best_b: torch.Tensor,
+    host_length: Sequence[int],
+    host_merges: Sequence[int],
 ) -> RoundMerge:
     """One round of bipartite merging on the current sequences, given each A token's best
-    partner: which edges merge, and the new tokens' sizes, frame sums and temporal order."""
+    partner: which edges merge, and the new tokens' sizes, frame sums and temporal order.
+    ``host_length``, ``host_merges``: the lengths and merges of each clip as Python integers
+    (:func:`host_round_merges`), which fix every size here without a read of the device."""
     batch, width = sizes.shape
     merges = round_merges(length, kept)
 
     # The r best edges of each clip; a stable sort breaks ties by position. When every
     # column merges (full-length clips, r = |A|), no ranking is needed.
-    if bool((merges == best_score.shape[1]).all()):
+    if all(r == best_score.shape[1] for r in host_merges):
         merge_a = torch.ones_like(best_score, dtype=torch.bool)
     else:
         order = torch.sort(best_score, dim=1, descending=True, stable=True).indices
@@ -294,8 +316,10 @@ def _merge_round(
     positions = torch.arange(width, device=sizes.device).expand(batch, width)
     target = positions.clone()
     target[:, 0::2] = torch.where(merge_a, 2 * best_b + 1, positions[:, 0::2])
-    edges = torch.nonzero(merge_a)
-    edges = torch.stack([edges[:, 0], 2 * edges[:, 1], target[:, 0::2][merge_a]], dim=1)
+    # Each clip merges exactly its r A tokens: their number is known without asking.
+    merged = torch.nonzero_static(merge_a, size=sum(host_merges))
+    merged_clip, merged_a = merged[:, 0], merged[:, 1]
+    edges = torch.stack([merged_clip, 2 * merged_a, target[merged_clip, 2 * merged_a]], dim=1)
 
     # Sizes and frame sums after merging (cheap [B, n] tensors), then temporal order.
     merged_sizes = torch.zeros_like(sizes).scatter_add_(1, target, sizes)
@@ -307,7 +331,8 @@ def _merge_round(
     to_new = new_position.gather(1, target)
 
     new_length = length - merges
-    keep = order[:, : int(new_length.max()) if batch else 0]
+    longest = max((n - r for n, r in zip(host_length, host_merges, strict=True)), default=0)
+    keep = order[:, :longest]
     return RoundMerge(
         merged_sizes.gather(1, keep),
         merged_frames.gather(1, keep),
@@ -316,6 +341,8 @@ def _merge_round(
         edges,
         keep,
         merge_a,
+        merged_clip,
+        merged_a,
     )
 
 
@@ -326,19 +353,24 @@ def _next_round_input(
     window: int | None,
     workspaces: Workspaces,
     dtype: torch.dtype,
+    host_length: Sequence[int],
+    host_kept: Sequence[int],
 ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, dict[int, torch.Tensor]] | None]:
     """What the next round reads: the merged rows (written only if it needs them) and, for
     a banded window, their norms and band dot products, taken while each block of merged
-    rows is in cache. (None, None) when there is no next round.
+    rows is in cache. (None, None) when there is no next round. ``host_length`` and
+    ``host_kept``: the new lengths and K as Python integers.
 
     Each merged row is its survivor's row plus the rows merged into it, added in A order
     (rows past a clip's length are ignored later).
     """
-    if not bool((merge.length > kept).any()):
+    if not rounds_left(host_length, host_kept):
         return None, None  # that was the last round: the plan needs only the assignment
     batch, width = merge.to_new.shape
     new_width, dim = merge.keep.shape[1], x.shape[2]
-    next_is_last = not bool((merge.length - round_merges(merge.length, kept) > kept).any())
+    after_next = host_round_merges(host_length, host_kept)
+    lengths_after = [n - r for n, r in zip(host_length, after_next, strict=True)]
+    next_is_last = not rounds_left(lengths_after, host_kept)
     dense = is_dense(window, new_width)
     streamed = None
     if not dense:
@@ -355,7 +387,7 @@ def _next_round_input(
         ):
             return None, streamed.result()
     clip_rows = torch.arange(batch, device=x.device)[:, None]
-    a_clip, a_index = torch.nonzero(merge.merge_a, as_tuple=True)
+    a_clip, a_index = merge.merged_clip, merge.merged_a
     sum_rows_into_slots(
         x.reshape(batch * width, dim),
         (clip_rows * width + merge.keep).reshape(-1),
@@ -389,15 +421,20 @@ def _slots_in_row_order(merge: RoundMerge, new_width: int) -> torch.Tensor | Non
 
 
 def rescaled_tokens(
-    tokens: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype, clips: list[int]
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    dtype: torch.dtype,
+    clips: list[int],
+    host: Sequence[int],
 ) -> torch.Tensor:
     """A working copy of the tokens in which each listed clip is scaled by a power of two
-    (exactly) so that its largest magnitude lies in [0.5, 1); padding is zeroed."""
+    (exactly) so that its largest magnitude lies in [0.5, 1); padding is zeroed. ``host``:
+    the lengths as Python integers."""
     x = tokens.to(dtype).masked_fill(~valid_mask(lengths, tokens.shape[1])[:, :, None], 0.0)
     largest = torch.zeros(tokens.shape[0], dtype=dtype, device=tokens.device)
     for clip in clips:
-        if int(lengths[clip]):
-            largest[clip] = x[clip, : int(lengths[clip])].abs().amax()
+        if host[clip]:
+            largest[clip] = x[clip, : host[clip]].abs().amax()
     return times_power_of_two(x, -unit_exponents(largest)[:, None, None])
 
 
@@ -410,7 +447,7 @@ def clips_to_rescale(norms: torch.Tensor, lengths: torch.Tensor) -> list[int]:
     largest = torch.where(valid_mask(lengths, norms.shape[1]), norms, 0.0).amax(dim=1)
     low, high = SAFE_NORMS
     outside = ~torch.isfinite(largest) | (largest > high) | ((largest > 0) & (largest < low))
-    return torch.nonzero(outside)[:, 0].tolist()
+    return [clip for clip, out in enumerate(outside.tolist()) if out]  # one read
 
 
 @torch.no_grad()
@@ -427,8 +464,9 @@ def bipartite_merge_plan(
     A window that covers the whole sequence is the same as none.
     """
     window = check_window(window)
-    lengths = check_tokens(tokens, lengths, check_finite=False)
-    kept = budgets(lengths, keep_ratio)
+    clip = clip_lengths(tokens, lengths, check_finite=False)
+    lengths, host_kept = clip.on_device, kept_per_clip(clip.host, keep_ratio)
+    kept = to_device(host_kept, tokens)
     batch, width, _ = tokens.shape
     dtype = working_dtype(tokens.dtype)
     valid = valid_mask(lengths, width)
@@ -437,25 +475,31 @@ def bipartite_merge_plan(
     frames = torch.arange(width, device=tokens.device, dtype=torch.float64)
     frame_sums = torch.where(valid, frames, 0.0)
     where = torch.where(valid, torch.arange(width, device=tokens.device), NOT_KEPT)
-    length = lengths.clone()
+    length, host_length = lengths.clone(), list(clip.host)
     history = []
     x, measured, workspaces = tokens, None, Workspaces()
     first_round = True
-    while bool((length > kept).any()):
-        norms, best_score, best_b = best_partners(x, length, window, dtype, measured)
+    while rounds_left(host_length, host_kept):  # rounds planned on the host
+        norms, best_score, best_b = best_partners(x, length, window, dtype, measured, host_length)
         if first_round:
             rescale = clips_to_rescale(norms, length)
             if rescale:
                 # Rare: NaN/Inf (refused here) or extreme scales; rescale, then start over.
-                refuse_non_finite(tokens, lengths)
-                x = rescaled_tokens(tokens, lengths, dtype, rescale)
-                norms, best_score, best_b = best_partners(x, length, window, dtype)
+                refuse_non_finite(tokens, lengths, clip.host)
+                x = rescaled_tokens(tokens, lengths, dtype, rescale, clip.host)
+                norms, best_score, best_b = best_partners(x, length, window, dtype, None, clip.host)
             first_round = False
-        merge = _merge_round(sizes, frame_sums, length, kept, best_score, best_b)
-        x, measured = _next_round_input(x, merge, kept, window, workspaces, dtype)
+        host_merges = host_round_merges(host_length, host_kept)
+        merge = _merge_round(
+            sizes, frame_sums, length, kept, best_score, best_b, host_length, host_merges
+        )
+        host_length = [n - r for n, r in zip(host_length, host_merges, strict=True)]
+        x, measured = _next_round_input(
+            x, merge, kept, window, workspaces, dtype, host_length, host_kept
+        )
         sizes, frame_sums, length = merge.sizes, merge.frame_sums, merge.length
         where = torch.where(where >= 0, merge.to_new.gather(1, where.clamp(min=0)), NOT_KEPT)
         history.append(merge.edges)
     if first_round:  # no round ran (keep ratio 1, or clips of at most two tokens)
-        refuse_non_finite(tokens, lengths)
-    return plan_from_slots(where, kept, history)
+        refuse_non_finite(tokens, lengths, clip.host)
+    return plan_from_slots(where, kept, history, host_kept, clip.host)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ltbm.core.inputs import budgets, check_tokens, valid_mask, working_dtype
+from ltbm.core.inputs import clip_lengths, kept_per_clip, to_device, valid_mask, working_dtype
 from ltbm.core.plan import Plan
 from ltbm.methods.selection import selection_plan, top_scoring
 
@@ -83,15 +83,16 @@ def prune_plan(
     ``scorer="attention"`` by attention received in the encoder's last layer, from the
     ``queries``/``keys`` that layer computed (a backbone adapter captures them). ``scores``
     ``[B, N]`` overrides both with the caller's own."""
-    lengths = check_tokens(tokens, lengths)
-    kept = budgets(lengths, keep_ratio)
+    clip = clip_lengths(tokens, lengths)
+    lengths, host_kept = clip.on_device, kept_per_clip(clip.host, keep_ratio)
+    kept = to_device(host_kept, tokens)
     width = tokens.shape[1]
     if scores is None:
         scores = token_scores(tokens, lengths, scorer, queries, keys)
     else:
         check_scores(scores, tokens, lengths)
-    chosen = top_scoring(scores, valid_mask(lengths, width), kept)
-    return selection_plan(chosen, kept, width)
+    chosen = top_scoring(scores, valid_mask(lengths, width), kept, max(host_kept, default=0))
+    return selection_plan(chosen, kept, width, host_kept)
 
 
 def check_scores(scores: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -106,7 +107,7 @@ def check_scores(scores: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tens
     if scores.is_complex() or scores.dtype == torch.bool:
         raise TypeError(f"scores must be real numbers, got {scores.dtype}")
     valid = valid_mask(lengths.to(scores.device), scores.shape[1])
-    if bool(torch.isnan(scores.float()[valid]).any()):
+    if bool((torch.isnan(scores.float()) & valid).any()):
         raise ValueError("scores hold NaN at valid positions; give every valid token a score")
 
 
@@ -127,13 +128,17 @@ def check_attention_inputs(queries: torch.Tensor, keys: torch.Tensor, frame_leng
             f"{frame_lengths.shape[0]}; pass the last-layer queries and keys of the same batch "
             "[B, heads, frames, head_dim]"
         )
-    for clip, frames in enumerate(frame_lengths.tolist()):
-        for name, value in (("queries", queries), ("keys", keys)):
-            if not bool(torch.isfinite(value[clip, :, :frames]).all()):
-                raise ValueError(
-                    f"{name} hold NaN or Inf in the valid frames of clip {clip}; check the "
-                    "encoder's last attention layer (float16 overflow is a common cause)"
-                )
+    # One read of the device for every clip: which clips hold a non-finite valid frame.
+    valid = valid_mask(frame_lengths.to(keys.device), keys.shape[2])
+    flags = torch.stack(
+        [(~torch.isfinite(v).all(dim=(1, 3)) & valid).any(dim=1) for v in (queries, keys)]
+    )
+    for name, bad in zip(("queries", "keys"), flags.tolist(), strict=True):
+        if any(bad):
+            raise ValueError(
+                f"{name} hold NaN or Inf in the valid frames of clip {bad.index(True)}; check "
+                "the encoder's last attention layer (float16 overflow is a common cause)"
+            )
 
 
 def token_scores(

@@ -28,6 +28,7 @@ from ltbm.backbones.hf.adapter import (
 )
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention
 from ltbm.backbones.hf.pipeline import HFPipeline
+from ltbm.core.syncs import host_tensor
 from ltbm.io.audio import SAMPLE_RATE
 from ltbm.methods import Method
 from ltbm.methods.pruning import attention_received, pool_frames_to_tokens
@@ -126,6 +127,8 @@ class AudioFlamingo3Adapter(AudioAdapter):
             )
         device = self.tower.conv1.weight.device
         features = features.to(device, self.tower.conv1.weight.dtype)
+        # Token counts from the processor's mask, on the host where it arrives.
+        window_tokens = self.window_tokens(frame_mask)
         frame_mask = frame_mask.to(device)
         if attention:
             with AttentionCapture(last_attention(self.tower)) as capture:
@@ -133,12 +136,12 @@ class AudioFlamingo3Adapter(AudioAdapter):
             queries, keys = capture.queries_keys()
         else:
             hidden = self._run_tower(features, frame_mask)
-        window_tokens = torch.tensor(self.window_tokens(frame_mask), device=device)
         clips = self._join(hidden, window_tokens, windows)
-        lengths = torch.tensor([clip.shape[0] for clip in clips], device=device)
+        lengths = host_tensor([clip.shape[0] for clip in clips])
         signals: dict[str, torch.Tensor] = {}
         if attention:
-            scores = window_attention_scores(queries, keys, window_tokens)
+            on_device = torch.tensor(window_tokens).to(device, non_blocking=True)
+            scores = window_attention_scores(queries, keys, on_device)
             signals["scores"] = pad_clips(self._join(scores, window_tokens, windows))
         timed = self.time_embedded(hidden, windows)
         if timed is not None:
@@ -167,10 +170,10 @@ class AudioFlamingo3Adapter(AudioAdapter):
 
     @staticmethod
     def _join(
-        per_window: torch.Tensor, window_tokens: torch.Tensor, windows: Sequence[int]
+        per_window: torch.Tensor, window_tokens: Sequence[int], windows: Sequence[int]
     ) -> list[torch.Tensor]:
         """Each clip's valid rows of its consecutive windows, concatenated in time order."""
-        counts = window_tokens.tolist()
+        counts = list(window_tokens)
         clips, start = [], 0
         for count in windows:
             rows = [per_window[w, : counts[w]] for w in range(start, start + count)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ltbm.backbones.families.audioflamingo3 import AudioFlamingo3Adapter, AudioFlamingo3Pipeline
+from ltbm.core.syncs import host_list
 
 STACK = 4
 """Encoder frames per token: the model's ``merge_factor``."""
@@ -40,7 +41,7 @@ class GlmAsrAdapter(AudioFlamingo3Adapter):
     attention_scorer = False
 
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
-        return glmasr_token_count(frame_mask.sum(-1).long()).tolist()
+        return host_list(glmasr_token_count(frame_mask.sum(-1).long()))
 
     def full_window_tokens(self) -> int:
         return int(self.tower.config.max_position_embeddings) // STACK

@@ -23,6 +23,7 @@ import torch
 
 from ltbm.backbones.hf.adapter import AudioAdapter, EncodedAudio
 from ltbm.backbones.hf.pipeline import HFPipeline
+from ltbm.core.syncs import host_list, host_tensor
 
 
 def granite_token_count(samples: Sequence[int], window: int = 15, downsample: int = 5) -> list[int]:
@@ -83,16 +84,16 @@ class GraniteSpeechAdapter(AudioAdapter):
             self.inner.get_audio_features(features.to(weight.device, weight.dtype))
         finally:
             hook.remove()
-        lengths = frame_mask.to(weight.device).sum(-1).long()
-        if int(lengths.max()) > seen[0].shape[1]:
+        counts = self.window_tokens(frame_mask)  # on the host, where the processor left it
+        if max(counts, default=0) > seen[0].shape[1]:
             raise ValueError(
-                f"input_features_mask marks {lengths.tolist()} tokens but the features give "
+                f"input_features_mask marks {counts} tokens but the features give "
                 f"{seen[0].shape[1]}; pass the processor's features and mask together"
             )
-        return EncodedAudio(seen[0][:, : int(lengths.max())], lengths)
+        return EncodedAudio(seen[0][:, : max(counts, default=0)], host_tensor(counts))
 
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
-        return frame_mask.sum(-1).long().tolist()  # the mask is per token already
+        return host_list(frame_mask.sum(-1).long())  # the mask is per token already
 
     def llm_generate(self, **kwargs: Any) -> Any:
         """Audio is in the prompt: turn the LoRA adapter on, as the model's own ``generate``

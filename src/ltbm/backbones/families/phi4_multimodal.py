@@ -26,6 +26,7 @@ from ltbm.backbones.hf.adapter import AudioAdapter, EncodedAudio, module_device_
 from ltbm.backbones.hf.clips import Prompt
 from ltbm.backbones.hf.pipeline import HFPipeline
 from ltbm.backbones.hf.shipped_lora import apply_lora, require_active
+from ltbm.core.syncs import host_list, host_tensor
 from ltbm.io.audio import AudioError
 
 MAX_SECONDS = 1800.0
@@ -63,7 +64,7 @@ class Phi4MultimodalAdapter(AudioAdapter):
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
         """``ceil(L / 8)``: the subsampling's and ``_compute_audio_embed_size``'s rule."""
         rate = int(self.tower.config.time_reduction)
-        return ((frame_mask.sum(-1).long() + rate - 1) // rate).tolist()
+        return host_list((frame_mask.sum(-1).long() + rate - 1) // rate)
 
     def encode(
         self,
@@ -82,8 +83,8 @@ class Phi4MultimodalAdapter(AudioAdapter):
         # As the model's own call: no mask for one clip (the processor gives none).
         mask = None if features.shape[0] == 1 else frame_mask.to(device).bool()
         hidden = self.tower(features.to(device, dtype), mask)
-        lengths = torch.tensor(self.window_tokens(frame_mask), device=device)
-        return EncodedAudio(hidden[:, : int(lengths.max())], lengths)
+        counts = self.window_tokens(frame_mask)  # on the host, where the processor left it
+        return EncodedAudio(hidden[:, : max(counts, default=0)], host_tensor(counts))
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         device, dtype = module_device_dtype(self.projector)

@@ -29,6 +29,7 @@ from ltbm.backbones.hf.adapter import (
 )
 from ltbm.backbones.hf.pipeline import HFPipeline
 from ltbm.backbones.hf.placeholders import placeholder_runs, resize_placeholder_runs
+from ltbm.core.syncs import host_tensor
 
 MAX_SECONDS = 30.0
 
@@ -56,6 +57,7 @@ class Qwen25OmniAdapter(AudioAdapter):
         attention: bool,
     ) -> EncodedAudio:
         device = self.projector.weight.device
+        counts = self.window_tokens(frame_mask)  # on the host, where the processor left it
         frame_mask = frame_mask.to(device)
         seen: list[torch.Tensor] = []
         hook = self.projector.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
@@ -63,8 +65,7 @@ class Qwen25OmniAdapter(AudioAdapter):
             self.inner.get_audio_features(features.to(device), frame_mask)
         finally:
             hook.remove()
-        lengths = torch.tensor(self.window_tokens(frame_mask), device=device)
-        return EncodedAudio(pad_clips(list(seen[0].split(lengths.tolist()))), lengths)
+        return EncodedAudio(pad_clips(list(seen[0].split(counts))), host_tensor(counts))
 
     def llm_inputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, audio: AudioEmbeddings

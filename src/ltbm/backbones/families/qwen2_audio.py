@@ -22,6 +22,7 @@ import torch
 from ltbm.backbones.hf.adapter import AudioAdapter, EncodedAudio, encoder_token_count
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention
 from ltbm.backbones.hf.pipeline import HFPipeline
+from ltbm.core.syncs import host_list, host_tensor
 
 MAX_SECONDS = 30.0
 
@@ -46,6 +47,9 @@ class Qwen2AudioAdapter(AudioAdapter):
         features = features.to(device, self.tower.conv1.weight.dtype)
         mel_lengths = frame_mask.to(device).sum(-1).long()
         mask = self._encoder_mask(features, mel_lengths)
+        # Token counts from the processor's mask, on the host where it arrives.
+        lengths = host_tensor(encoder_token_count(frame_mask.sum(-1).long()))
+        width = max(host_list(lengths), default=0)
         signals: dict[str, torch.Tensor] = {}
         if attention:
             with AttentionCapture(last_attention(self.tower)) as capture:
@@ -53,8 +57,6 @@ class Qwen2AudioAdapter(AudioAdapter):
             queries, keys = capture.queries_keys()
         else:
             hidden = self.tower(features, attention_mask=mask).last_hidden_state
-        lengths = encoder_token_count(mel_lengths)
-        width = int(lengths.max())
         if attention:
             # The prune scorer pools frames onto tokens by the ratio of their widths, so the
             # frames are cropped with the tokens (2 frames per token).

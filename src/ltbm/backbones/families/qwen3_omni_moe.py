@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ltbm.backbones.families.qwen2_5_omni import Qwen25OmniAdapter, Qwen25OmniPipeline
+from ltbm.core.syncs import host_list
 
 
 def qwen3_token_count(mel_frames: torch.Tensor, chunk: int = 100) -> torch.Tensor:
@@ -40,7 +41,7 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
 
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
         chunk = 2 * int(self.tower.config.n_window)
-        return qwen3_token_count(frame_mask.sum(-1).long(), chunk).tolist()
+        return host_list(qwen3_token_count(frame_mask.sum(-1).long(), chunk))
 
 
 class Qwen3OmniPipeline(Qwen25OmniPipeline):

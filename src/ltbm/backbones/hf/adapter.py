@@ -24,6 +24,7 @@ from torch import nn
 
 from ltbm.backbones.hf.attention_capture import needs_attention
 from ltbm.core.budget import kept_tokens
+from ltbm.core.syncs import host_list
 from ltbm.methods import Method
 from ltbm.methods.registry import Compressed
 
@@ -33,6 +34,10 @@ class EncodedAudio:
     """Encoder-space tokens of a batch of clips: ``tokens [C, N_max, D]`` (where the family
     compresses, before the projector), ``lengths [C]`` valid tokens per clip, and the signals
     a method may use (``queries``/``keys`` or ``scores``).
+
+    The families compute ``lengths`` on the host, from the processor's mask, and hand them
+    over as :func:`~ltbm.core.syncs.host_tensor`: the method then plans K and every shape
+    without reading the device (lengths on the device are read back once).
 
     ``projector_input``, when set, is what the projector takes instead of ``tokens``, aligned
     with them token for token (e.g. tokens with a time embedding added): the method's plan,
@@ -90,11 +95,12 @@ def compress_tokens(method: Method | None, encoded: EncodedAudio) -> Compressed 
     token after it."""
     if method is None:
         return None
-    lengths = encoded.lengths.tolist()
+    lengths = host_list(encoded.lengths)
     with torch.no_grad():
         result = method(encoded.tokens, encoded.lengths, **encoded.signals)
     expected = budget(lengths, method)
-    got = result.lengths.tolist()
+    facts = result.plan.host_facts  # K as the plan states it on the host, if it does
+    got = list(facts.kept) if facts is not None else result.lengths.tolist()
     if got != expected:
         raise RuntimeError(
             f"method {method!r} returned {got} tokens per clip but the budget rule "
@@ -105,11 +111,9 @@ def compress_tokens(method: Method | None, encoded: EncodedAudio) -> Compressed 
 
 
 def valid_rows(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
-    """Rows ``x[c, :lengths[c]]`` of every clip, concatenated in clip order: ``[sum, H]``."""
-    width = x.shape[1]
-    counts = torch.as_tensor(list(lengths), device=x.device)
-    mask = torch.arange(width, device=x.device)[None, :] < counts[:, None]
-    return x[mask]
+    """Rows ``x[c, :lengths[c]]`` of every clip, concatenated in clip order: ``[sum, H]``.
+    Sliced by the host's lengths (a boolean mask would make the host wait for its count)."""
+    return torch.cat([x[clip, :length] for clip, length in enumerate(lengths)])
 
 
 def pad_clips(clips: list[torch.Tensor]) -> torch.Tensor:
@@ -210,7 +214,7 @@ class AudioAdapter:
 
     def window_tokens(self, frame_mask: torch.Tensor) -> list[int]:
         """Encoder tokens of each window row, from its valid mel frames."""
-        return encoder_token_count(frame_mask.sum(-1).long()).tolist()
+        return host_list(encoder_token_count(frame_mask.sum(-1).long()))
 
     def clip_windows(
         self, window_tokens: Sequence[int], placeholders: Sequence[int], method: Method | None
@@ -245,14 +249,14 @@ class AudioAdapter:
         self.check_method(method)
         with torch.no_grad():
             encoded = self.encode(features, frame_mask, windows, needs_attention(method))
-            compressed = compress_tokens(method, encoded)
-            kept = encoded.lengths if compressed is None else compressed.lengths
+            compressed = compress_tokens(method, encoded)  # checks K against the budget
             projected = self.project(encoded.kept(compressed))
-        kept_list = [int(k) for k in kept.tolist()]
+        lengths = [int(n) for n in host_list(encoded.lengths)]
+        kept_list = budget(lengths, method)
         return AudioEmbeddings(
             valid_rows(projected, kept_list),
-            encoded.lengths.tolist(),
+            lengths,
             kept_list,
             compressed,
-            frame_mask.sum(-1).long().tolist(),
+            host_list(frame_mask.sum(-1).long()),
         )

@@ -173,8 +173,10 @@ class HFPipeline:
             {"duration_s": round(duration_seconds(s), 3), "silent": is_silent(s), "windows": w}
             for s, w in zip(samples, windows, strict=True)
         ]
-        attention_mask = attention_mask.to(embeds.device)
-        llm_inputs = self.adapter.llm_inputs(input_ids.to(embeds.device), attention_mask, audio)
+        # Host-built ids and mask go to the device without waiting for its queue.
+        attention_mask = attention_mask.to(embeds.device, non_blocking=True)
+        device_ids = input_ids.to(embeds.device, non_blocking=True)
+        llm_inputs = self.adapter.llm_inputs(device_ids, attention_mask, audio)
         log_sizes = slot_log_sizes(audio.compressed) if size_aware else None
         bias = None if log_sizes is None else key_bias(input_ids, token_id, log_sizes)
         return PreparedBatch(
@@ -185,7 +187,7 @@ class HFPipeline:
             kept,
             extra,
             llm_inputs,
-            None if bias is None else bias.to(embeds.device),
+            None if bias is None else bias.to(embeds.device, non_blocking=True),
         )
 
     def encoder_inputs(
@@ -421,7 +423,7 @@ class HFPipeline:
         generation configs set) see the same prompt as with the model's own inputs."""
         pad = pad_token_id(self.tokenizer)
         kwargs = {"do_sample": False, "pad_token_id": pad, **generate_kwargs}
-        input_ids = batch.input_ids.to(batch.inputs_embeds.device)
+        input_ids = batch.input_ids.to(batch.inputs_embeds.device, non_blocking=True)
         max_new_tokens = self._room_for_new_tokens(input_ids.shape[1], max_new_tokens)
         with torch.no_grad(), self.size_aware_attention(batch):
             output = self.adapter.llm_generate(

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ltbm.core.syncs import host_list
+
 
 def placeholder_runs(ids: Sequence[int], token_id: int) -> list[tuple[int, int]]:
     """``(start, length)`` of every run of ``token_id`` in one row of ids."""
@@ -27,8 +29,13 @@ def placeholder_runs(ids: Sequence[int], token_id: int) -> list[tuple[int, int]]
 
 
 def unpadded_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
-    """The real (unpadded) ids of every row, whichever side the padding is on."""
-    return [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask, strict=True)]
+    """The real (unpadded) ids of every row, whichever side the padding is on (read once,
+    on the host where the processor left them)."""
+    ids, masks = host_list(input_ids), host_list(attention_mask)
+    return [
+        [token for token, real in zip(row, mask, strict=True) if real]
+        for row, mask in zip(ids, masks, strict=True)
+    ]
 
 
 def clip_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_id: int) -> list[int]:
@@ -87,14 +94,25 @@ def merge_audio_embeddings(
     embedding: nn.Module, input_ids: torch.Tensor, token_id: int, audio: torch.Tensor
 ) -> torch.Tensor:
     """Text embeddings of ``input_ids`` with the placeholder positions replaced, in order, by
-    the rows of ``audio [sum K, H]``: the same ``masked_scatter`` both models use."""
-    input_ids = input_ids.to(embedding.weight.device)
-    embeds = embedding(input_ids)
-    mask = (input_ids == token_id).unsqueeze(-1)
-    placeholders = int(mask.sum())
-    if placeholders != audio.shape[0]:
+    the rows of ``audio [sum K, H]``: what the models' ``masked_scatter`` does, with the
+    positions found on the host (where the prompt ids are), so the device is not asked how
+    many there are."""
+    ids = host_list(input_ids)
+    width = input_ids.shape[1]
+    positions = [
+        row * width + column
+        for row, row_ids in enumerate(ids)
+        for column, token in enumerate(row_ids)
+        if token == token_id
+    ]
+    if len(positions) != audio.shape[0]:
         raise ValueError(
-            f"the prompts hold {placeholders} audio placeholders but the compressed audio has "
-            f"{audio.shape[0]} tokens"
+            f"the prompts hold {len(positions)} audio placeholders but the compressed audio "
+            f"has {audio.shape[0]} tokens"
         )
-    return embeds.masked_scatter(mask, audio.to(embeds.device, embeds.dtype))
+    device = embedding.weight.device
+    embeds = embedding(input_ids.to(device, non_blocking=True))
+    index = torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True)
+    flat = embeds.reshape(-1, embeds.shape[-1])
+    merged = flat.index_copy(0, index, audio.to(embeds.device, embeds.dtype))
+    return merged.view(embeds.shape)
