@@ -1,0 +1,201 @@
+"""How often a compress call makes a GPU's host wait for the device, counted on CPU.
+
+The counter (:mod:`ltbm.core.syncs`) is checked on the operations it must and must not
+count; then every registered method's count on the accelerator path is pinned by an upper
+bound, so that a read of the device added back fails here, and the pipeline's steps are
+counted through ``benchmarks/pipeline_syncs.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ltbm
+from ltbm.core.device_path import forced
+from ltbm.core.syncs import SyncCounter, host_list, host_tensor, host_values, is_host_tensor
+from ltbm.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BOUNDS = {
+    # The finiteness checks that decide a path or raise an error (one read each): ltbm and
+    # global fold the input's into the norms they compute (clips_to_rescale), the others
+    # read it once (non_finite_clips); merging and pooling check their means (apply).
+    "ltbm": 2,
+    "pool": 2,
+    "prune": 2,  # the tokens, and the queries and keys (or, by norm, underflowing norms)
+    "uniform": 1,
+    "random": 1,
+    # global, besides: per round, the list of pairs its float64 multiply could not settle,
+    # and when there are any, one copy of their rows to the host (two rounds here)
+    "global": 2 + 2 * 2,
+}
+"""Upper bounds on the syncs of one call with lengths given on the host, B clips of
+different lengths, N = 120, keep ratio 0.25 (two rounds of merging)."""
+
+DEFAULT_BOUND = 12
+"""For a registered method without its own bound (methods added later). Give it one."""
+
+EXTRA_SETTINGS = [("prune", {"scorer": "norm"}), ("ltbm", {"window": 3})]
+
+
+def settings() -> list[tuple[str, dict]]:
+    """Every registered method with its defaults, and a few other settings."""
+    return [(name, {}) for name in sorted(METHODS)] + EXTRA_SETTINGS
+
+
+def setting_id(setting: tuple[str, dict]) -> str:
+    name, params = setting
+    return name + "".join(f"-{key}={value}" for key, value in params.items())
+
+
+def batch(clips: int, width: int = 120, dim: int = 16, seed: int = 0):
+    """Tokens of clips of different lengths, their lengths, and attention signals."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(clips, width, dim, generator=generator)
+    lengths = [width - 9 * clip for clip in range(clips)]
+    queries = torch.randn(clips, 2, width, 4, generator=generator)
+    keys = torch.randn(clips, 2, width, 4, generator=generator)
+    return tokens, lengths, {"queries": queries, "keys": keys}
+
+
+def count(name: str, params: dict, tokens, lengths, signals) -> SyncCounter:
+    """The syncs of one call on the accelerator path (attention signals where needed)."""
+    method = ltbm.get_method(name, keep_ratio=0.25, **params)
+    given = signals if method.needs_attention else {}
+    with forced("accelerator"), SyncCounter(sites=True) as syncs:
+        method(tokens, lengths, **given)
+    return syncs
+
+
+# ------------------------------------------------------------------------- the counter
+def test_the_counter_counts_each_kind_of_wait_once():
+    x = torch.arange(6.0)
+    with forced("accelerator"), SyncCounter() as syncs:
+        x[0].item()
+        x.tolist()
+        bool(x[1] > 0)
+        int(x[2])
+        torch.nonzero(x)
+        x[x > 2]
+        torch.bincount(x.long())
+        x.cpu()
+        x.sum() * 2  # no wait: stays on the device
+        torch.nonzero_static(x > 2, size=3)  # no wait: the size is given
+    assert syncs.by_kind == {
+        "item": 1,
+        "tolist": 1,
+        "bool": 1,
+        "int": 1,
+        "nonzero": 1,
+        "boolean index": 1,
+        "bincount": 1,
+        "to host": 1,
+    }
+    assert syncs.total == 8
+
+
+def test_cpu_tensors_count_only_on_the_forced_path():
+    x = torch.arange(4)
+    with SyncCounter() as syncs:
+        x.tolist()
+        bool(x.any())
+    assert syncs.total == 0
+    with forced("accelerator"), SyncCounter() as syncs:
+        host_values(x)  # a host tensor, read as such
+        host_list(host_tensor([1, 2]))
+    assert syncs.total == 0
+
+
+def test_host_tensors_are_marked_and_host_values_refuses_the_device():
+    marked = host_tensor(torch.tensor([3, 4], dtype=torch.int32))
+    assert is_host_tensor(marked) and marked.dtype == torch.long
+    assert not is_host_tensor(torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match="reads host tensors"):
+        host_values(torch.zeros(2, device="meta"))
+
+
+def test_steps_are_counted_apart():
+    x = torch.arange(3)
+    with forced("accelerator"), SyncCounter() as syncs:
+        syncs.step = "first"
+        x.tolist()
+        syncs.step = "second"
+        x[0].item()
+        x[1].item()
+    assert syncs.by_step == {"first": 1, "second": 2}
+
+
+# --------------------------------------------------------------------------- methods
+@pytest.mark.parametrize("setting", settings(), ids=setting_id)
+def test_sync_count_of_each_method_is_pinned(setting):
+    name, params = setting
+    tokens, lengths, signals = batch(4)
+    syncs = count(name, params, tokens, lengths, signals)
+    bound = BOUNDS.get(name, DEFAULT_BOUND)
+    assert syncs.total <= bound, f"{name}: {syncs.total} syncs, at {dict(syncs.by_site)}"
+
+
+@pytest.mark.parametrize("setting", settings(), ids=setting_id)
+def test_lengths_on_the_device_cost_one_read_and_on_the_host_none(setting):
+    """Lengths given on the host (a list, or a tensor a backbone adapter marked as host
+    memory) are never read back; on the tokens' device, once."""
+    name, params = setting
+    tokens, lengths, signals = batch(3)
+    on_host = count(name, params, tokens, lengths, signals).total
+    marked = count(name, params, tokens, host_tensor(lengths), signals).total
+    on_device = count(name, params, tokens, torch.tensor(lengths), signals).total
+    assert marked == on_host
+    assert on_device == on_host + 1
+
+
+@pytest.mark.parametrize("setting", settings(), ids=setting_id)
+def test_sync_count_does_not_grow_with_the_batch(setting):
+    """No read per clip: eight clips wait as often as one (global may add, per round, one
+    copy of pairs its multiply could not settle, which depends on the data)."""
+    name, params = setting
+    one = count(name, params, *batch(1)).total
+    eight = count(name, params, *batch(8)).total
+    assert one <= eight <= one + (2 if name == "global" else 0)
+
+
+def test_frozen_plan_cases_wait_as_bounded():
+    """The frozen set's inputs (mixed lengths, junk and NaN padding, ties, half precision)
+    stay within the bounds on the accelerator path, with their lengths on the host."""
+    from frozen_plans import cases
+
+    worst: dict[str, int] = {}
+    for _, tokens, lengths, method, params in cases():
+        host = lengths.tolist()
+        with forced("accelerator"), SyncCounter() as syncs:
+            ltbm.compress(tokens, host, method, **params)
+        worst[method] = max(worst.get(method, 0), syncs.total)
+    rounds = 4  # keep 0.1: at most four rounds
+    assert worst["ltbm"] <= BOUNDS["ltbm"]
+    assert worst["global"] <= 2 + 2 * rounds
+
+
+# -------------------------------------------------------------------------- pipeline
+def test_pipeline_steps_wait_only_where_they_must(tmp_path):
+    """The tiny Qwen2-Audio's pipeline: the processor, the projector and the scatter into
+    K placeholders never wait for the device; compress waits as the method does."""
+    out = tmp_path / "syncs.json"
+    args = ["--batch-size", "2", "--seconds", "3", "--new-tokens", "2", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pipeline_syncs.py"), *args],
+        check=True, capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    rows = {row["method"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) >= {"none", "ltbm", "global", "pool", "uniform", "random"}
+    for name, row in rows.items():
+        assert row["processor"] == row["projector"] == row["scatter"] == 0, row
+        assert row["compress"] <= BOUNDS.get(name, DEFAULT_BOUND), row
+    assert rows["none"]["compress"] == 0
