@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,19 @@ def measure(batch: int, n: int, dim: int, keep_ratio: float, repeats: int, devic
     return row
 
 
+def git_commit() -> str | None:
+    """The commit the run measured, with ``+dirty`` when the tree had changes."""
+    here = Path(__file__).parent
+
+    def git(*command: str) -> str | None:
+        done = subprocess.run(["git", *command], capture_output=True, text=True, cwd=here)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return None if commit is None else commit + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -121,6 +135,7 @@ def main() -> None:
     if args.out is not None:
         record = {
             "command": " ".join(["python", "benchmarks/global_batching.py", *sys.argv[1:]]),
+            "commit": git_commit(),
             "threads": args.threads,
             "device": args.device,
             "torch": torch.__version__,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,19 @@ def count_steps(
     return counter
 
 
+def git_commit() -> str | None:
+    """The commit the run measured, with ``+dirty`` when the tree had changes."""
+    here = Path(__file__).parent
+
+    def git(*command: str) -> str | None:
+        done = subprocess.run(["git", *command], capture_output=True, text=True, cwd=here)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return None if commit is None else commit + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", choices=sorted(BACKBONE_TYPES), default="qwen2-audio")
@@ -115,6 +129,7 @@ def main() -> None:
     if args.out is not None:
         record = {
             "command": " ".join(["python", "benchmarks/pipeline_syncs.py", *sys.argv[1:]]),
+            "commit": git_commit(),
             "backbone": args.backbone,
             "device": args.device,
             "batch_size": args.batch_size,

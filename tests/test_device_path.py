@@ -48,10 +48,11 @@ def test_forced_path_runs_the_accelerator_branches(monkeypatch):
             matching, name, lambda *a, _n=name, _f=original, **k: calls.append(_n) or _f(*a, **k)
         )
     tokens = torch.randn(2, 40, 8, generator=torch.Generator().manual_seed(0))
-    ltbm.compress(tokens, None, "global", 0.25)
-    ltbm.compress(tokens, None, "ltbm", 0.25, window=1)
+    with forced("auto"):  # whatever LTBM_DEVICE_PATH says
+        ltbm.compress(tokens, None, "global", 0.25)
+        ltbm.compress(tokens, None, "ltbm", 0.25, window=1)
+        assert StreamedNeighbourDots(1, 4, [1], torch.float32, "cpu").compiled
     assert calls == ["filtered_best_partners"] * 2 + ["sum_rows_in_order"]
-    assert StreamedNeighbourDots(1, 4, [1], torch.float32, "cpu").compiled
     calls.clear()
     with forced("accelerator"):
         ltbm.compress(tokens, None, "global", 0.25)
