@@ -24,35 +24,53 @@ from ltbm.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BOUNDS = {
-    # The finiteness checks that decide a path or raise an error (one read each): ltbm and
-    # global fold the input's into the norms they compute (clips_to_rescale), the others
-    # read it once (non_finite_clips); merging and pooling check their means (apply).
-    "ltbm": 2,
-    "pool": 2,
-    "prune": 2,  # the tokens, and the queries and keys (or, by norm, underflowing norms)
-    "uniform": 1,
-    "random": 1,
-    # global, besides: per round, the list of pairs its float64 multiply could not settle,
-    # and when there are any, one copy of their rows to the host (two rounds here)
-    "global": 2 + 2 * 2,
-}
+GLOBAL_ROUNDS = 2 * 2
+"""Global's waits besides the others: per round (two here), the list of pairs its float64
+multiply could not settle, and when there are any, one copy of their rows to the host."""
+
+BOUNDS: list[tuple[str, dict, int]] = [
+    # The checks whose answer decides a path or raises an error, one read each: the tokens'
+    # finiteness (ltbm and global fold it into the norms they compute), the means'
+    # finiteness in apply (merging, pooling), the queries' and keys' (attention), norms
+    # that underflow (scorer norm); adaptive_diverse's numbers of runs and of greedy steps
+    # depend on the data; a plan with attention weights is asked whether they are all one
+    # (and, where the kept sources are not known on the host, whether it is a selection).
+    ("ltbm", {}, 2),
+    ("ltbm", {"window": 3}, 2),
+    ("ltbm", {"weighting": "attention"}, 4),
+    ("global", {}, 2 + GLOBAL_ROUNDS),
+    ("global", {"weighting": "attention"}, 4 + GLOBAL_ROUNDS),
+    ("pool", {}, 2),
+    ("prune", {}, 2),
+    ("prune", {"scorer": "norm"}, 2),
+    ("segment_topk", {}, 2),
+    ("segment_topk", {"scorer": "norm"}, 2),
+    ("adaptive_diverse", {}, 6),
+    ("adaptive_diverse", {"weighting": "size"}, 4),
+    ("uniform", {}, 1),
+    ("random", {}, 1),
+]
 """Upper bounds on the syncs of one call with lengths given on the host, B clips of
 different lengths, N = 120, keep ratio 0.25 (two rounds of merging)."""
 
 DEFAULT_BOUND = 12
-"""For a registered method without its own bound (methods added later). Give it one."""
-
-EXTRA_SETTINGS = [("prune", {"scorer": "norm"}), ("ltbm", {"window": 3})]
+"""For a registered method without a bound of its own (one added later). Give it one."""
 
 
-def settings() -> list[tuple[str, dict]]:
-    """Every registered method with its defaults, and a few other settings."""
-    return [(name, {}) for name in sorted(METHODS)] + EXTRA_SETTINGS
+def settings() -> list[tuple[str, dict, int]]:
+    """Every bound above for a registered method, and every other registered method with
+    its defaults under the default bound."""
+    listed = {name for name, _, _ in BOUNDS}
+    known = [bound for bound in BOUNDS if bound[0] in METHODS]
+    return known + [(name, {}, DEFAULT_BOUND) for name in sorted(METHODS) if name not in listed]
 
 
-def setting_id(setting: tuple[str, dict]) -> str:
-    name, params = setting
+def default_bound(name: str) -> int:
+    return next((b for n, p, b in BOUNDS if n == name and not p), DEFAULT_BOUND)
+
+
+def setting_id(setting: tuple[str, dict, int]) -> str:
+    name, params, _ = setting
     return name + "".join(f"-{key}={value}" for key, value in params.items())
 
 
@@ -136,10 +154,9 @@ def test_steps_are_counted_apart():
 # --------------------------------------------------------------------------- methods
 @pytest.mark.parametrize("setting", settings(), ids=setting_id)
 def test_sync_count_of_each_method_is_pinned(setting):
-    name, params = setting
+    name, params, bound = setting
     tokens, lengths, signals = batch(4)
     syncs = count(name, params, tokens, lengths, signals)
-    bound = BOUNDS.get(name, DEFAULT_BOUND)
     assert syncs.total <= bound, f"{name}: {syncs.total} syncs, at {dict(syncs.by_site)}"
 
 
@@ -147,7 +164,7 @@ def test_sync_count_of_each_method_is_pinned(setting):
 def test_lengths_on_the_device_cost_one_read_and_on_the_host_none(setting):
     """Lengths given on the host (a list, or a tensor a backbone adapter marked as host
     memory) are never read back; on the tokens' device, once."""
-    name, params = setting
+    name, params, _ = setting
     tokens, lengths, signals = batch(3)
     on_host = count(name, params, tokens, lengths, signals).total
     marked = count(name, params, tokens, host_tensor(lengths), signals).total
@@ -160,25 +177,25 @@ def test_lengths_on_the_device_cost_one_read_and_on_the_host_none(setting):
 def test_sync_count_does_not_grow_with_the_batch(setting):
     """No read per clip: eight clips wait as often as one (global may add, per round, one
     copy of pairs its multiply could not settle, which depends on the data)."""
-    name, params = setting
+    name, params, _ = setting
     one = count(name, params, *batch(1)).total
     eight = count(name, params, *batch(8)).total
     assert one <= eight <= one + (2 if name == "global" else 0)
 
 
 def test_frozen_plan_cases_wait_as_bounded():
-    """The frozen set's inputs (mixed lengths, junk and NaN padding, ties, half precision)
-    stay within the bounds on the accelerator path, with their lengths on the host."""
-    from frozen_plans import cases
+    """The frozen set's merging inputs (mixed lengths, junk and NaN padding, ties, half
+    precision) stay within the bounds on the accelerator path, lengths on the host."""
+    from frozen_plans import merge_cases
 
     worst: dict[str, int] = {}
-    for _, tokens, lengths, method, params in cases():
+    for _, tokens, lengths, method, params in merge_cases():
         host = lengths.tolist()
         with forced("accelerator"), SyncCounter() as syncs:
             ltbm.compress(tokens, host, method, **params)
         worst[method] = max(worst.get(method, 0), syncs.total)
     rounds = 4  # keep 0.1: at most four rounds
-    assert worst["ltbm"] <= BOUNDS["ltbm"]
+    assert worst["ltbm"] <= default_bound("ltbm")
     assert worst["global"] <= 2 + 2 * rounds
 
 
@@ -197,5 +214,5 @@ def test_pipeline_steps_wait_only_where_they_must(tmp_path):
     assert set(rows) >= {"none", "ltbm", "global", "pool", "uniform", "random"}
     for name, row in rows.items():
         assert row["processor"] == row["projector"] == row["scatter"] == 0, row
-        assert row["compress"] <= BOUNDS.get(name, DEFAULT_BOUND), row
+        assert row["compress"] <= default_bound(name), row
     assert rows["none"]["compress"] == 0

@@ -34,14 +34,15 @@ NOT_KEPT = -1
 @dataclass(frozen=True, eq=False)
 class HostFacts:
     """What the method that made a plan knows on the host, so that applying the plan reads
-    nothing back from the device: K and the number of kept sources of every clip, for the
-    very ``slot_index`` and ``weights`` tensors it made (all kept weights one). A plan built
-    from other tensors (``dataclasses.replace``) does not inherit them."""
+    nothing back from the device: K of every clip and, where known, the number of its kept
+    sources, for the very ``slot_index`` tensor it made; and the ``weights`` tensor it made
+    with every kept weight one. A plan of other tensors (``dataclasses.replace``, new
+    weights) keeps only the facts about the tensors it shares."""
 
     kept: tuple[int, ...]
-    sources: tuple[int, ...]
+    sources: tuple[int, ...] | None
     slot_index: torch.Tensor = field(repr=False)
-    weights: torch.Tensor = field(repr=False)
+    unit_weights: torch.Tensor | None = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,9 @@ class Plan:
 
     @property
     def host_facts(self) -> HostFacts | None:
-        """:attr:`host`, where it speaks of this plan's own tensors."""
+        """:attr:`host`, where it speaks of this plan's own ``slot_index``."""
         facts = self.host
-        if facts is None or facts.slot_index is not self.slot_index:
-            return None
-        return facts if facts.weights is self.weights else None
+        return facts if facts is not None and facts.slot_index is self.slot_index else None
 
     # ------------------------------------------------------------------ shape
     @property
@@ -143,18 +142,18 @@ class Plan:
     @cached_property
     def unit_weights(self) -> bool:
         """Every kept source weighs one (true of every built-in method)."""
-        if self.host_facts is not None:
+        if self.host is not None and self.host.unit_weights is self.weights:
             return True
-        return bool((self.weights[self.slot_index >= 0] == 1).all())
+        return bool(((self.weights == 1) | (self.slot_index < 0)).all())
 
     @cached_property
     def is_selection(self) -> bool:
         """True when every slot holds exactly one source with weight one (pruning, sampling,
         or no compression): then ``apply`` is an exact gather."""
         facts = self.host_facts
-        if facts is not None:
-            return facts.sources == facts.kept
-        return self.unit_weights and bool((self.sizes[self.slot_mask] == 1).all())
+        if facts is not None and facts.sources is not None:
+            return self.unit_weights and facts.sources == facts.kept
+        return self.unit_weights and bool(((self.sizes == 1) | ~self.slot_mask).all())
 
     @cached_property
     def _first_sources(self) -> torch.Tensor:
@@ -302,7 +301,7 @@ class Plan:
         """(clip, source) of every kept source that is not its slot's first, in row-major
         order; their number is known on the host when K and the kept sources are."""
         facts = self.host_facts
-        if facts is None:
+        if facts is None or facts.sources is None:
             return torch.nonzero(extra, as_tuple=True)
         count = sum(facts.sources) - sum(facts.kept)
         found = torch.nonzero_static(extra, size=count)
@@ -450,6 +449,7 @@ def plan_from_slots(
     them, let the plan be applied without reading the device."""
     weights = (slot_index >= 0).float()
     host = None
-    if host_kept is not None and host_sources is not None:
-        host = HostFacts(tuple(host_kept), tuple(host_sources), slot_index, weights)
+    if host_kept is not None:
+        sources = None if host_sources is None else tuple(host_sources)
+        host = HostFacts(tuple(host_kept), sources, slot_index, weights)
     return Plan(slot_index, weights, kept, list(history or []), host)

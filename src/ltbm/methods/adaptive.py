@@ -31,7 +31,7 @@ import numbers
 
 import torch
 
-from ltbm.core.inputs import budgets, check_tokens, valid_mask, working_dtype
+from ltbm.core.inputs import clip_lengths, kept_per_clip, to_device, valid_mask, working_dtype
 from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.core.scaling import times_power_of_two, unit_exponents
 from ltbm.methods.weighting import attention_weights, check_weighting, reweighted
@@ -183,8 +183,9 @@ def adaptive_diverse_plan(
     last layer's ``queries``/``keys`` or the received attention ``scores``."""
     threshold = check_threshold(threshold)
     weighting = check_weighting(weighting)
-    lengths = check_tokens(tokens, lengths)
-    kept = budgets(lengths, keep_ratio)
+    clip = clip_lengths(tokens, lengths)
+    lengths, host_kept = clip.on_device, kept_per_clip(clip.host, keep_ratio)
+    kept = to_device(host_kept, tokens)
     width = tokens.shape[1]
     attention = weighting == "attention"
     if attention:
@@ -199,5 +200,5 @@ def adaptive_diverse_plan(
     slot_of_run = torch.where(chosen, chosen.long().cumsum(1) - 1, NOT_KEPT)
     slot_of_run = torch.cat([slot_of_run, slot_of_run.new_full((len(kept), 1), NOT_KEPT)], 1)
     slot_index = slot_of_run.gather(1, torch.where(run_id >= 0, run_id, units.shape[1]))
-    plan = plan_from_slots(slot_index, kept)
+    plan = plan_from_slots(slot_index, kept, None, host_kept)  # the kept sources vary
     return reweighted(plan, weights) if attention else plan

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from ltbm.core.budget import check_keep_ratio
-from ltbm.core.inputs import check_seed, check_tokens, check_window
+from ltbm.core.inputs import check_seed, check_window, clip_lengths
 from ltbm.core.plan import Plan
 from ltbm.methods.adaptive import DEFAULT_THRESHOLD, adaptive_diverse_plan, check_threshold
 from ltbm.methods.matching import bipartite_merge_plan
@@ -105,11 +105,11 @@ class MergeMethod(Method):
         return self.weighting == "attention"
 
     def plan(self, tokens, lengths=None, queries=None, keys=None, scores=None, **_) -> Plan:
-        plan = bipartite_merge_plan(tokens, lengths, self.keep_ratio, self.window)
         if self.weighting == "size":
-            return plan
-        lengths = check_tokens(tokens, lengths, check_finite=False)
-        weights = attention_weights(tokens, lengths, queries, keys, self.name, scores)
+            return bipartite_merge_plan(tokens, lengths, self.keep_ratio, self.window)
+        clip = clip_lengths(tokens, lengths, check_finite=False)  # lengths read at most once
+        plan = bipartite_merge_plan(tokens, list(clip.host), self.keep_ratio, self.window)
+        weights = attention_weights(tokens, clip.on_device, queries, keys, self.name, scores)
         return reweighted(plan, weights)
 
     def params(self) -> dict[str, Any]:

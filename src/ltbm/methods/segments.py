@@ -26,7 +26,7 @@ import numbers
 
 import torch
 
-from ltbm.core.inputs import budgets, check_tokens, valid_mask
+from ltbm.core.inputs import clip_lengths, kept_per_clip, to_device, valid_mask
 from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.methods.pruning import check_scores, token_scores
 
@@ -114,8 +114,9 @@ def segment_topk_plan(
     tokens (largest remainder), the highest-scoring ones, in temporal order. ``scorer`` and
     ``queries``/``keys``/``scores`` as in :func:`ltbm.methods.pruning.prune_plan`."""
     segments = check_segments(segments)
-    lengths = check_tokens(tokens, lengths)
-    kept = budgets(lengths, keep_ratio)
+    clip = clip_lengths(tokens, lengths)
+    lengths, host_kept = clip.on_device, kept_per_clip(clip.host, keep_ratio)
+    kept = to_device(host_kept, tokens)
     batch, width, _ = tokens.shape
     if scores is None:
         scores = token_scores(tokens, lengths, scorer, queries, keys)
@@ -139,4 +140,4 @@ def segment_topk_plan(
     keep_sorted = (rank < allowed.gather(1, seg_sorted)) & (seg_sorted < segments)
     keep = torch.zeros_like(valid).scatter_(1, order, keep_sorted)
     slot_index = torch.where(keep, keep.long().cumsum(1) - 1, NOT_KEPT)
-    return plan_from_slots(slot_index, kept)
+    return plan_from_slots(slot_index, kept, None, host_kept, host_kept)  # K kept, one each

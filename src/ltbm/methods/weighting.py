@@ -72,4 +72,4 @@ def reweighted(plan: Plan, weights: torch.Tensor) -> Plan:
     kept = plan.slot_index >= 0
     alone = plan.sizes.gather(1, plan.slot_index.clamp(min=0)) == 1 if plan.num_slots else kept
     new = torch.where(kept, torch.where(alone, 1.0, weights.float()), 0.0)
-    return Plan(plan.slot_index, new, plan.kept, plan.history)
+    return Plan(plan.slot_index, new, plan.kept, plan.history, plan.host)  # K still holds
