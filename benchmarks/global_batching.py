@@ -98,7 +98,8 @@ def measure(batch: int, n: int, dim: int, keep_ratio: float, repeats: int, devic
 
 
 def git_commit() -> str | None:
-    """The commit the run measured, with ``+dirty`` when the tree had changes."""
+    """The commit the run measured, with ``+dirty`` when the tree had changes (results
+    files aside: a run beside another benchmark's writing measures the same code)."""
     here = Path(__file__).parent
 
     def git(*command: str) -> str | None:
@@ -106,7 +107,7 @@ def git_commit() -> str | None:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
     return None if commit is None else commit + ("+dirty" if dirty else "")
 
 
