@@ -141,10 +141,12 @@ def run_demo(
     methods: dict[str, dict[str, Any]] | None = None,
     backbone: Any | None = None,
     console: Console | None = None,
+    model: str | None = None,
 ) -> DemoResult:
     """Transcribe ``clips`` uncompressed and with every method at every keep ratio; write
     the picture (and ``demo.json``) into ``out``. ``backbone`` defaults to a fresh
-    :class:`~ltbm.backbones.whisper.ct2.WhisperCT2`; pass one to reuse a loaded model."""
+    :class:`~ltbm.backbones.whisper.ct2.WhisperCT2` of ``model`` (tiny.en or base); pass one
+    to reuse a loaded model."""
     if not clips:
         raise ValueError("the demo needs at least one clip")
     console = console or Console()
@@ -155,11 +157,12 @@ def run_demo(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with _progress(console) as progress:
-        task = progress.add_task("loading Whisper tiny.en", total=len(configs) + 2)
+        label = f"loading Whisper {model or 'tiny.en'}"
+        task = progress.add_task(label, total=len(configs) + 2)
         if backbone is None:
             from ltbm.backbones.whisper.ct2 import WhisperCT2
 
-            backbone = WhisperCT2()
+            backbone = WhisperCT2(model=model)
         timings["load_s"] = time.perf_counter() - start
         progress.update(task, advance=1, description=f"encoding {len(clips)} clip(s)")
         tick = time.perf_counter()
