@@ -78,7 +78,7 @@ def tiny() -> WhisperHF:
 
 
 # ------------------------------------------------------------------------- conversion
-@pytest.mark.parametrize("method", [None, ("ltbm", {"window": 1}), ("pool", {})])
+@pytest.mark.parametrize("method", [None, ("ltbm", {"window": 1})])
 def test_converted_whisper_transcribes_as_ctranslate2(pair, clips, method):
     name, torch_backbone, ct2_backbone = pair
     bound = None if method is None else get_method(method[0], keep_ratio=0.25, **method[1])
@@ -238,6 +238,22 @@ def test_load_names_the_shipped_models_and_binds_the_method(tiny):
     assert pipe.identity() == tiny.identity()
     assert pipe.run_name == "whisper-hf"
     assert backbone_identity(pipe)["weights_sha256"] == TINY_SHA256
+
+
+def test_a_transformers_checkpoint_loads_through_the_same_path(tiny, clips, tmp_path):
+    """The converted model saved in transformers' format is an ordinary Whisper checkpoint:
+    ``ltbm.load`` reads it like an ALM's, and it transcribes as the converted one."""
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    method = get_method("ltbm", keep_ratio=0.25)
+    pipe = ltbm.load(str(tmp_path), method=method)
+    assert isinstance(pipe, WhisperHF) and pipe.prompt_ids == tiny.prompt_ids
+    assert [g.text for g in pipe.generate(clips[:2])] == [
+        g.text for g in tiny.generate(clips[:2], method=method)
+    ]
+    identity = pipe.identity()
+    assert identity["model"] == str(tmp_path) and "weights_sha256" not in identity
+    assert identity["weights"]["model.safetensors"] > 0
 
 
 def test_tiny_en_keeps_its_identity_and_base_gets_its_own(cache):

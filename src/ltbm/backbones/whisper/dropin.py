@@ -17,7 +17,7 @@ cross-attention. Inside the block, on these instances only and undone exactly on
   second of its window, zero-padded to the longest clip: the same rows the ``whisper-hf``
   pipeline gives its decoder (shared code, :class:`~ltbm.backbones.whisper.frames.WhisperFrames`);
 * forward pre-hooks on the decoder's cross-attention mask each clip's padding rows
-  (:class:`~ltbm.backbones.whisper.hf.CrossAttentionMask`).
+  (:class:`~ltbm.backbones.whisper.cross_attention.CrossAttentionMask`).
 
 ``model.generate`` passes ``attention_mask`` to the encoder; a plain ``model(...)`` forward does
 not, so a pre-hook on the model hands it over. Encoder states passed in by the caller
@@ -33,8 +33,12 @@ import torch
 from torch import nn
 
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention, needs_attention
+from ltbm.backbones.whisper.cross_attention import (
+    CrossAttentionMask,
+    pad_rows,
+    whisper_encoder,
+)
 from ltbm.backbones.whisper.frames import EncodedClip, WhisperFrames
-from ltbm.backbones.whisper.hf import CrossAttentionMask, pad_rows, whisper_encoder
 from ltbm.methods import Method
 
 MEL_HOP = 160
