@@ -30,6 +30,7 @@ from ltbm.backbones.whisper.ct2_weights import (  # noqa: E402
     hf_state_dict,
     read_model_bin,
 )
+from ltbm.backbones.whisper.frames import new_token_limit  # noqa: E402
 from ltbm.backbones.whisper.hf import WhisperHF  # noqa: E402
 from ltbm.io.audio import load_audio  # noqa: E402
 
@@ -90,6 +91,28 @@ def test_converted_whisper_transcribes_as_ctranslate2(pair, clips, method):
     ]
     assert [g.kept_tokens for g in ours] == [g.kept_tokens for g in theirs]
     assert all(g.text for g in ours)
+
+
+def test_a_looping_clip_stops_where_ctranslate2_stops(pair):
+    """Greedy base loops on this 2.4 s recording ("Lobsters and lobsters." to the limit):
+    both backbones must stop after the same number of tokens, CTranslate2's half of the
+    length it is given."""
+    path = SPEECH / "367-130732-0000.flac"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    name, torch_backbone, ct2_backbone = pair
+    [ours] = torch_backbone.generate([load_audio(path)])
+    [theirs] = ct2_backbone.generate([load_audio(path)])
+    assert ours.text == theirs.text
+    assert ours.extra["generated_tokens"] == theirs.extra["generated_tokens"]
+    if name == "base":
+        assert theirs.extra["generated_tokens"] == new_token_limit(4, 224) == 114
+
+
+def test_the_new_token_limit_is_ctranslate2s():
+    assert new_token_limit(2, 224) == 113 and new_token_limit(4, 224) == 114
+    assert new_token_limit(4, 444) == 224 and new_token_limit(4, 60) == 32
+    assert new_token_limit(2, 1000) == 224
 
 
 def test_encoder_outputs_agree_with_ctranslate2(pair, clips):

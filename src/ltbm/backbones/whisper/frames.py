@@ -42,7 +42,23 @@ MAX_DECODER_POSITIONS = 448
 DEFAULT_MAX_NEW_TOKENS = 224
 """Whisper's own sample length (half its text context). Dense 30 s speech takes ~100
 tokens, and CTranslate2's beam search ends early with a shorter finished hypothesis when
-the limit is tight (a 29 s clip lost its last 25 tokens at 128), so leave headroom."""
+the limit is tight (a 29 s clip lost its last 25 tokens at 128), so leave headroom. What
+CTranslate2 makes of it: see :func:`new_token_limit`."""
+
+
+def new_token_limit(prompt_length: int, max_new_tokens: int) -> int:
+    """How many tokens CTranslate2's Whisper generates at most when whisper-ct2 asks for
+    ``max_new_tokens`` after a prompt of ``prompt_length``.
+
+    whisper-ct2 passes ``max_length = min(prompt + max_new_tokens, 448)``, and CTranslate2
+    (``src/models/whisper.cc``) decodes at most ``min(max_length // 2, max_length -
+    (prompt - 1))`` steps, half the length as openai/whisper's ``sample_len``. So the default
+    224 stops a clip after 113 new tokens with tiny.en's 2-token prompt and 114 with base's
+    4 (measured: a looping clip gives 32, 64, 113, 150, 224 tokens for max_length 64, 128,
+    226, 300, 448). whisper-hf applies the same limit, so the two backbones stop at the same
+    token. The tiny.en outputs of every existing run rest on this limit, so it stays."""
+    max_length = min(prompt_length + max_new_tokens, MAX_DECODER_POSITIONS)
+    return max(0, min(max_length // 2, max_length - (prompt_length - 1)))
 
 
 def default_threads() -> int:

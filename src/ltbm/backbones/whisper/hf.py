@@ -43,12 +43,12 @@ from ltbm.backbones.whisper.cross_attention import (
 )
 from ltbm.backbones.whisper.frames import (
     DEFAULT_MAX_NEW_TOKENS,
-    MAX_DECODER_POSITIONS,
     ByteLevelDecoder,
     EncodedClip,
     WhisperFrames,
     check_prompts,
     english_prompt,
+    new_token_limit,
 )
 from ltbm.backbones.whisper.mel import CHUNK_SECONDS, log_mel_spectrogram
 from ltbm.io.audio import is_silent
@@ -232,11 +232,12 @@ class WhisperHF(WhisperFrames):
     def generate_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
         """The settings that make transformers' ``generate`` decode as the CTranslate2
         backbone does: the same prompt (English forced on a multilingual model), the same
-        limit on new tokens, greedy or ``beam_size`` beams."""
-        room = MAX_DECODER_POSITIONS - len(self.prompt_ids)
+        limit on new tokens (CTranslate2 stops at about half the length it is given:
+        :func:`~ltbm.backbones.whisper.frames.new_token_limit`), greedy or ``beam_size``
+        beams."""
         config = copy.deepcopy(self.model.generation_config)
         config.max_length = None
-        config.max_new_tokens = min(max_new_tokens, room)
+        config.max_new_tokens = new_token_limit(len(self.prompt_ids), max_new_tokens)
         config.num_beams = self.beam_size
         config.do_sample = False
         kwargs: dict[str, Any] = {"generation_config": config}
