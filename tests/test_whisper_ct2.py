@@ -238,7 +238,9 @@ def test_encoder_outputs_are_cached_per_clip(backbone, clips, monkeypatch):
     calls = []
     real = backbone._run_encoder
     monkeypatch.setattr(
-        backbone, "_run_encoder", lambda batch: calls.append(len(batch)) or real(batch)
+        backbone,
+        "_run_encoder",
+        lambda batch, attention=False: calls.append(len(batch)) or real(batch, attention),
     )
     again = backbone.encode([audio[1], audio[0], audio[0] * 0.5])
     assert calls == [1], "only the new clip is encoded"

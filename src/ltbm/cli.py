@@ -75,8 +75,12 @@ def demo(
     keep: list[float] = typer.Option(
         [0.5, 0.25], "--keep", help="Keep ratios to compare (repeat the option)."
     ),
+    model: str = typer.Option(
+        "tiny.en", "--model", help="Whisper tiny.en (default) or base (the base extra)."
+    ),
 ) -> None:
-    """Transcribe speech with Whisper tiny.en on this CPU, compressed by each method."""
+    """Transcribe speech with Whisper (tiny.en by default) on this CPU, compressed by each
+    method."""
     from ltbm.demo import builtin_clips, check_demo_audio, demo_tables, file_clip, run_demo
     from ltbm.run.options import check_out_dir
 
@@ -87,7 +91,7 @@ def demo(
     check_out_dir(out)
     chosen = builtin_clips(clips) if audio is None else [file_clip(audio, reference)]
     check_demo_audio(chosen, console)
-    result = run_demo(chosen, out, keep_ratios=keep, console=console)
+    result = run_demo(chosen, out, keep_ratios=keep, console=console, model=model)
     for table in demo_tables(result):
         console.print(table)
         console.print()
@@ -126,7 +130,9 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 
 
 BackboneOption = typer.Option("whisper-ct2", help=backbone_help())
-ModelOption = typer.Option(None, help="checkpoint id or local folder of the backbone")
+ModelOption = typer.Option(
+    None, help="checkpoint id or local folder; Whisper backbones: tiny.en (default) or base"
+)
 TaskOption = typer.Option("speech", help="speech, clotho, audiocaps or mmau")
 RootOption = typer.Option(None, help="dataset folder in its usual layout")
 CsvOption = typer.Option(None, help="Clotho/AudioCaps captions CSV")
@@ -134,7 +140,7 @@ JsonOption = typer.Option(None, "--json", help="MMAU questions JSON")
 AudioDirOption = typer.Option(None, help="folder holding the dataset's audio")
 OutOption = typer.Option(Path("runs"), help="where runs are written")
 FrameRateOption = typer.Option(
-    None, help="whisper-ct2's token rate: 50 (its encoder's, default) or 25 (the ALMs')"
+    None, help="Whisper backbones' token rate: 50 (the encoder's, default) or 25 (the ALMs')"
 )
 SegmentsOption = typer.Option(None, help="segment_topk's segments per clip (default 10)")
 ThresholdOption = typer.Option(
@@ -144,6 +150,9 @@ WeightingOption = typer.Option(
     None,
     help="frames of a merged token weighted by size or attention: adaptive_diverse "
     "(default: attention, size on CT2), ltbm and global (default size)",
+)
+BeamOption = typer.Option(
+    None, "--beam", help="Whisper decoder beam (default 5 on whisper-ct2, 1 on whisper-hf)"
 )
 FreshOption = typer.Option(
     False, "--fresh", help="delete this cell's earlier results and start it over"
@@ -180,10 +189,18 @@ def _default_weighting(backbone: str) -> str:
 
 
 def _check_run_options(
-    backbone: str, device, dtype, frame_rate, out: Path, size_aware: bool, **whole: int | None
+    backbone: str,
+    device,
+    dtype,
+    frame_rate,
+    out: Path,
+    size_aware: bool,
+    beam: int | None = None,
+    **whole: int | None,
 ) -> None:
     """Every option checked before the dataset is read or a model loads."""
     from ltbm.run.options import (
+        check_beam,
         check_device,
         check_dtype,
         check_frame_rate,
@@ -198,6 +215,7 @@ def _check_run_options(
     check_device(backbone, device)
     check_frame_rate(backbone, frame_rate)
     check_size_aware(backbone, size_aware)
+    check_beam(backbone, beam)
     check_out_dir(out)
 
 
@@ -210,6 +228,7 @@ def _session(
     task: str,
     paths: dict,
     out: Path,
+    beam: int | None = None,
     **settings,
 ):
     """Load the task and the backbone and bind the run settings."""
@@ -226,7 +245,7 @@ def _session(
         )
     if settings.get("subset") is not None:
         console.print(_subset_line(settings["subset"], settings["subset_seed"], coverage.found))
-    model_object = load_backbone(backbone, model, device, dtype, frame_rate)
+    model_object = load_backbone(backbone, model, device, dtype, frame_rate, beam)
     run_settings = RunSettings(
         backbone=model_object.name,
         task=task,
@@ -286,6 +305,7 @@ def eval_command(
     threshold: float = ThresholdOption,
     weighting: str = WeightingOption,
     frame_rate: int = FrameRateOption,
+    beam: int = BeamOption,
     size_aware: bool = SizeAwareOption,
     batch_size: int = typer.Option(4),
     max_new_tokens: int = typer.Option(None, help="default: the backbone's own"),
@@ -341,6 +361,7 @@ def eval_command(
         frame_rate,
         out,
         size_aware,
+        beam,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         limit=limit,
@@ -354,6 +375,7 @@ def eval_command(
         task,
         _paths(root, csv, json_path, audio_dir, allow_outside_root),
         out,
+        beam,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         prompt=prompt,
@@ -424,6 +446,7 @@ def sweep(
         "agree with it",
     ),
     frame_rate: int = FrameRateOption,
+    beam: int = BeamOption,
     size_aware: bool = typer.Option(
         False,
         "--size-aware",
@@ -491,6 +514,7 @@ def sweep(
         values.get("frame_rate"),
         out,
         any(grid.size_aware),
+        beam,
         batch_size=values.get("batch_size"),
         max_new_tokens=values.get("max_new_tokens"),
         limit=values.get("limit"),
@@ -506,6 +530,7 @@ def sweep(
         task,
         paths,
         out,
+        beam,
         batch_size=values.get("batch_size", 4),
         max_new_tokens=values.get("max_new_tokens"),
         prompt=values.get("prompt"),

@@ -1,7 +1,7 @@
 """``ltbm demo``: a real model on real audio, on any laptop, in under a minute.
 
-Whisper tiny.en (CTranslate2, CPU) transcribes a few clips of the built-in speech set, or
-the user's own file, with its encoder frames compressed by each method at a few keep
+Whisper tiny.en (or base; CTranslate2, CPU) transcribes a few clips of the built-in speech
+set, or the user's own file, with its encoder frames compressed by each method at a few keep
 ratios, and shows what survived: a table of totals over the clips (tokens kept, word
 error rate, how many kept tokens are one unbroken run of frames), each clip's full
 transcripts, and a picture of which time frames each method merged into each kept token.
@@ -141,10 +141,12 @@ def run_demo(
     methods: dict[str, dict[str, Any]] | None = None,
     backbone: Any | None = None,
     console: Console | None = None,
+    model: str | None = None,
 ) -> DemoResult:
     """Transcribe ``clips`` uncompressed and with every method at every keep ratio; write
     the picture (and ``demo.json``) into ``out``. ``backbone`` defaults to a fresh
-    :class:`~ltbm.backbones.whisper.ct2.WhisperCT2`; pass one to reuse a loaded model."""
+    :class:`~ltbm.backbones.whisper.ct2.WhisperCT2` of ``model`` (tiny.en or base); pass one
+    to reuse a loaded model."""
     if not clips:
         raise ValueError("the demo needs at least one clip")
     console = console or Console()
@@ -155,11 +157,12 @@ def run_demo(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with _progress(console) as progress:
-        task = progress.add_task("loading Whisper tiny.en", total=len(configs) + 2)
+        label = f"loading Whisper {model or 'tiny.en'}"
+        task = progress.add_task(label, total=len(configs) + 2)
         if backbone is None:
             from ltbm.backbones.whisper.ct2 import WhisperCT2
 
-            backbone = WhisperCT2()
+            backbone = WhisperCT2(model=model)
         timings["load_s"] = time.perf_counter() - start
         progress.update(task, advance=1, description=f"encoding {len(clips)} clip(s)")
         tick = time.perf_counter()
@@ -298,12 +301,17 @@ def demo_tables(result: DemoResult) -> list[Table]:
     ]
 
 
+def _model_name(result: DemoResult) -> str:
+    """The model the demo ran (tiny.en or base), from the backbone's description."""
+    return str(result.backbone.get("model") or "tiny.en").split("/")[-1]
+
+
 def totals_table(result: DemoResult) -> Table:
     """One row per method and keep ratio, summed over every clip."""
     count = len(result.clips)
     scope = "the clip" if count == 1 else f"all {count} clips"
     table = Table(
-        title=f"Whisper tiny.en: totals over {scope} ({', '.join(result.clips)})",
+        title=f"Whisper {_model_name(result)}: totals over {scope} ({', '.join(result.clips)})",
         title_justify="left",
         caption=(
             f"tokens kept: kept / encoder tokens, summed over {scope}. WER: word error rate "

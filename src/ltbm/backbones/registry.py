@@ -5,7 +5,10 @@ from __future__ import annotations
 from ltbm.backbones.base import Backbone
 
 BACKBONES = {
-    "whisper-ct2": "Whisper tiny.en through CTranslate2 (embedded default, CPU, no download)",
+    "whisper-ct2": "Whisper through CTranslate2 (embedded default, CPU, no download); "
+    "--model tiny.en (default) or base",
+    "whisper-hf": "Whisper in PyTorch from the same weights (--model tiny.en or base); "
+    "exposes the encoder's attention",
     "hf": "a Hugging Face ALM checkpoint or folder (--model); type read from its config",
     "qwen2-audio": "Qwen2-Audio (--model, default Qwen/Qwen2-Audio-7B-Instruct)",
     "audioflamingo3": "Audio Flamingo 3 (--model, default nvidia/audio-flamingo-3-hf)",
@@ -34,20 +37,27 @@ def load_backbone(
     device: str | None = None,
     dtype: str | None = None,
     frame_rate: int | None = None,
+    beam_size: int | None = None,
 ) -> Backbone:
-    """Build the named backbone. ``model`` is a checkpoint id or a local folder (a CT2 model
-    folder for whisper-ct2); ``device``/``dtype`` are the device map and torch dtype of
-    Hugging Face backbones, CTranslate2's device and compute type for whisper-ct2;
-    ``frame_rate`` (25 or 50) is whisper-ct2's token rate (the ALMs run at 25 Hz only)."""
+    """Build the named backbone. ``model`` is a checkpoint id or a local folder; for the
+    Whisper backbones a shipped model's name (tiny.en, base) or a CTranslate2 folder.
+    ``device``/``dtype`` are the device map and torch dtype of Hugging Face backbones,
+    CTranslate2's device and compute type for whisper-ct2; ``frame_rate`` (25 or 50) is the
+    Whisper backbones' token rate (the ALMs run at 25 Hz only); ``beam_size`` their decoder
+    beam (default: 5 on whisper-ct2, greedy on whisper-hf)."""
+    if beam_size is not None and name not in ("whisper-ct2", "whisper-hf"):
+        raise ValueError(f"--beam sets the Whisper backbones' beam; {name} decodes greedily")
+    beam = {} if beam_size is None else {"beam_size": beam_size}
     if name == "whisper-ct2":
         from ltbm.backbones.whisper.ct2 import WhisperCT2
 
         try:
             return WhisperCT2(
-                model_path=model,
+                model=model,
                 frame_rate=frame_rate,
                 device=device or "cpu",
                 compute_type=dtype or "default",
+                **beam,
             )
         except RuntimeError as error:  # CTranslate2 reports an unusable device or type so
             raise ValueError(
@@ -55,9 +65,16 @@ def load_backbone(
                 f"{dtype or 'default'} ({' '.join(str(error).split())}); use --device cpu "
                 "or another --dtype"
             ) from None
+    if name == "whisper-hf":
+        from ltbm.backbones.whisper.hf import WhisperHF
+
+        return WhisperHF.from_ct2(
+            model, device=device or "cpu", dtype=dtype or "float32", frame_rate=frame_rate, **beam
+        )
     if frame_rate not in (None, 25):
         raise ValueError(
-            f"{name} runs its encoder at 25 Hz; frame_rate={frame_rate} is for whisper-ct2"
+            f"{name} runs its encoder at 25 Hz; frame_rate={frame_rate} is for the Whisper "
+            "backbones"
         )
     if name in ("hf", *DEFAULT_MODELS):
         from ltbm.backbones.hf.loading import load

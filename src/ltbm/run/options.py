@@ -22,6 +22,8 @@ CT2_COMPUTE_TYPES = (
 )
 """CTranslate2 compute types, for ``--dtype`` with whisper-ct2."""
 HF_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+WHISPER_BACKBONES = ("whisper-ct2", "whisper-hf")
+"""The backbones that run Whisper at 50 or 25 Hz and take ``--model tiny.en|base``."""
 
 
 def check_whole(option: str, value: int | None, low: int = 1) -> None:
@@ -79,6 +81,8 @@ def check_device(backbone: str, device: str | None) -> None:
             raise ValueError(f"--device {device} is not one of cpu, cuda, auto for whisper-ct2")
         return
     if device in HF_DEVICE_MAPS:
+        if backbone == "whisper-hf":
+            raise ValueError(f"--device {device}: whisper-hf takes one device (cpu, cuda:0)")
         return
     import torch
 
@@ -111,15 +115,27 @@ def check_device_present(parsed, device: str) -> None:
 
 
 def check_frame_rate(backbone: str, frame_rate: int | None) -> None:
-    """25 or 50 Hz on whisper-ct2; the audio-LLM encoders run at 25 Hz only."""
+    """25 or 50 Hz on the Whisper backbones; the audio-LLM encoders run at 25 Hz only."""
     if frame_rate is None:
         return
     if frame_rate not in (25, 50):
         raise ValueError(f"--frame-rate must be 25 or 50 (Hz), got {frame_rate}")
-    if backbone != "whisper-ct2" and frame_rate != 25:
+    if backbone not in WHISPER_BACKBONES and frame_rate != 25:
         raise ValueError(
             f"--frame-rate {frame_rate}: {backbone}'s encoder runs at 25 Hz only; the "
-            "option chooses whisper-ct2's rate"
+            "option chooses the Whisper backbones' rate (whisper-ct2, whisper-hf)"
+        )
+
+
+def check_beam(backbone: str, beam: int | None) -> None:
+    """``--beam``: a whole number ≥ 1, for the Whisper backbones only."""
+    if beam is None:
+        return
+    check_whole("--beam", beam)
+    if backbone not in WHISPER_BACKBONES:
+        raise ValueError(
+            f"--beam sets the decoder beam of {' and '.join(WHISPER_BACKBONES)}; {backbone} "
+            "decodes with its generation settings"
         )
 
 

@@ -45,6 +45,7 @@ DEFAULT_PROMPTS: dict[str, dict[TaskKind, str]] = {
     },
     # Whisper takes no text prompt: it transcribes.
     "whisper-ct2": {"caption": "", "mcq": "", "asr": ""},
+    "whisper-hf": {"caption": "", "mcq": "", "asr": ""},
 }
 
 

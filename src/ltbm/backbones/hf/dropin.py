@@ -64,6 +64,19 @@ _ACTIVE: set[int] = set()
 """ids of the models and processors currently under ``compressed``: nesting is refused."""
 
 
+def claim(model: nn.Module, processor: Any) -> None:
+    """Mark a model and processor as inside a ``compressed`` block (a family's own drop-in,
+    as Whisper's, shares the refusal of nesting)."""
+    keys = {id(model), id(processor)} - {id(None)}
+    if keys & _ACTIVE:
+        raise RuntimeError("this model or processor is already inside ltbm.compressed(...)")
+    _ACTIVE.update(keys)
+
+
+def release(model: nn.Module, processor: Any) -> None:
+    _ACTIVE.difference_update({id(model), id(processor)})
+
+
 class Compression:
     """The state of one ``compressed(...)`` block; :meth:`attach` / :meth:`detach` can also
     be called directly when a ``with`` block does not fit the code."""
@@ -288,14 +301,40 @@ class Compression:
 
 
 def compressed(
-    model: nn.Module, processor: Any, method: Method | None, *, size_aware: bool = False
-) -> Compression:
+    model: nn.Module,
+    processor: Any,
+    method: Method | None,
+    *,
+    size_aware: bool = False,
+    **options: Any,
+) -> Any:
     """Context manager: inside it, ``model.generate(**processor(text=..., audio=...))`` (or a
     plain forward) receives the audio compressed by ``method``. ``method=None`` changes
     nothing. ``size_aware=True``: the language model's attention also gives each compressed
     token the weight of the frames it stands for (eager or sdpa attention only). On exit
-    the model and processor behave exactly as before."""
+    the model and processor behave exactly as before.
+
+    A family whose pipeline brings its own drop-in (``compression``: Whisper, which has no
+    placeholders; its ``options`` are ``frame_rate`` and ``tail_seconds``) gets that one; the
+    audio LLMs take no options."""
+    own = _own_compression(model)
+    if own is not None:
+        return own(model, processor, method, size_aware=size_aware, **options)
+    if options:
+        raise TypeError(f"compressed() takes no {', '.join(sorted(options))} for this model")
     return Compression(model, processor, method, size_aware)
+
+
+def _own_compression(model: Any) -> Any:
+    """The family's own drop-in, or None (unsupported models are refused by Compression)."""
+    from ltbm.backbones.hf.loading import pipeline_class
+
+    config = getattr(model, "config", None)
+    try:
+        pipeline = pipeline_class(getattr(config, "model_type", None))
+    except ValueError:
+        return None
+    return getattr(pipeline, "compression", None)
 
 
 def _check_model(model: Any) -> None:

