@@ -175,20 +175,28 @@ def cross_attention_rows(model):
         if mask is None:
             seen.append([states.shape[1]] * states.shape[0])
         else:
-            seen.append((mask[:, 0, 0] == 0).sum(-1).tolist())
+            open_rows = mask[:, 0, 0] > torch.finfo(mask.dtype).min / 2  # not padding
+            seen.append(open_rows.sum(-1).tolist())
 
     layer = model.model.decoder.layers[0].encoder_attn
     return seen, layer.register_forward_pre_hook(spy, with_kwargs=True)
 
 
 @pytest.mark.parametrize(
-    "name, params", [("ltbm", {"window": 1}), ("prune", {"scorer": "attention"})]
+    "name, params, size_aware",
+    [
+        ("ltbm", {"window": 1}, False),
+        ("ltbm", {"window": 1}, True),
+        ("prune", {"scorer": "attention"}, False),
+    ],
 )
-def test_dropin_generate_gets_k_rows_per_clip_and_the_pipelines_text(tiny, clips, name, params):
+def test_dropin_generate_gets_k_rows_per_clip_and_the_pipelines_text(
+    tiny, clips, name, params, size_aware
+):
     method = get_method(name, keep_ratio=0.25, **params)
     model, processor = tiny.model, tiny.processor
-    expected = tiny.generate(clips, method=method)
-    with ltbm.compressed(model, processor, method) as block:
+    expected = tiny.generate(clips, method=method, size_aware=size_aware)
+    with ltbm.compressed(model, processor, method, size_aware=size_aware) as block:
         inputs = processor(clips, sampling_rate=16_000, return_tensors="pt")
         seen, spy = cross_attention_rows(model)  # after the block's own hooks
         try:

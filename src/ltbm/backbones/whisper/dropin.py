@@ -17,7 +17,9 @@ cross-attention. Inside the block, on these instances only and undone exactly on
   second of its window, zero-padded to the longest clip: the same rows the ``whisper-hf``
   pipeline gives its decoder (shared code, :class:`~ltbm.backbones.whisper.frames.WhisperFrames`);
 * forward pre-hooks on the decoder's cross-attention mask each clip's padding rows
-  (:class:`~ltbm.backbones.whisper.cross_attention.CrossAttentionMask`).
+  (:class:`~ltbm.backbones.whisper.cross_attention.CrossAttentionMask`);
+* with ``size_aware=True``, the same cross-attention also adds each row's log(size)
+  (:mod:`ltbm.backbones.hf.size_aware`, hooked after the padding mask).
 
 ``model.generate`` passes ``attention_mask`` to the encoder; a plain ``model(...)`` forward does
 not, so a pre-hook on the model hands it over. Encoder states passed in by the caller
@@ -33,6 +35,12 @@ import torch
 from torch import nn
 
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention, needs_attention
+from ltbm.backbones.hf.size_aware import (
+    KeyBias,
+    clip_log_sizes,
+    cross_attention,
+    encoder_key_bias,
+)
 from ltbm.backbones.whisper.cross_attention import (
     CrossAttentionMask,
     pad_rows,
@@ -78,6 +86,7 @@ class WhisperCompression:
         processor: Any,
         method: Method | None,
         *,
+        size_aware: bool = False,
         frame_rate: int | None = None,
         tail_seconds: float = 1.0,
     ) -> None:
@@ -86,12 +95,17 @@ class WhisperCompression:
                 f"method must be an ltbm Method or None, got {type(method).__name__}; build "
                 "one with ltbm.get_method(name, keep_ratio=...)"
             )
+        if not isinstance(size_aware, bool):
+            raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
         self.model = model
         self.processor = processor
         self.method = method
         self.encoder = whisper_encoder(model)
         self.frames = _Frames(frame_rate, tail_seconds)
         self.cross = CrossAttentionMask(model)
+        self._key_bias: KeyBias | None = None
+        if size_aware and method is not None:  # refused here if the kernel takes no bias
+            self._key_bias = KeyBias(cross_attention(model), cross=True)
         self.last: dict[str, list[int]] | None = None
         """N, K and decoder rows per clip of the last compressed batch."""
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -118,6 +132,8 @@ class WhisperCompression:
             self.encoder.register_forward_hook(self._encoder_hook, with_kwargs=True),
         ]
         self.cross.attach()
+        if self._key_bias is not None:  # after the padding mask: the bias adds to it
+            self._key_bias.attach()
         return self
 
     def detach(self) -> None:
@@ -127,6 +143,8 @@ class WhisperCompression:
             handle.remove()
         self._handles = []
         self.cross.detach()
+        if self._key_bias is not None:
+            self._key_bias.detach()
         self._close_capture()
         if self._saved_extractor is not None:
             had_own, extractor = self._saved_extractor
@@ -178,6 +196,11 @@ class WhisperCompression:
         rows = [self.frames.decoder_rows(clips, compressed, i) for i in range(len(clips))]
         padded = pad_rows(rows).to(hidden.device, hidden.dtype)
         self.cross.set([r.shape[0] for r in rows], padded.shape[1], padded)
+        if self._key_bias is not None:
+            sizes = clip_log_sizes(compressed)
+            self._key_bias.bias = (
+                None if sizes is None else encoder_key_bias(sizes, padded.shape[1])
+            )
         self.last = {
             "audio_tokens": [c.valid for c in clips],
             "kept_tokens": compressed.lengths.tolist(),

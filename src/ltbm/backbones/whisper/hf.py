@@ -36,6 +36,13 @@ from torch import nn
 from ltbm.backbones.base import Generation
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention, needs_attention
 from ltbm.backbones.hf.clips import AudioSource, pair, read_clip
+from ltbm.backbones.hf.size_aware import (
+    check_biasable,
+    clip_log_sizes,
+    cross_attention,
+    cross_attention_bias,
+    encoder_key_bias,
+)
 from ltbm.backbones.whisper.cross_attention import (
     CrossAttentionMask,
     pad_rows,
@@ -46,6 +53,7 @@ from ltbm.backbones.whisper.frames import (
     ByteLevelDecoder,
     EncodedClip,
     WhisperFrames,
+    check_max_new_tokens,
     check_prompts,
     english_prompt,
     new_token_limit,
@@ -72,6 +80,9 @@ class WhisperHF(WhisperFrames):
         beam_size: 1 (greedy, the default) or transformers' beam search.
         encode_batch: clips per encoder call; decode_batch: clips per ``generate``.
         cache_clips: encoder outputs kept, so a sweep encodes each clip once.
+        size_aware: the decoder's cross-attention gives each compressed row the weight of
+            the frames it stands for (log(size) added to its logits;
+            :mod:`ltbm.backbones.hf.size_aware`); eager or sdpa attention only.
         model_name, model_id, weights_sha256: what the run identity records (set by
             :meth:`from_ct2`).
     """
@@ -90,6 +101,7 @@ class WhisperHF(WhisperFrames):
         encode_batch: int = 8,
         decode_batch: int = 8,
         cache_clips: int = 128,
+        size_aware: bool = False,
         model_name: str | None = None,
         model_id: str | None = None,
         weights_sha256: str | None = None,
@@ -109,6 +121,9 @@ class WhisperHF(WhisperFrames):
         self.multilingual = bool(getattr(generation, "is_multilingual", False))
         self.prompt_ids = english_prompt(self.tokenizer.token_id, self.multilingual)
         self._check_method_type(method)
+        self.size_aware = self._flag(size_aware)
+        if self.size_aware:
+            self.check_size_aware()
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -182,20 +197,27 @@ class WhisperHF(WhisperFrames):
         method: Method | None | object = DEFAULT,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         batch_size: int | None = None,
+        size_aware: bool | object = DEFAULT,
     ) -> list[Generation]:
         """Transcribe clips (paths, or 16 kHz mono arrays, ≤ 30 s each), their encoder frames
-        compressed by ``method`` (default: the bound one; None: no compression)."""
+        compressed by ``method`` (default: the bound one; None: no compression), with
+        size-aware cross-attention if ``size_aware`` (default: the bound setting)."""
         clips, prompt_list = pair(audios, prompts)
         check_prompts(self.name, prompt_list, len(clips))
+        check_max_new_tokens(max_new_tokens)
         method = self.method if method is DEFAULT else method
         self._check_method_type(method)
         self.check_method(method)
+        size_aware = self.size_aware if size_aware is DEFAULT else self._flag(size_aware)
+        if size_aware:
+            self.check_size_aware()
         samples = [read_clip(i, clip) for i, clip in enumerate(clips)]
         size = batch_size or len(samples)
         results: list[Generation] = []
         for start in range(0, len(samples), size):
             encoded = self.encode(samples[start : start + size], needs_attention(method))
-            results += self.decode(encoded, self.compress(encoded, method), max_new_tokens)
+            compressed = self.compress(encoded, method)
+            results += self.decode(encoded, compressed, max_new_tokens, size_aware)
         return results
 
     def decode(
@@ -203,25 +225,44 @@ class WhisperHF(WhisperFrames):
         encoded: list[EncodedClip],
         compressed: Compressed | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        size_aware: bool | None = None,
     ) -> list[Generation]:
         """Generate from each clip's (compressed) frames plus its tail, ``decode_batch``
-        clips per ``generate``, clips of different lengths masked apart."""
+        clips per ``generate``, clips of different lengths masked apart; ``size_aware``
+        (default: the bound setting) biases the cross-attention by each row's size."""
+        check_max_new_tokens(max_new_tokens)
+        size_aware = self.size_aware if size_aware is None else size_aware
         rows = [self.decoder_rows(encoded, compressed, i) for i in range(len(encoded))]
+        sizes = clip_log_sizes(compressed) if size_aware else None
         sequences: list[list[int]] = []
         for start in range(0, len(rows), self.decode_batch):
-            sequences += self.run_decoder(rows[start : start + self.decode_batch], max_new_tokens)
+            end = start + self.decode_batch
+            batch_sizes = None if sizes is None else sizes[start:end]
+            sequences += self.run_decoder(rows[start:end], max_new_tokens, batch_sizes)
         return [
             self._generation(clip, compressed, index, ids)
             for index, (clip, ids) in enumerate(zip(encoded, sequences, strict=True))
         ]
 
-    def run_decoder(self, rows: list[torch.Tensor], max_new_tokens: int) -> list[list[int]]:
-        """Generated ids (prompt and end token removed) for each clip's decoder input rows."""
+    def run_decoder(
+        self,
+        rows: list[torch.Tensor],
+        max_new_tokens: int,
+        log_sizes: list[torch.Tensor] | None = None,
+    ) -> list[list[int]]:
+        """Generated ids (prompt and end token removed) for each clip's decoder input rows;
+        ``log_sizes`` (each clip's slot log-sizes) biases the cross-attention."""
         from transformers.modeling_outputs import BaseModelOutput
 
         device, dtype = _device_dtype(self.model)
         hidden = pad_rows(rows).to(device, dtype)
-        with torch.no_grad(), CrossAttentionMask(self.model) as mask:
+        bias = None if log_sizes is None else encoder_key_bias(log_sizes, hidden.shape[1])
+        # The padding mask's hooks first: the bias is added to the mask they set.
+        with (
+            torch.no_grad(),
+            CrossAttentionMask(self.model) as mask,
+            cross_attention_bias(self.model, bias),
+        ):
             mask.set([r.shape[0] for r in rows], hidden.shape[1], hidden)
             output = self.model.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
@@ -290,6 +331,16 @@ class WhisperHF(WhisperFrames):
         ]
 
     # --------------------------------------------------------------- identity
+    def check_size_aware(self) -> None:
+        """Refuse, before any work, an attention kernel that takes no bias."""
+        check_biasable(cross_attention(self.model))
+
+    @staticmethod
+    def _flag(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"size_aware must be True or False, got {value!r}")
+        return value
+
     def _check_method_type(self, method: Any) -> None:
         if method is not None and not isinstance(method, Method):
             raise TypeError(
