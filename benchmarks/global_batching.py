@@ -18,12 +18,12 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from provenance import git_commit
 
 import ltbm
 from ltbm.core.device_path import forced
@@ -95,20 +95,6 @@ def measure(batch: int, n: int, dim: int, keep_ratio: float, repeats: int, devic
             b / c for b, c in zip(times["batched"], times["cpu path"], strict=True)
         )
     return row
-
-
-def git_commit() -> str | None:
-    """The commit the run measured, with ``+dirty`` when the tree had changes (results
-    files aside: a run beside another benchmark's writing measures the same code)."""
-    here = Path(__file__).parent
-
-    def git(*command: str) -> str | None:
-        done = subprocess.run(["git", *command], capture_output=True, text=True, cwd=here)
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
-    return None if commit is None else commit + ("+dirty" if dirty else "")
 
 
 def main() -> None:

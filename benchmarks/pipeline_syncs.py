@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from provenance import git_commit
 
 import ltbm
 from ltbm.backbones.hf import adapter as adapter_module
@@ -81,20 +81,6 @@ def count_steps(
             else:
                 delattr(owner, name)  # the instance attribute hid the class's method
     return counter
-
-
-def git_commit() -> str | None:
-    """The commit the run measured, with ``+dirty`` when the tree had changes (results
-    files aside: a run beside another benchmark's writing measures the same code)."""
-    here = Path(__file__).parent
-
-    def git(*command: str) -> str | None:
-        done = subprocess.run(["git", *command], capture_output=True, text=True, cwd=here)
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
-    return None if commit is None else commit + ("+dirty" if dirty else "")
 
 
 def main() -> None:
