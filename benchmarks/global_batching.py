@@ -18,12 +18,11 @@ import argparse
 import contextlib
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from provenance import git_commit
+from provenance import run_record
 
 import ltbm
 from ltbm.core.device_path import forced
@@ -121,8 +120,7 @@ def main() -> None:
         )
     if args.out is not None:
         record = {
-            "command": " ".join(["python", "benchmarks/global_batching.py", *sys.argv[1:]]),
-            "commit": git_commit(),
+            **run_record("benchmarks/global_batching.py"),
             "threads": args.threads,
             "device": args.device,
             "torch": torch.__version__,

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import run_record
 
 import ltbm
 from ltbm.core.device_path import forced
@@ -239,27 +240,6 @@ def machine() -> dict:
     }
 
 
-def run_record() -> dict:
-    """What produced the file: the command line and the git commit it ran on (``dirty`` when
-    the tree had uncommitted changes), so that a figure quoted from it can name its run."""
-
-    def git(*command: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *command], capture_output=True, text=True, cwd=Path(__file__).parent
-            )
-        except OSError:
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "command": " ".join(["python", "benchmarks/methods.py", *sys.argv[1:]]),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": None if status is None else bool(status),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[750, 3000, 15000])
@@ -291,7 +271,7 @@ def main() -> None:
         return
 
     runs: dict[str, list[dict]] = {}
-    run = run_record()
+    run = run_record("benchmarks/methods.py")
     for _ in range(args.rounds):
         for cell in grid(args):
             result = run_cell_in_subprocess(cell)

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from provenance import git_commit
+from provenance import run_record
 
 import ltbm
 from ltbm.backbones.hf import adapter as adapter_module
@@ -115,8 +114,7 @@ def main() -> None:
             print(f"    {count:3d} {site}")
     if args.out is not None:
         record = {
-            "command": " ".join(["python", "benchmarks/pipeline_syncs.py", *sys.argv[1:]]),
-            "commit": git_commit(),
+            **run_record("benchmarks/pipeline_syncs.py"),
             "backbone": args.backbone,
             "device": args.device,
             "batch_size": args.batch_size,
