@@ -103,6 +103,20 @@ def test_method_none_refuses_a_window_rather_than_labelling_the_run_with_it(tmp_
     assert not list(out.rglob("identity.json"))
 
 
+def test_method_none_is_one_cell_whatever_keep_ratio_the_api_is_given():
+    """``Cell("none")`` (keep_ratio's default 0.25) is the cell ``--method none`` runs: its
+    identity records keep ratio 1, so the two share a folder instead of conflicting, and a
+    report never shows the uncompressed run at a ratio it did not use."""
+    assert Cell("none") == Cell("none", 0.5) == Cell("none", 1.0)
+    assert Cell("none").as_dict() == {
+        "method": "none",
+        "keep_ratio": 1.0,
+        "window": None,
+        "scorer": None,
+        "seed": None,
+    }
+
+
 def test_random_without_a_seed_and_with_seed_0_is_one_cell():
     unseeded, seeded = Cell("random", 0.25), Cell("random", 0.25, seed=0)
     assert unseeded == seeded and unseeded.name == "random-r0.25-s0"

@@ -341,10 +341,9 @@ def eval_command(
         raise typer.BadParameter("--seed seeds --subset's sample and the random method: add one")
     check_seed("--seed", seed)
     cell_seed = seed if method == "random" else None
-    ratio = 1.0 if method == "none" else keep_ratio
     cell = Cell(
         method,
-        ratio,
+        keep_ratio,
         window,
         scorer,
         cell_seed,

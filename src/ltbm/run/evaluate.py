@@ -107,6 +107,9 @@ class Cell:
             raise ValueError(f"keep_ratio must be a number in (0, 1], got {ratio!r}")
         object.__setattr__(self, "keep_ratio", float(ratio))
         if self.method == NO_COMPRESSION:
+            # The uncompressed run keeps every token, whatever ratio was given: one
+            # computation, one folder and identity (``Cell("none")`` and ``--method none``).
+            object.__setattr__(self, "keep_ratio", 1.0)
             given = {k: v for k in PARAMETERS if (v := getattr(self, k)) is not None}
             if given:
                 shown = ", ".join(f"{k} {v}" for k, v in given.items())
