@@ -109,6 +109,21 @@ def test_one_bench_file_joins_with_its_provenance(runs, measured):
     assert "| bench.json | cpu | 1 | 3 |" in (runs / "report.md").read_text()
 
 
+def test_a_size_aware_run_takes_no_figures_measured_without_it(runs, measured):
+    """ltbm bench times plain attention; the size-aware bias changes the prefill, so the
+    plain cell's figures must not fill the size-aware row beside it."""
+    aware = Cell("ltbm", 0.25, window=1, size_aware=True)
+    write_cell(runs, aware, asr_records({}), backbone="qwen2-audio")
+    sized(runs, measured["parameters"])
+    place(measured, runs / "bench.json")
+    write_report(runs, options=FAST)
+    rows = json.loads((runs / "report.json").read_text())
+    [plain] = [r for r in rows if r["method"] == "ltbm" and not r.get("size_aware")]
+    [sized_row] = [r for r in rows if r.get("size_aware")]
+    assert plain["bench_file"] == "bench.json"
+    assert not {"prefill_ms", "bench_file"} & set(sized_row)
+
+
 def test_without_bench_files_the_report_has_no_efficiency_columns(runs):
     write_report(runs, options=FAST)
     with (runs / "report.csv").open() as handle:

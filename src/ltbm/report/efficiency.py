@@ -59,9 +59,12 @@ class Measurement:
 
 
 def cell_settings(cell: dict[str, Any]) -> tuple:
-    """Method, keep ratio and every parameter a report row or bench cell may name."""
+    """Method, keep ratio, every parameter a report row or bench cell may name, and whether
+    attention is size-aware (its bias changes the prefill a bench times; ``ltbm bench``
+    measures without it, so a size-aware run takes no figures)."""
     names = ("window", "scorer", *LATER_PARAMETERS)
-    return (cell["method"], cell["keep_ratio"], *(cell.get(k) for k in names))
+    sized = bool(cell.get("size_aware"))
+    return (cell["method"], cell["keep_ratio"], *(cell.get(k) for k in names), sized)
 
 
 def row_key(row: dict[str, Any]) -> tuple:
