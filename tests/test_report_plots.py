@@ -43,6 +43,17 @@ def test_pair_panel_shows_only_methods_with_cells_in_the_lines_direction(axis):
     assert [t.get_text() for t in axis.get_xticklabels()] == ["0.5", "0.25", "0.1"]
 
 
+def test_pair_panel_compares_the_plain_cells_only(axis):
+    """A size-aware or attention-weighted cell is another variant, not another window: it
+    must not stand in for ltbm's best window or for global."""
+    aware = {**row("global", 0.5, 0.05), "size_aware": True}
+    weighted = {**row("ltbm", 0.5, 0.01, window=1), "weighting": "attention"}
+    group = [aware, row("global", 0.5, 0.3), weighted, row("ltbm", 0.5, 0.2, window=2)]
+    _plot_pairs(axis, group, "wer")
+    assert legend_texts(axis) == ["ltbm (best window)", "global"]
+    assert sorted(bar.get_height() for bar in axis.patches) == [0.2, 0.3]
+
+
 def test_lines_coinciding_are_told_apart_and_the_axis_is_reversed(axis):
     group = [row("none", 1.0, 0.05)]
     for keep in (0.5, 0.25):

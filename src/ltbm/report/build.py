@@ -249,8 +249,12 @@ def _plot_lines(axis, group, metric) -> None:
 
 def _plot_pairs(axis, group, metric) -> None:
     """LTBM (best window per ratio) next to Global Merge at each keep ratio, the ratios in
-    the lines panel's direction; a method without cells gets no bars and no legend entry."""
+    the lines panel's direction; a method without cells gets no bars and no legend entry.
+    Both as the paper runs them (size weighting, plain attention): a size-aware or
+    attention-weighted cell would credit its variant's effect to locality (the lines panel
+    shows the variants)."""
     pick = min if metric in LOWER_IS_BETTER else max
+    group = [r for r in group if not r.get("size_aware") and r.get("weighting") is None]
     ratios = sorted({r["keep_ratio"] for r in group if r["method"] in ("ltbm", "global")})
     ratios.reverse()  # as the lines panel: less kept to the right
 
