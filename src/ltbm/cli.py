@@ -746,7 +746,7 @@ def command_flags(callback) -> dict[str, str]:
         if isinstance(info, OptionInfo):
             declared = [d for d in info.param_decls or () if d.startswith("--")]
             options[name] = declared[0].split("/")[0] if declared else "--" + name.replace("_", "-")
-    flags = {name: flag for name, flag in options.items()}
+    flags = dict(options)
     for keyword, candidates in KEYWORD_OPTIONS.items():
         found = next((options[c] for c in candidates if c in options), None)
         if found:
@@ -754,7 +754,7 @@ def command_flags(callback) -> dict[str, str]:
     return flags
 
 
-_CALL = re.compile(r"[A-Za-z_][\w.]*\([^()]*\)")
+_CALL = re.compile(r"([A-Za-z_][\w.]*\([^()]*\))")
 """A Python call written out in a message (``get_method('ltbm', keep_ratio=...)``): left as
 it is, since it is code for the Python API."""
 
@@ -783,15 +783,10 @@ def cli_wording(message: str, flags: dict[str, str]) -> str:
         (rf"(?<![\w.'-])({marked}) '([^']*)'", lambda m: f"{flags[m[1]]} {m[2]}"),
         (rf"(?<![\w.-])'({marked})'(?!\w)", lambda m: flags[m[1]]),
     ]
-    pieces, last = [], 0
-    for call in [*_CALL.finditer(message), None]:
-        stop = len(message) if call is None else call.start()
-        text = message[last:stop]
+    pieces = _CALL.split(message)  # text, call, text, ..., text: the calls stay as written
+    for index in range(0, len(pieces), 2):
         for pattern, replace in rules:
-            if last == 0 or not pattern.startswith("^"):
-                text = re.sub(pattern, replace, text)
-        pieces.append(text if call is None else text + call[0])
-        last = stop if call is None else call.end()
+            pieces[index] = re.sub(pattern, replace, pieces[index])
     return "".join(pieces)
 
 
