@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ltbm.backbones.base import Generation
+from ltbm.backbones.hf.adapter import module_device_dtype
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention, needs_attention
 from ltbm.backbones.hf.clips import AudioSource, pair, read_clip
 from ltbm.backbones.hf.size_aware import (
@@ -254,7 +255,7 @@ class WhisperHF(WhisperFrames):
         ``log_sizes`` (each clip's slot log-sizes) biases the cross-attention."""
         from transformers.modeling_outputs import BaseModelOutput
 
-        device, dtype = _device_dtype(self.model)
+        device, dtype = module_device_dtype(self.model)
         hidden = pad_rows(rows).to(device, dtype)
         bias = None if log_sizes is None else encoder_key_bias(log_sizes, hidden.shape[1])
         # The padding mask's hooks first: the bias is added to the mask they set.
@@ -307,7 +308,7 @@ class WhisperHF(WhisperFrames):
 
     # ------------------------------------------------------------------ encoder
     def _run_encoder(self, clips: list[np.ndarray], attention: bool = False) -> list[EncodedClip]:
-        device, dtype = _device_dtype(self.model)
+        device, dtype = module_device_dtype(self.model)
         mels = np.stack([log_mel_spectrogram(a, self.model.config.num_mel_bins) for a in clips])
         features = torch.from_numpy(mels).to(device, dtype)
         queries = keys = None
@@ -411,11 +412,6 @@ def _vocabulary_from(processor: Any) -> ByteLevelDecoder:
     end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     return ByteLevelDecoder(list(tokens), end)
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    parameter = next(model.parameters())
-    return parameter.device, parameter.dtype
 
 
 def _torch_dtype(value: str | torch.dtype) -> torch.dtype:
