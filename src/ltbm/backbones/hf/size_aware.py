@@ -83,28 +83,26 @@ def key_bias(input_ids: torch.Tensor, token_id: int, log_sizes: torch.Tensor) ->
 def language_model_attention(model: nn.Module) -> list[nn.Module]:
     """The self-attention module of every layer of the model's language model (its
     ``get_decoder()``), where the audio tokens are keys."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    modules = [getattr(layer, "self_attn", None) for layer in layers or ()]
-    if not modules or any(not isinstance(m, nn.Module) for m in modules):
-        raise TypeError(
-            f"{type(model).__name__}: ltbm cannot find its language model's self-attention "
-            "layers (get_decoder().layers[i].self_attn), so it cannot use size-aware attention"
-        )
-    return modules
+    return _decoder_layer_modules(model, "self_attn", "language model's self-attention")
 
 
 def cross_attention(model: nn.Module) -> list[nn.Module]:
     """The cross-attention module of every decoder layer of an encoder-decoder model
     (``get_decoder().layers[i].encoder_attn``, as in transformers' Whisper), whose keys
     are the encoder states."""
+    return _decoder_layer_modules(model, "encoder_attn", "decoder's cross-attention")
+
+
+def _decoder_layer_modules(model: nn.Module, attribute: str, what: str) -> list[nn.Module]:
+    """``get_decoder().layers[i].<attribute>`` of every layer, or a TypeError naming ``what``
+    could not be found."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
-    modules = [getattr(layer, "encoder_attn", None) for layer in layers or ()]
+    modules = [getattr(layer, attribute, None) for layer in layers or ()]
     if not modules or any(not isinstance(m, nn.Module) for m in modules):
         raise TypeError(
-            f"{type(model).__name__}: ltbm cannot find its decoder's cross-attention layers "
-            "(get_decoder().layers[i].encoder_attn), so it cannot use size-aware attention"
+            f"{type(model).__name__}: ltbm cannot find its {what} layers "
+            f"(get_decoder().layers[i].{attribute}), so it cannot use size-aware attention"
         )
     return modules
 
