@@ -37,7 +37,6 @@ follow, until the next prompt.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +54,7 @@ from ltbm.backbones.hf.size_aware import (
     KeyBias,
     key_bias,
     language_model_attention,
+    positional_names,
     slot_log_sizes,
 )
 from ltbm.core.budget import kept_tokens
@@ -109,7 +109,7 @@ class Compression:
         self._saved: dict[str, tuple[bool, Any]] = {}
         """Each wrapped processor method: (whether the instance had its own, that one)."""
         self._position_shift: torch.Tensor | None = None
-        self._parameters = _positional_names(self.model.forward)
+        self._parameters = positional_names(self.model.forward)
         self._key_bias: KeyBias | None = None
         if size_aware and method is not None:  # refused here if the kernel takes no bias
             self._key_bias = KeyBias(language_model_attention(self.model))
@@ -346,11 +346,3 @@ def _check_model(model: Any) -> None:
             f"Qwen2AudioForConditionalGeneration.from_pretrained(...)), got "
             f"{type(model).__name__}; see the Backbones table in the README"
         )
-
-
-def _positional_names(function: Any) -> list[str]:
-    return [
-        p.name
-        for p in inspect.signature(function).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]

@@ -184,7 +184,7 @@ class KeyBias:
         self.modules = list(modules)
         self.cross = cross
         self.bias: torch.Tensor | None = None
-        self._names = {id(m): _parameter_names(m) for m in self.modules}
+        self._names = {id(m): positional_names(m.forward) for m in self.modules}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def attach(self) -> KeyBias:
@@ -281,11 +281,12 @@ def _per_row(bias: torch.Tensor, rows: int) -> torch.Tensor:
     return bias.repeat_interleave(rows // bias.shape[0], dim=0)
 
 
-def _parameter_names(module: nn.Module) -> list[str]:
-    """Names of the module's positional parameters, to find ``attention_mask`` and
-    ``hidden_states`` whether they come by position or by keyword."""
+def positional_names(function: Any) -> list[str]:
+    """Names of ``function``'s positional parameters, so that a forward pre-hook finds an
+    input (``attention_mask``, ``hidden_states``, ``input_ids``) whether it comes by position
+    or by keyword."""
     return [
         p.name
-        for p in inspect.signature(module.forward).parameters.values()
+        for p in inspect.signature(function).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]

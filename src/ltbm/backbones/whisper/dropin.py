@@ -28,7 +28,6 @@ not, so a pre-hook on the model hands it over. Encoder states passed in by the c
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from ltbm.backbones.hf.size_aware import (
     clip_log_sizes,
     cross_attention,
     encoder_key_bias,
+    positional_names,
 )
 from ltbm.backbones.whisper.cross_attention import (
     CrossAttentionMask,
@@ -112,7 +112,7 @@ class WhisperCompression:
         self._saved_extractor: tuple[bool, Any] | None = None
         self._forward_mask: torch.Tensor | None = None
         self._capture: AttentionCapture | None = None
-        self._parameters = _positional_names(model.forward)
+        self._parameters = positional_names(model.forward)
 
     # ------------------------------------------------------------------ attach
     def attach(self) -> WhisperCompression:
@@ -237,11 +237,3 @@ class WhisperCompression:
         if self._capture is not None:
             self._capture.__exit__(None, None, None)
             self._capture = None
-
-
-def _positional_names(function: Any) -> list[str]:
-    return [
-        p.name
-        for p in inspect.signature(function).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
