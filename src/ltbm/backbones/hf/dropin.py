@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltbm.backbones.base import check_flag, check_method_argument
 from ltbm.backbones.hf.adapter import AudioAdapter
 from ltbm.backbones.hf.placeholders import (
     clip_runs,
@@ -86,13 +87,8 @@ class Compression:
     ) -> None:
         from ltbm.backbones.hf.loading import pipeline_class, text_model
 
-        if method is not None and not isinstance(method, Method):
-            raise TypeError(
-                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
-                "one with ltbm.get_method(name, keep_ratio=...)"
-            )
-        if not isinstance(size_aware, bool):
-            raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
+        check_method_argument(method)
+        check_flag("size_aware", size_aware)
         _check_model(model)
         if processor is None:
             raise TypeError(

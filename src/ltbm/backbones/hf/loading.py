@@ -198,10 +198,10 @@ def load(
 def check_size_aware_kwargs(size_aware: Any, model_kwargs: dict[str, Any] | None) -> None:
     """Refuse, before any weights are read, a size_aware that is not a bool, or size-aware
     attention with an attention kernel named in ``model_kwargs`` that takes no bias."""
+    from ltbm.backbones.base import check_flag
     from ltbm.backbones.hf.size_aware import BIASABLE
 
-    if not isinstance(size_aware, bool):
-        raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
+    check_flag("size_aware", size_aware)
     chosen = (model_kwargs or {}).get("attn_implementation")
     if size_aware and isinstance(chosen, str) and chosen not in BIASABLE:
         raise ValueError(

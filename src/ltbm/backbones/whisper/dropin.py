@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltbm.backbones.base import check_flag, check_method_argument
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention, needs_attention
 from ltbm.backbones.hf.size_aware import (
     KeyBias,
@@ -90,13 +91,8 @@ class WhisperCompression:
         frame_rate: int | None = None,
         tail_seconds: float = 1.0,
     ) -> None:
-        if method is not None and not isinstance(method, Method):
-            raise TypeError(
-                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
-                "one with ltbm.get_method(name, keep_ratio=...)"
-            )
-        if not isinstance(size_aware, bool):
-            raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
+        check_method_argument(method)
+        check_flag("size_aware", size_aware)
         self.model = model
         self.processor = processor
         self.method = method

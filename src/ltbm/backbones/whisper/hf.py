@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltbm.backbones.base import Generation
+from ltbm.backbones.base import Generation, check_flag, check_method_argument
 from ltbm.backbones.hf.adapter import module_device_dtype
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention, needs_attention
 from ltbm.backbones.hf.clips import AudioSource, pair, read_clip
@@ -111,7 +111,7 @@ class WhisperHF(WhisperFrames):
         self._init_frames(frame_rate, False, tail_seconds, beam_size, encode_batch, cache_clips)
         self.model = model.eval()
         self.processor = processor
-        self.method = method
+        self.method = check_method_argument(method)
         self.decode_batch = max(1, int(decode_batch))
         self.encoder = whisper_encoder(model)
         self.model_name = model_name
@@ -121,8 +121,7 @@ class WhisperHF(WhisperFrames):
         generation = model.generation_config
         self.multilingual = bool(getattr(generation, "is_multilingual", False))
         self.prompt_ids = english_prompt(self.tokenizer.token_id, self.multilingual)
-        self._check_method_type(method)
-        self.size_aware = self._flag(size_aware)
+        self.size_aware = check_flag("size_aware", size_aware)
         if self.size_aware:
             self.check_size_aware()
 
@@ -206,10 +205,11 @@ class WhisperHF(WhisperFrames):
         clips, prompt_list = pair(audios, prompts)
         check_prompts(self.name, prompt_list, len(clips))
         check_max_new_tokens(max_new_tokens)
-        method = self.method if method is DEFAULT else method
-        self._check_method_type(method)
+        method = self.method if method is DEFAULT else check_method_argument(method)
         self.check_method(method)
-        size_aware = self.size_aware if size_aware is DEFAULT else self._flag(size_aware)
+        size_aware = (
+            self.size_aware if size_aware is DEFAULT else check_flag("size_aware", size_aware)
+        )
         if size_aware:
             self.check_size_aware()
         samples = [read_clip(i, clip) for i, clip in enumerate(clips)]
@@ -335,19 +335,6 @@ class WhisperHF(WhisperFrames):
     def check_size_aware(self) -> None:
         """Refuse, before any work, an attention kernel that takes no bias."""
         check_biasable(cross_attention(self.model))
-
-    @staticmethod
-    def _flag(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"size_aware must be True or False, got {value!r}")
-        return value
-
-    def _check_method_type(self, method: Any) -> None:
-        if method is not None and not isinstance(method, Method):
-            raise TypeError(
-                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
-                "one with ltbm.get_method(name, keep_ratio=..., ...)"
-            )
 
     def describe(self) -> dict[str, Any]:
         """Model, versions and settings, written into every result."""
