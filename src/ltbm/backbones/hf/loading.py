@@ -169,6 +169,12 @@ def load(
     bound = resolve_method(method, keep_ratio, window, **method_params)
     check_size_aware_kwargs(size_aware, model_kwargs)
     if is_shipped_whisper(model_id_or_path):
+        if model_kwargs:
+            raise ValueError(
+                f"{model_id_or_path} is converted from CTranslate2 files, not read by "
+                f"from_pretrained, so model_kwargs ({', '.join(sorted(model_kwargs))}) would be "
+                "ignored; drop them, or load a Whisper checkpoint in transformers' format"
+            )
         return pipeline_class("whisper").from_ct2(
             SHIPPED_WHISPER[model_id_or_path],
             bound,

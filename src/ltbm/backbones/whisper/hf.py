@@ -142,6 +142,7 @@ class WhisperHF(WhisperFrames):
         ``threads`` sets torch's CPU threads (for the whole process); default: torch's own."""
         from ltbm.backbones.whisper.models import resolve_model, shipped_model, weights_sha256
 
+        target = _one_device(device)
         folder, name = resolve_model(model)
         if not (folder / "model.bin").is_file():
             raise FileNotFoundError(
@@ -151,7 +152,7 @@ class WhisperHF(WhisperFrames):
         model_object, processor = load_ct2_whisper(folder, dtype=_torch_dtype(dtype))
         if threads:
             torch.set_num_threads(int(threads))
-        model_object.to(device)
+        model_object.to(target)
         model_id = shipped_model(name).model_id if name else folder.name
         return cls(
             model_object,
@@ -399,6 +400,19 @@ def _vocabulary_from(processor: Any) -> ByteLevelDecoder:
     end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     return ByteLevelDecoder(list(tokens), end)
+
+
+def _one_device(device: Any) -> torch.device:
+    """The device the converted model moves to, checked before the weights are read: one
+    device (cpu, cuda:0), not a device map (``auto``, a dict), which only ``from_pretrained``
+    takes, and which torch would refuse with its own message after the conversion."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"whisper-hf runs on one device, got {device!r}; pass one such as 'cpu' or "
+            "'cuda:0' (device maps such as 'auto' are for checkpoints from_pretrained reads)"
+        ) from None
 
 
 def _torch_dtype(value: str | torch.dtype) -> torch.dtype:
