@@ -271,6 +271,22 @@ def test_load_names_the_shipped_models_and_binds_the_method(tiny):
     assert backbone_identity(pipe)["weights_sha256"] == TINY_SHA256
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"device_map": "auto"}, "runs on one device, got 'auto'"),
+        ({"device_map": {"": 0}}, "runs on one device"),
+        ({"model_kwargs": {"attn_implementation": "eager"}}, r"model_kwargs \(attn_impl"),
+    ],
+)
+def test_load_refuses_what_the_shipped_models_cannot_take(options, message):
+    """A device map or from_pretrained's model_kwargs: refused in one line before the weights
+    are converted, not dropped or left to torch (the CLI refuses a device map for whisper-hf
+    the same way)."""
+    with pytest.raises(ValueError, match=message):
+        ltbm.load("whisper-tiny.en", method=None, **options)
+
+
 def test_a_transformers_checkpoint_loads_through_the_same_path(tiny, clips, tmp_path):
     """The converted model saved in transformers' format is an ordinary Whisper checkpoint:
     ``ltbm.load`` reads it like an ALM's, and it transcribes as the converted one."""

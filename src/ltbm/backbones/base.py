@@ -70,6 +70,24 @@ def backbone_identity(backbone: Backbone) -> dict[str, Any]:
     return identity
 
 
+def check_method_argument(method: Any) -> Method | None:
+    """``method`` as a backbone takes it: an ltbm :class:`~ltbm.methods.Method` or None (a
+    name or anything else is refused in one line, before any work)."""
+    if method is not None and not isinstance(method, Method):
+        raise TypeError(
+            f"method must be an ltbm Method or None, got {type(method).__name__}; build "
+            "one with ltbm.get_method(name, keep_ratio=..., ...)"
+        )
+    return method
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a yes/no setting (``size_aware``): True or False, nothing truthy."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def default_max_new_tokens(backbone: Backbone) -> int | None:
     """The ``max_new_tokens`` a backbone uses when none is given (its ``generate`` default)."""
     import inspect

@@ -37,13 +37,13 @@ follow, until the next prompt.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ltbm.backbones.base import check_flag, check_method_argument
 from ltbm.backbones.hf.adapter import AudioAdapter
 from ltbm.backbones.hf.placeholders import (
     clip_runs,
@@ -55,6 +55,7 @@ from ltbm.backbones.hf.size_aware import (
     KeyBias,
     key_bias,
     language_model_attention,
+    positional_names,
     slot_log_sizes,
 )
 from ltbm.core.budget import kept_tokens
@@ -86,13 +87,8 @@ class Compression:
     ) -> None:
         from ltbm.backbones.hf.loading import pipeline_class, text_model
 
-        if method is not None and not isinstance(method, Method):
-            raise TypeError(
-                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
-                "one with ltbm.get_method(name, keep_ratio=...)"
-            )
-        if not isinstance(size_aware, bool):
-            raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
+        check_method_argument(method)
+        check_flag("size_aware", size_aware)
         _check_model(model)
         if processor is None:
             raise TypeError(
@@ -109,7 +105,7 @@ class Compression:
         self._saved: dict[str, tuple[bool, Any]] = {}
         """Each wrapped processor method: (whether the instance had its own, that one)."""
         self._position_shift: torch.Tensor | None = None
-        self._parameters = _positional_names(self.model.forward)
+        self._parameters = positional_names(self.model.forward)
         self._key_bias: KeyBias | None = None
         if size_aware and method is not None:  # refused here if the kernel takes no bias
             self._key_bias = KeyBias(language_model_attention(self.model))
@@ -346,11 +342,3 @@ def _check_model(model: Any) -> None:
             f"Qwen2AudioForConditionalGeneration.from_pretrained(...)), got "
             f"{type(model).__name__}; see the Backbones table in the README"
         )
-
-
-def _positional_names(function: Any) -> list[str]:
-    return [
-        p.name
-        for p in inspect.signature(function).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]

@@ -169,6 +169,12 @@ def load(
     bound = resolve_method(method, keep_ratio, window, **method_params)
     check_size_aware_kwargs(size_aware, model_kwargs)
     if is_shipped_whisper(model_id_or_path):
+        if model_kwargs:
+            raise ValueError(
+                f"{model_id_or_path} is converted from CTranslate2 files, not read by "
+                f"from_pretrained, so model_kwargs ({', '.join(sorted(model_kwargs))}) would be "
+                "ignored; drop them, or load a Whisper checkpoint in transformers' format"
+            )
         return pipeline_class("whisper").from_ct2(
             SHIPPED_WHISPER[model_id_or_path],
             bound,
@@ -198,10 +204,10 @@ def load(
 def check_size_aware_kwargs(size_aware: Any, model_kwargs: dict[str, Any] | None) -> None:
     """Refuse, before any weights are read, a size_aware that is not a bool, or size-aware
     attention with an attention kernel named in ``model_kwargs`` that takes no bias."""
+    from ltbm.backbones.base import check_flag
     from ltbm.backbones.hf.size_aware import BIASABLE
 
-    if not isinstance(size_aware, bool):
-        raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
+    check_flag("size_aware", size_aware)
     chosen = (model_kwargs or {}).get("attn_implementation")
     if size_aware and isinstance(chosen, str) and chosen not in BIASABLE:
         raise ValueError(

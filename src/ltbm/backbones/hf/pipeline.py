@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltbm.backbones.base import Generation
+from ltbm.backbones.base import Generation, check_flag, check_method_argument
 from ltbm.backbones.hf.adapter import AudioAdapter, module_device_dtype, parameter_count
 from ltbm.backbones.hf.clips import AudioSource, ChatMessages, Prompt, is_chat, pair, read_clip
 from ltbm.backbones.hf.identity import hf_identity
@@ -97,12 +97,12 @@ class HFPipeline:
             )
         self.model = model.eval()
         self.processor = processor
-        self.method = method
+        self.method = check_method_argument(method)
         self.adapter = self.adapter_class(model)
         self.tokenizer = processor.tokenizer
         self.audio_token: str = processor.audio_token
         self._check_audio_token()
-        self.size_aware = _flag("size_aware", size_aware)
+        self.size_aware = check_flag("size_aware", size_aware)
         if self.size_aware:
             self.check_size_aware()
 
@@ -292,18 +292,12 @@ class HFPipeline:
 
     # ------------------------------------------------------------------ steps
     def _resolve_method(self, method: Method | None | object) -> Method | None:
-        method = self.method if method is DEFAULT else method
-        if method is not None and not isinstance(method, Method):
-            raise TypeError(
-                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
-                "one with ltbm.get_method(name, keep_ratio=..., ...)"
-            )
-        return method
+        return self.method if method is DEFAULT else check_method_argument(method)
 
     def _resolve_size_aware(self, size_aware: bool | object) -> bool:
         if size_aware is DEFAULT:
             return self.size_aware
-        size_aware = _flag("size_aware", size_aware)
+        size_aware = check_flag("size_aware", size_aware)
         if size_aware:
             self.check_size_aware()
         return size_aware
@@ -443,9 +437,3 @@ class HFPipeline:
                 texts, batch.audio_tokens, batch.kept_tokens, batch.extra, strict=True
             )
         ]
-
-
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value

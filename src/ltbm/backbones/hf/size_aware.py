@@ -83,28 +83,26 @@ def key_bias(input_ids: torch.Tensor, token_id: int, log_sizes: torch.Tensor) ->
 def language_model_attention(model: nn.Module) -> list[nn.Module]:
     """The self-attention module of every layer of the model's language model (its
     ``get_decoder()``), where the audio tokens are keys."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    modules = [getattr(layer, "self_attn", None) for layer in layers or ()]
-    if not modules or any(not isinstance(m, nn.Module) for m in modules):
-        raise TypeError(
-            f"{type(model).__name__}: ltbm cannot find its language model's self-attention "
-            "layers (get_decoder().layers[i].self_attn), so it cannot use size-aware attention"
-        )
-    return modules
+    return _decoder_layer_modules(model, "self_attn", "language model's self-attention")
 
 
 def cross_attention(model: nn.Module) -> list[nn.Module]:
     """The cross-attention module of every decoder layer of an encoder-decoder model
     (``get_decoder().layers[i].encoder_attn``, as in transformers' Whisper), whose keys
     are the encoder states."""
+    return _decoder_layer_modules(model, "encoder_attn", "decoder's cross-attention")
+
+
+def _decoder_layer_modules(model: nn.Module, attribute: str, what: str) -> list[nn.Module]:
+    """``get_decoder().layers[i].<attribute>`` of every layer, or a TypeError naming ``what``
+    could not be found."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
-    modules = [getattr(layer, "encoder_attn", None) for layer in layers or ()]
+    modules = [getattr(layer, attribute, None) for layer in layers or ()]
     if not modules or any(not isinstance(m, nn.Module) for m in modules):
         raise TypeError(
-            f"{type(model).__name__}: ltbm cannot find its decoder's cross-attention layers "
-            "(get_decoder().layers[i].encoder_attn), so it cannot use size-aware attention"
+            f"{type(model).__name__}: ltbm cannot find its {what} layers "
+            f"(get_decoder().layers[i].{attribute}), so it cannot use size-aware attention"
         )
     return modules
 
@@ -186,7 +184,7 @@ class KeyBias:
         self.modules = list(modules)
         self.cross = cross
         self.bias: torch.Tensor | None = None
-        self._names = {id(m): _parameter_names(m) for m in self.modules}
+        self._names = {id(m): positional_names(m.forward) for m in self.modules}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def attach(self) -> KeyBias:
@@ -283,11 +281,12 @@ def _per_row(bias: torch.Tensor, rows: int) -> torch.Tensor:
     return bias.repeat_interleave(rows // bias.shape[0], dim=0)
 
 
-def _parameter_names(module: nn.Module) -> list[str]:
-    """Names of the module's positional parameters, to find ``attention_mask`` and
-    ``hidden_states`` whether they come by position or by keyword."""
+def positional_names(function: Any) -> list[str]:
+    """Names of ``function``'s positional parameters, so that a forward pre-hook finds an
+    input (``attention_mask``, ``hidden_states``, ``input_ids``) whether it comes by position
+    or by keyword."""
     return [
         p.name
-        for p in inspect.signature(module.forward).parameters.values()
+        for p in inspect.signature(function).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]

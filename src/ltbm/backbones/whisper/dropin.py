@@ -28,18 +28,19 @@ not, so a pre-hook on the model hands it over. Encoder states passed in by the c
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
+from ltbm.backbones.base import check_flag, check_method_argument
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention, needs_attention
 from ltbm.backbones.hf.size_aware import (
     KeyBias,
     clip_log_sizes,
     cross_attention,
     encoder_key_bias,
+    positional_names,
 )
 from ltbm.backbones.whisper.cross_attention import (
     CrossAttentionMask,
@@ -90,13 +91,8 @@ class WhisperCompression:
         frame_rate: int | None = None,
         tail_seconds: float = 1.0,
     ) -> None:
-        if method is not None and not isinstance(method, Method):
-            raise TypeError(
-                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
-                "one with ltbm.get_method(name, keep_ratio=...)"
-            )
-        if not isinstance(size_aware, bool):
-            raise TypeError(f"size_aware must be True or False, got {size_aware!r}")
+        check_method_argument(method)
+        check_flag("size_aware", size_aware)
         self.model = model
         self.processor = processor
         self.method = method
@@ -112,7 +108,7 @@ class WhisperCompression:
         self._saved_extractor: tuple[bool, Any] | None = None
         self._forward_mask: torch.Tensor | None = None
         self._capture: AttentionCapture | None = None
-        self._parameters = _positional_names(model.forward)
+        self._parameters = positional_names(model.forward)
 
     # ------------------------------------------------------------------ attach
     def attach(self) -> WhisperCompression:
@@ -237,11 +233,3 @@ class WhisperCompression:
         if self._capture is not None:
             self._capture.__exit__(None, None, None)
             self._capture = None
-
-
-def _positional_names(function: Any) -> list[str]:
-    return [
-        p.name
-        for p in inspect.signature(function).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltbm.backbones.base import Generation
+from ltbm.backbones.base import Generation, check_flag, check_method_argument
+from ltbm.backbones.hf.adapter import module_device_dtype
 from ltbm.backbones.hf.attention_capture import AttentionCapture, last_attention, needs_attention
 from ltbm.backbones.hf.clips import AudioSource, pair, read_clip
 from ltbm.backbones.hf.size_aware import (
@@ -110,7 +111,7 @@ class WhisperHF(WhisperFrames):
         self._init_frames(frame_rate, False, tail_seconds, beam_size, encode_batch, cache_clips)
         self.model = model.eval()
         self.processor = processor
-        self.method = method
+        self.method = check_method_argument(method)
         self.decode_batch = max(1, int(decode_batch))
         self.encoder = whisper_encoder(model)
         self.model_name = model_name
@@ -120,8 +121,7 @@ class WhisperHF(WhisperFrames):
         generation = model.generation_config
         self.multilingual = bool(getattr(generation, "is_multilingual", False))
         self.prompt_ids = english_prompt(self.tokenizer.token_id, self.multilingual)
-        self._check_method_type(method)
-        self.size_aware = self._flag(size_aware)
+        self.size_aware = check_flag("size_aware", size_aware)
         if self.size_aware:
             self.check_size_aware()
 
@@ -142,6 +142,7 @@ class WhisperHF(WhisperFrames):
         ``threads`` sets torch's CPU threads (for the whole process); default: torch's own."""
         from ltbm.backbones.whisper.models import resolve_model, shipped_model, weights_sha256
 
+        target = _one_device(device)
         folder, name = resolve_model(model)
         if not (folder / "model.bin").is_file():
             raise FileNotFoundError(
@@ -151,7 +152,7 @@ class WhisperHF(WhisperFrames):
         model_object, processor = load_ct2_whisper(folder, dtype=_torch_dtype(dtype))
         if threads:
             torch.set_num_threads(int(threads))
-        model_object.to(device)
+        model_object.to(target)
         model_id = shipped_model(name).model_id if name else folder.name
         return cls(
             model_object,
@@ -205,10 +206,11 @@ class WhisperHF(WhisperFrames):
         clips, prompt_list = pair(audios, prompts)
         check_prompts(self.name, prompt_list, len(clips))
         check_max_new_tokens(max_new_tokens)
-        method = self.method if method is DEFAULT else method
-        self._check_method_type(method)
+        method = self.method if method is DEFAULT else check_method_argument(method)
         self.check_method(method)
-        size_aware = self.size_aware if size_aware is DEFAULT else self._flag(size_aware)
+        size_aware = (
+            self.size_aware if size_aware is DEFAULT else check_flag("size_aware", size_aware)
+        )
         if size_aware:
             self.check_size_aware()
         samples = [read_clip(i, clip) for i, clip in enumerate(clips)]
@@ -254,7 +256,7 @@ class WhisperHF(WhisperFrames):
         ``log_sizes`` (each clip's slot log-sizes) biases the cross-attention."""
         from transformers.modeling_outputs import BaseModelOutput
 
-        device, dtype = _device_dtype(self.model)
+        device, dtype = module_device_dtype(self.model)
         hidden = pad_rows(rows).to(device, dtype)
         bias = None if log_sizes is None else encoder_key_bias(log_sizes, hidden.shape[1])
         # The padding mask's hooks first: the bias is added to the mask they set.
@@ -307,7 +309,7 @@ class WhisperHF(WhisperFrames):
 
     # ------------------------------------------------------------------ encoder
     def _run_encoder(self, clips: list[np.ndarray], attention: bool = False) -> list[EncodedClip]:
-        device, dtype = _device_dtype(self.model)
+        device, dtype = module_device_dtype(self.model)
         mels = np.stack([log_mel_spectrogram(a, self.model.config.num_mel_bins) for a in clips])
         features = torch.from_numpy(mels).to(device, dtype)
         queries = keys = None
@@ -334,19 +336,6 @@ class WhisperHF(WhisperFrames):
     def check_size_aware(self) -> None:
         """Refuse, before any work, an attention kernel that takes no bias."""
         check_biasable(cross_attention(self.model))
-
-    @staticmethod
-    def _flag(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"size_aware must be True or False, got {value!r}")
-        return value
-
-    def _check_method_type(self, method: Any) -> None:
-        if method is not None and not isinstance(method, Method):
-            raise TypeError(
-                f"method must be an ltbm Method or None, got {type(method).__name__}; build "
-                "one with ltbm.get_method(name, keep_ratio=..., ...)"
-            )
 
     def describe(self) -> dict[str, Any]:
         """Model, versions and settings, written into every result."""
@@ -413,9 +402,17 @@ def _vocabulary_from(processor: Any) -> ByteLevelDecoder:
     return ByteLevelDecoder(list(tokens), end)
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    parameter = next(model.parameters())
-    return parameter.device, parameter.dtype
+def _one_device(device: Any) -> torch.device:
+    """The device the converted model moves to, checked before the weights are read: one
+    device (cpu, cuda:0), not a device map (``auto``, a dict), which only ``from_pretrained``
+    takes, and which torch would refuse with its own message after the conversion."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"whisper-hf runs on one device, got {device!r}; pass one such as 'cpu' or "
+            "'cuda:0' (device maps such as 'auto' are for checkpoints from_pretrained reads)"
+        ) from None
 
 
 def _torch_dtype(value: str | torch.dtype) -> torch.dtype:
