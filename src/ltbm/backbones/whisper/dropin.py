@@ -217,14 +217,14 @@ class WhisperCompression:
             )
         if min(mel_frames) < 1:
             raise ValueError("a clip has no valid mel frame (an empty clip)")
-        frames = hidden.float().cpu()
+        frames = hidden.float()  # compressed on the model's device, no round trip
         return [
             self.frames.encoded_clip(
                 frames[i],
                 mel * MEL_HOP,
                 False,
-                None if queries is None else queries[i].float().cpu(),
-                None if keys is None else keys[i].float().cpu(),
+                None if queries is None else queries[i].float(),
+                None if keys is None else keys[i].float(),
             )
             for i, mel in enumerate(mel_frames)
         ]

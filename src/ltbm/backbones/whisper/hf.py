@@ -317,10 +317,11 @@ class WhisperHF(WhisperFrames):
             if attention:
                 with AttentionCapture(last_attention(self.encoder)) as capture:
                     frames = self.encoder(features).last_hidden_state
-                queries, keys = (x.float().cpu() for x in capture.queries_keys())
+                queries, keys = (x.float() for x in capture.queries_keys())
             else:
                 frames = self.encoder(features).last_hidden_state
-        frames = frames.float().cpu()
+        # On the model's device: compression runs where the encoder ran, with no round trip.
+        frames = frames.float()
         return [
             self.encoded_clip(
                 frames[i],
