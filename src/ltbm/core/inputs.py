@@ -23,20 +23,14 @@ class ClipLengths(NamedTuple):
     host: tuple[int, ...]
 
 
-def check_tokens(
-    tokens: torch.Tensor, lengths: torch.Tensor | None, check_finite: bool = True
-) -> torch.Tensor:
-    """Validate ``tokens [B, N, D]`` and ``lengths [B]``; return lengths as a long tensor on
-    the tokens' device (all N when ``lengths`` is None). ``check_finite=False`` skips the
-    NaN/Inf check for a caller that folds it into a pass it makes anyway (the merge kernel
-    checks the row norms it computes, see :func:`refuse_non_finite`)."""
-    return clip_lengths(tokens, lengths, check_finite).on_device
-
-
 def clip_lengths(
     tokens: torch.Tensor, lengths: torch.Tensor | None, check_finite: bool = True
 ) -> ClipLengths:
-    """:func:`check_tokens`, returning the lengths on the device and on the host.
+    """Validate ``tokens [B, N, D]`` and ``lengths [B]`` (all N when ``lengths`` is None);
+    return the lengths as a long tensor on the tokens' device and as Python integers.
+    ``check_finite=False`` skips the NaN/Inf check for a caller that folds it into a pass it
+    makes anyway (the merge kernel checks the row norms it computes, see
+    :func:`refuse_non_finite`).
 
     Lengths given on the host (a list, or a CPU tensor beside tokens on a GPU, as a
     processor returns them) are checked there and sent to the device without waiting for
@@ -176,19 +170,6 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
 def valid_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """``[B, width]`` bool: True at positions below each clip's length."""
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def budgets(lengths: torch.Tensor | ClipLengths, keep_ratio: float) -> torch.Tensor:
-    """K per clip, from the one budget rule, on the lengths' device (read from the host
-    values of :class:`ClipLengths`; a tensor of lengths is read back)."""
-    check_keep_ratio(keep_ratio)
-    if isinstance(lengths, ClipLengths):
-        return to_device(kept_per_clip(lengths.host, keep_ratio), lengths.on_device)
-    return torch.tensor(
-        [kept_tokens(int(n), keep_ratio) for n in lengths.tolist()],
-        dtype=torch.long,
-        device=lengths.device,
-    )
 
 
 def kept_per_clip(host: Sequence[int], keep_ratio: float) -> list[int]:
