@@ -178,14 +178,20 @@ def kept_per_clip(host: Sequence[int], keep_ratio: float) -> list[int]:
     return [kept_tokens(int(n), keep_ratio) for n in host]
 
 
+def is_positive_integer(value: object) -> bool:
+    """A whole number of at least one: an integer, or a float with no fraction (as a JSON
+    or command-line value may arrive); never a bool."""
+    integral = isinstance(value, numbers.Integral) or (
+        isinstance(value, float) and value.is_integer()
+    )
+    return integral and not isinstance(value, bool) and value >= 1
+
+
 def check_window(window: int | None) -> int | None:
     """A window is a positive integer (or None for no window); anything else is refused."""
     if window is None:
         return None
-    integral = isinstance(window, numbers.Integral) or (
-        isinstance(window, float) and window.is_integer()
-    )
-    if isinstance(window, bool) or not integral or window < 1:
+    if not is_positive_integer(window):
         raise ValueError(
             f"window must be a positive integer (how many B tokens on each side an A token "
             f"may merge with), got {window!r}; use method='global' for no window"

@@ -22,11 +22,15 @@ With S = 1 this is ``prune``'s plan exactly.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from ltbm.core.inputs import clip_lengths, kept_per_clip, to_device, valid_mask
+from ltbm.core.inputs import (
+    clip_lengths,
+    is_positive_integer,
+    kept_per_clip,
+    to_device,
+    valid_mask,
+)
 from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.methods.pruning import check_scores, token_scores
 
@@ -36,10 +40,7 @@ DEFAULT_SEGMENTS = 10
 
 def check_segments(segments: int) -> int:
     """S is a positive integer; anything else is refused with the fix."""
-    integral = isinstance(segments, numbers.Integral) or (
-        isinstance(segments, float) and segments.is_integer()
-    )
-    if isinstance(segments, bool) or not integral or segments < 1:
+    if not is_positive_integer(segments):
         raise ValueError(
             f"segments must be a positive integer (how many equal stretches of time each clip "
             f"is cut into), got {segments!r}; 1 is plain top-K"
