@@ -23,7 +23,8 @@ from ltbm.methods.weighting import MIN_ATTENTION_WEIGHT
 
 
 def budgets_of(n: int, k: int, segments: int) -> list[int]:
-    return segment_budgets(torch.tensor([n]), torch.tensor([k]), segments)[0].tolist()
+    starts = segment_starts(torch.tensor([n]), segments)
+    return segment_budgets(starts, torch.tensor([k]))[0].tolist()
 
 
 # ----------------------------------------------------------------- segment_topk

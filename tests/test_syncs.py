@@ -20,7 +20,8 @@ import torch
 import ltbm
 from ltbm.core.device_path import forced
 from ltbm.core.syncs import SyncCounter, host_list, host_tensor, host_values, is_host_tensor
-from ltbm.methods import METHODS
+from ltbm.methods import METHODS, get_method
+from ltbm.methods.pruning import attention_received
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,6 +182,24 @@ def test_sync_count_does_not_grow_with_the_batch(setting):
     one = count(name, params, *batch(1)).total
     eight = count(name, params, *batch(8)).total
     assert one <= eight <= one + (2 if name == "global" else 0)
+
+
+def attention_settings() -> list[tuple[str, dict, int]]:
+    return [bound for bound in settings() if get_method(bound[0], **bound[1]).needs_attention]
+
+
+@pytest.mark.parametrize("setting", attention_settings(), ids=setting_id)
+def test_received_scores_wait_no_more_than_queries_and_keys(setting):
+    """Scores handed over by a backbone (Audio Flamingo 3) take the one read that checks
+    the queries and keys (for NaN), and one more where they weigh frames (for negative
+    values)."""
+    name, params, _ = setting
+    tokens, lengths, signals = batch(3)
+    scores = attention_received(signals["queries"], signals["keys"], torch.tensor(lengths))
+    from_signals = count(name, params, tokens, lengths, signals).total
+    from_scores = count(name, params, tokens, lengths, {"scores": scores}).total
+    weighs = getattr(get_method(name, **params), "weighting", None) == "attention"
+    assert from_scores <= from_signals + int(weighs)
 
 
 def test_frozen_plan_cases_wait_as_bounded():

@@ -23,20 +23,14 @@ class ClipLengths(NamedTuple):
     host: tuple[int, ...]
 
 
-def check_tokens(
-    tokens: torch.Tensor, lengths: torch.Tensor | None, check_finite: bool = True
-) -> torch.Tensor:
-    """Validate ``tokens [B, N, D]`` and ``lengths [B]``; return lengths as a long tensor on
-    the tokens' device (all N when ``lengths`` is None). ``check_finite=False`` skips the
-    NaN/Inf check for a caller that folds it into a pass it makes anyway (the merge kernel
-    checks the row norms it computes, see :func:`refuse_non_finite`)."""
-    return clip_lengths(tokens, lengths, check_finite).on_device
-
-
 def clip_lengths(
     tokens: torch.Tensor, lengths: torch.Tensor | None, check_finite: bool = True
 ) -> ClipLengths:
-    """:func:`check_tokens`, returning the lengths on the device and on the host.
+    """Validate ``tokens [B, N, D]`` and ``lengths [B]`` (all N when ``lengths`` is None);
+    return the lengths as a long tensor on the tokens' device and as Python integers.
+    ``check_finite=False`` skips the NaN/Inf check for a caller that folds it into a pass it
+    makes anyway (the merge kernel checks the row norms it computes, see
+    :func:`refuse_non_finite`).
 
     Lengths given on the host (a list, or a CPU tensor beside tokens on a GPU, as a
     processor returns them) are checked there and sent to the device without waiting for
@@ -178,33 +172,26 @@ def valid_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def budgets(lengths: torch.Tensor | ClipLengths, keep_ratio: float) -> torch.Tensor:
-    """K per clip, from the one budget rule, on the lengths' device (read from the host
-    values of :class:`ClipLengths`; a tensor of lengths is read back)."""
-    check_keep_ratio(keep_ratio)
-    if isinstance(lengths, ClipLengths):
-        return to_device(kept_per_clip(lengths.host, keep_ratio), lengths.on_device)
-    return torch.tensor(
-        [kept_tokens(int(n), keep_ratio) for n in lengths.tolist()],
-        dtype=torch.long,
-        device=lengths.device,
-    )
-
-
 def kept_per_clip(host: Sequence[int], keep_ratio: float) -> list[int]:
     """K of every clip, as Python integers, from host lengths."""
     check_keep_ratio(keep_ratio)
     return [kept_tokens(int(n), keep_ratio) for n in host]
 
 
+def is_positive_integer(value: object) -> bool:
+    """A whole number of at least one: an integer, or a float with no fraction (as a JSON
+    or command-line value may arrive); never a bool."""
+    integral = isinstance(value, numbers.Integral) or (
+        isinstance(value, float) and value.is_integer()
+    )
+    return integral and not isinstance(value, bool) and value >= 1
+
+
 def check_window(window: int | None) -> int | None:
     """A window is a positive integer (or None for no window); anything else is refused."""
     if window is None:
         return None
-    integral = isinstance(window, numbers.Integral) or (
-        isinstance(window, float) and window.is_integer()
-    )
-    if isinstance(window, bool) or not integral or window < 1:
+    if not is_positive_integer(window):
         raise ValueError(
             f"window must be a positive integer (how many B tokens on each side an A token "
             f"may merge with), got {window!r}; use method='global' for no window"

@@ -39,9 +39,10 @@ class Method:
     """Base class: a compression method with its parameters bound."""
 
     name: ClassVar[str]
-    needs_attention: ClassVar[bool] = False
-    without_attention: ClassVar[str] = ""
-    """The parameter setting that needs no encoder attention (named in refusals)."""
+    attention_parameter: ClassVar[str] = ""
+    """The text parameter (listed in ``choices``) whose value ``"attention"`` makes the
+    method read the encoder's attention; "" for a method that never does. A method that
+    always does may set ``needs_attention = True`` instead."""
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     """The values a text parameter takes, listed in the method table."""
     source: ClassVar[str] = ""
@@ -53,6 +54,22 @@ class Method:
 
     def __init__(self, keep_ratio: float = 0.25) -> None:
         self.keep_ratio = check_keep_ratio(keep_ratio)
+
+    @property
+    def needs_attention(self) -> bool:
+        """Whether a call needs the encoder's attention (queries and keys, or scores)."""
+        parameter = self.attention_parameter
+        return bool(parameter) and getattr(self, parameter) == "attention"
+
+    @property
+    def without_attention(self) -> str:
+        """The setting of :attr:`attention_parameter` that needs no attention (named in
+        refusals), e.g. ``"scorer='norm'"``."""
+        parameter = self.attention_parameter
+        if not parameter:
+            return ""
+        other = next(value for value in self.choices[parameter] if value != "attention")
+        return f"{parameter}={other!r}"
 
     def plan(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None, **signals) -> Plan:
         raise NotImplementedError
@@ -92,17 +109,13 @@ class MergeMethod(Method):
     it. ``weighting`` is written into the parameters only when it is not ``"size"``, so
     results made before it existed keep their identity."""
 
-    without_attention = "weighting='size'"
+    attention_parameter = "weighting"
     choices = {"weighting": WEIGHTINGS}
     window: int | None = None
 
     def __init__(self, keep_ratio: float = 0.25, weighting: str = "size") -> None:
         super().__init__(keep_ratio)
         self.weighting = check_weighting(weighting)
-
-    @property
-    def needs_attention(self) -> bool:  # type: ignore[override]
-        return self.weighting == "attention"
 
     def plan(self, tokens, lengths=None, queries=None, keys=None, scores=None, **_) -> Plan:
         if self.weighting == "size":
@@ -170,17 +183,13 @@ class Prune(Method):
     model stays on SDPA/FlashAttention). `norm`: feature L2 norm."""
 
     name = "prune"
-    without_attention = "scorer='norm'"
+    attention_parameter = "scorer"
     choices = {"scorer": SCORERS}
     source = "baseline"
 
     def __init__(self, keep_ratio: float = 0.25, scorer: str = "attention") -> None:
         super().__init__(keep_ratio)
         self.scorer = check_scorer(scorer)
-
-    @property
-    def needs_attention(self) -> bool:  # type: ignore[override]
-        return self.scorer == "attention"
 
     def plan(self, tokens, lengths=None, queries=None, keys=None, scores=None, **_) -> Plan:
         return prune_plan(tokens, lengths, self.keep_ratio, self.scorer, queries, keys, scores)
@@ -201,7 +210,7 @@ class SegmentTopK(Method):
     tokens shared among segments by largest remainder; ``scorer`` as in prune."""
 
     name = "segment_topk"
-    without_attention = "scorer='norm'"
+    attention_parameter = "scorer"
     choices = {"scorer": SCORERS}
     source = (
         "Gibier et al., *Segmentwise Pruning in Audio-Language Models*, arXiv 2511.14293 "
@@ -217,10 +226,6 @@ class SegmentTopK(Method):
         super().__init__(keep_ratio)
         self.segments = check_segments(segments)
         self.scorer = check_scorer(scorer)
-
-    @property
-    def needs_attention(self) -> bool:  # type: ignore[override]
-        return self.scorer == "attention"
 
     def plan(self, tokens, lengths=None, queries=None, keys=None, scores=None, **_) -> Plan:
         return segment_topk_plan(
@@ -246,7 +251,7 @@ class AdaptiveDiverse(Method):
     spirit of SA-MAP, 2026); ``weighting``: the runs' means by "attention" or "size"."""
 
     name = "adaptive_diverse"
-    without_attention = "weighting='size'"
+    attention_parameter = "weighting"
     choices = {"weighting": WEIGHTINGS}
     source = (
         "in the spirit of SA-MAP (*Similarity-Attention Boosted Token Compression via "
@@ -262,10 +267,6 @@ class AdaptiveDiverse(Method):
         super().__init__(keep_ratio)
         self.threshold = check_threshold(threshold)
         self.weighting = check_weighting(weighting)
-
-    @property
-    def needs_attention(self) -> bool:  # type: ignore[override]
-        return self.weighting == "attention"
 
     def plan(self, tokens, lengths=None, queries=None, keys=None, scores=None, **_) -> Plan:
         return adaptive_diverse_plan(

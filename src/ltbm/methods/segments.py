@@ -22,11 +22,15 @@ With S = 1 this is ``prune``'s plan exactly.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from ltbm.core.inputs import clip_lengths, kept_per_clip, to_device, valid_mask
+from ltbm.core.inputs import (
+    clip_lengths,
+    is_positive_integer,
+    kept_per_clip,
+    to_device,
+    valid_mask,
+)
 from ltbm.core.plan import NOT_KEPT, Plan, plan_from_slots
 from ltbm.methods.pruning import check_scores, token_scores
 
@@ -36,10 +40,7 @@ DEFAULT_SEGMENTS = 10
 
 def check_segments(segments: int) -> int:
     """S is a positive integer; anything else is refused with the fix."""
-    integral = isinstance(segments, numbers.Integral) or (
-        isinstance(segments, float) and segments.is_integer()
-    )
-    if isinstance(segments, bool) or not integral or segments < 1:
+    if not is_positive_integer(segments):
         raise ValueError(
             f"segments must be a positive integer (how many equal stretches of time each clip "
             f"is cut into), got {segments!r}; 1 is plain top-K"
@@ -53,8 +54,9 @@ def segment_starts(lengths: torch.Tensor, segments: int) -> torch.Tensor:
     return torch.div(s[None, :] * lengths[:, None], segments, rounding_mode="floor")
 
 
-def segment_budgets(lengths: torch.Tensor, kept: torch.Tensor, segments: int) -> torch.Tensor:
-    """``[B, S]`` long: tokens kept from each segment, summing to ``kept`` per clip.
+def segment_budgets(starts: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` long: tokens kept from each segment (``starts``: :func:`segment_starts`),
+    summing to ``kept`` per clip.
 
     Largest remainder on the shares K·L_s/n, in exact integer arithmetic: the floors first,
     then one more token for each of the K − Σ floors segments with the largest remainders.
@@ -62,10 +64,10 @@ def segment_budgets(lengths: torch.Tensor, kept: torch.Tensor, segments: int) ->
     the tied segments (the centred stride :func:`spread_picks`), not given to the first ones:
     with equal segments every remainder ties, and K < S would otherwise keep only the start
     of the clip."""
-    starts = segment_starts(lengths, segments)
+    segments = starts.shape[1] - 1
     seg_lengths = starts[:, 1:] - starts[:, :-1]
     owed = kept[:, None] * seg_lengths
-    n = lengths.clamp(min=1)[:, None]
+    n = starts[:, -1:].clamp(min=1)
     base = torch.div(owed, n, rounding_mode="floor")
     remainder = owed - base * n
     left = kept - base.sum(1)
@@ -92,11 +94,11 @@ def spread_picks(count: torch.Tensor, picks: torch.Tensor, width: int) -> torch.
     return out.scatter_(1, target, True)[:, :width]
 
 
-def segment_ids(lengths: torch.Tensor, width: int, segments: int) -> torch.Tensor:
-    """``[B, width]`` long: the segment of every position; S for padding."""
-    starts = segment_starts(lengths, segments)[:, 1:].contiguous()
-    positions = torch.arange(width, device=lengths.device).expand(lengths.shape[0], width)
-    return torch.searchsorted(starts, positions.contiguous(), right=True)
+def segment_ids(starts: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, width]`` long: the segment of every position (``starts``: :func:`segment_starts`);
+    S for padding."""
+    positions = torch.arange(width, device=starts.device).expand(starts.shape[0], width)
+    return torch.searchsorted(starts[:, 1:].contiguous(), positions.contiguous(), right=True)
 
 
 @torch.no_grad()
@@ -123,7 +125,8 @@ def segment_topk_plan(
     else:
         check_scores(scores, tokens, lengths)
     valid = valid_mask(lengths, width)
-    seg = segment_ids(lengths, width, segments)
+    starts = segment_starts(lengths, segments)
+    seg = segment_ids(starts, width)
     # Order every clip by (segment, score descending, position): two stable sorts.
     by_score = torch.sort(
         scores.float().masked_fill(~valid, float("-inf")), dim=1, descending=True, stable=True
@@ -131,12 +134,11 @@ def segment_topk_plan(
     by_segment = torch.sort(seg.gather(1, by_score), dim=1, stable=True).indices
     order = by_score.gather(1, by_segment)
     # The rank of each token within its segment is its place in that order minus the
-    # segment's first place (segments keep their positions' count, so it is their start).
-    starts = segment_starts(lengths, segments)
-    allowed = torch.cat([segment_budgets(lengths, kept, segments), kept.new_zeros(batch, 1)], 1)
+    # segment's first place (segments keep their positions' count, so it is their start;
+    # padding, "segment" S, starts at the clip's length).
+    allowed = torch.cat([segment_budgets(starts, kept), kept.new_zeros(batch, 1)], 1)
     seg_sorted = seg.gather(1, order)
-    first = torch.cat([starts[:, :-1], lengths[:, None]], 1).gather(1, seg_sorted)
-    rank = torch.arange(width, device=tokens.device)[None, :] - first
+    rank = torch.arange(width, device=tokens.device)[None, :] - starts.gather(1, seg_sorted)
     keep_sorted = (rank < allowed.gather(1, seg_sorted)) & (seg_sorted < segments)
     keep = torch.zeros_like(valid).scatter_(1, order, keep_sorted)
     slot_index = torch.where(keep, keep.long().cumsum(1) - 1, NOT_KEPT)

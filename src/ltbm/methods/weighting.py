@@ -45,9 +45,10 @@ def attention_weights(
     weights average one), floored at :data:`MIN_ATTENTION_WEIGHT`; zero on padding. The
     attention comes from the last layer's ``queries``/``keys``, or from ``scores``, the
     received attention a backbone computed itself (Audio Flamingo 3, per window)."""
+    valid = valid_mask(lengths, tokens.shape[1])
     if scores is not None:
         check_scores(scores, tokens, lengths)
-        if bool((scores.float()[valid_mask(lengths, tokens.shape[1])] < 0).any()):
+        if bool(((scores < 0) & valid).any()):  # a mask, not a boolean index: one read
             raise ValueError("attention scores must not be negative (they weigh frames)")
     elif queries is None or keys is None:
         raise ValueError(
@@ -57,9 +58,7 @@ def attention_weights(
         )
     else:
         scores = token_scores(tokens, lengths, "attention", queries, keys)
-    scores = scores.float()
-    valid = valid_mask(lengths, tokens.shape[1])
-    scores = torch.where(valid, scores, 0.0)
+    scores = torch.where(valid, scores.float(), 0.0)
     mean = scores.sum(1) / lengths.clamp(min=1)
     weights = scores / mean.clamp(min=torch.finfo(torch.float32).tiny)[:, None]
     return torch.where(valid, weights.clamp(min=MIN_ATTENTION_WEIGHT), 0.0)
