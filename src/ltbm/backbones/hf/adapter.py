@@ -50,12 +50,9 @@ class EncodedAudio:
 
     def kept(self, compressed: Compressed | None) -> torch.Tensor:
         """``[C, K_max, ...]``: what reaches the projector after the method's plan."""
-        source = self.tokens if self.projector_input is None else self.projector_input
         if compressed is None:
-            return source
-        if self.projector_input is None:
-            return compressed.tokens
-        return compressed.plan.apply(source)
+            return self.tokens if self.projector_input is None else self.projector_input
+        return compressed.tokens
 
 
 @dataclass
@@ -88,7 +85,8 @@ def budget(lengths: Sequence[int], method: Method | None) -> list[int]:
 
 
 def compress_tokens(method: Method | None, encoded: EncodedAudio) -> Compressed | None:
-    """Run the method on the encoder tokens (None: no compression).
+    """Run the method on the encoder tokens (None: no compression). Where the projector takes
+    ``projector_input``, the result's tokens are that input under the method's plan.
 
     The budget is checked here, not trusted: the placeholder counts were fixed by the same
     rule before the encoder ran, so a method that returns another K would shift every
@@ -97,7 +95,11 @@ def compress_tokens(method: Method | None, encoded: EncodedAudio) -> Compressed 
         return None
     lengths = host_list(encoded.lengths)
     with torch.no_grad():
-        result = method(encoded.tokens, encoded.lengths, **encoded.signals)
+        if encoded.projector_input is None:
+            result = method(encoded.tokens, encoded.lengths, **encoded.signals)
+        else:  # the plan is formed on the tokens and applied once, to what the projector takes
+            plan = method.plan(encoded.tokens, encoded.lengths, **encoded.signals)
+            result = Compressed(plan.apply(encoded.projector_input), plan.kept.clone(), plan)
     expected = budget(lengths, method)
     facts = result.plan.host_facts  # K as the plan states it on the host, if it does
     got = list(facts.kept) if facts is not None else result.lengths.tolist()
