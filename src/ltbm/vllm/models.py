@@ -152,7 +152,8 @@ class CompressedModelMixin:
 
     ltbm_adapter_class: type[AudioAdapter]
 
-    def _ltbm_setup(self) -> None:
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.ltbm_method = method_from_config(self.config)
         self.ltbm_adapter = self.ltbm_adapter_class(self)
         self.ltbm_adapter.check_method(self.ltbm_method)
@@ -200,10 +201,6 @@ class LtbmQwen2AudioForConditionalGeneration(
 
     ltbm_adapter_class = VllmQwen2AudioAdapter
 
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._ltbm_setup()
-
     def _ltbm_features(self, audio_input):
         features = audio_input["input_features"]
         if isinstance(features, list):
@@ -223,10 +220,6 @@ class LtbmAudioFlamingo3ForConditionalGeneration(
     """vLLM's Audio Flamingo 3 with ltbm's compression over each clip's windows."""
 
     ltbm_adapter_class = VllmAudioFlamingo3Adapter
-
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._ltbm_setup()
 
     def _ltbm_features(self, audio_input):
         features, mask, windows = self._normalize_audio_feature_inputs(audio_input)
