@@ -262,6 +262,28 @@ def test_attention_pruning_at_25hz_keeps_k_of_the_pooled_tokens(clips):
     assert all(g.text for g in generations)
 
 
+def test_the_pipeline_silences_only_transformers_notices_about_its_inner_call(tiny, clips, caplog):
+    """transformers' Whisper ``generate`` logs three notices per batch about its own inner call
+    (a line each for every batch of a sweep); the pipeline drops exactly those."""
+    import logging
+
+    from ltbm.backbones.whisper.hf import GENERATE_NOTICES, without_generate_notices
+
+    logger = logging.getLogger("transformers.generation.utils")
+    with caplog.at_level(logging.WARNING):
+        tiny.decode(tiny.encode(clips[:2]), None)
+        with without_generate_notices():
+            logger.warning("Both `max_new_tokens` (=1) and `max_length`(=2) seem to have been set.")
+            logger.warning("some other notice")
+        logger.warning("Both `max_new_tokens` (=3) outside the pipeline")
+    messages = [record.getMessage() for record in caplog.records]
+    assert [m for m in messages if m.startswith(GENERATE_NOTICES)] == [
+        "Both `max_new_tokens` (=3) outside the pipeline"
+    ]
+    assert "some other notice" in messages
+    assert not logger.filters
+
+
 # ---------------------------------------------------------------- loading and identity
 def test_load_names_the_shipped_models_and_binds_the_method(tiny):
     pipe = ltbm.load("whisper-tiny.en", method="ltbm", keep_ratio=0.5)

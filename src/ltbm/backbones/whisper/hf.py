@@ -24,8 +24,10 @@ comparable, while greedy results are token for token (``benchmarks/whisper_conve
 from __future__ import annotations
 
 import copy
+import logging
 import platform
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,35 @@ from ltbm.backbones.whisper.frames import (
 from ltbm.backbones.whisper.mel import CHUNK_SECONDS, log_mel_spectrogram
 from ltbm.io.audio import is_silent
 from ltbm.methods import Compressed, Method
+
+GENERATE_NOTICES = (
+    "Both `max_new_tokens`",
+    "Passing `generation_config` together with generation-related arguments",
+    "The attention mask is not set with a batched input",
+)
+"""What transformers' Whisper ``generate`` logs about its own inner call, on every batch:
+it passes its suppress tokens beside the generation config, restores the model's default
+``max_length`` beside our ``max_new_tokens`` (which takes precedence, as intended), and
+cannot tell that the batch's decoder prompts, all the same length, have no padding."""
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(GENERATE_NOTICES)
+
+
+@contextmanager
+def without_generate_notices():
+    """Drop :data:`GENERATE_NOTICES` (a line each per batch of a 327-clip sweep) while the
+    pipeline generates; every other message of transformers passes."""
+    logger = logging.getLogger("transformers.generation.utils")
+    notices = _DropNotices()
+    logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)
+
 
 DEFAULT = object()
 """Sentinel for "the pipeline's bound method" in :meth:`WhisperHF.generate`."""
@@ -264,6 +295,7 @@ class WhisperHF(WhisperFrames):
             torch.no_grad(),
             CrossAttentionMask(self.model) as mask,
             cross_attention_bias(self.model, bias),
+            without_generate_notices(),
         ):
             mask.set([r.shape[0] for r in rows], hidden.shape[1], hidden)
             output = self.model.generate(
