@@ -131,6 +131,25 @@ def test_clips_of_equal_length_share_a_batch_without_changing_results(backbone, 
     assert [g.text for g in together] == [alone[0].text] * 2
 
 
+def test_a_sweep_over_the_proxy_studys_327_clips_encodes_each_once(encoded):
+    """The cache evicts the least recently used clip and a sweep visits its clips in the same
+    order in every cell: a cache smaller than the folder gives no hit at all (it held 128
+    clips, and the 300 LibriSpeech utterances were encoded again in every cell)."""
+    backbone = WhisperCT2(beam_size=1)
+    runs = []
+
+    def fake_encoder(clips, attention=False):
+        runs.append(len(clips))
+        return [encoded[0]] * len(clips)
+
+    backbone._run_encoder = fake_encoder
+    folder = [np.full(1600, i / 1000, dtype=np.float32) for i in range(327)]
+    for _cell in range(3):
+        for start in range(0, len(folder), 4):
+            backbone.encode(folder[start : start + 4])
+    assert sum(runs) == 327
+
+
 def test_pool_to_25hz_counts_tokens_at_25hz(clips):
     backbone = WhisperCT2(pool_to_25hz=True, beam_size=1)
     audio, reference = clips[0]
