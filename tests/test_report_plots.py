@@ -120,3 +120,39 @@ def test_bench_plot_reads_the_keep_ratio_the_same_way(tmp_path, monkeypatch):
     assert all(axis.xaxis_inverted() for axis in figure.axes)
     monkeypatch.undo()
     plt.close(figure)
+
+
+def test_many_long_legend_entries_fit_in_the_figure(tmp_path, monkeypatch):
+    """A study of eight cells and seventeen paired differences (labels such as
+    ``adaptive_diverse t=0.9 attention-weighted − ltbm w=1 size-aware``): both legends lie
+    inside the saved figure and the panels keep their size."""
+    from ltbm.report.plots import plot_statistics
+
+    condition = {"task": "speech", "kind": "asr", "backbone": "whisper-hf", "frame_rate_hz": 50}
+    labels = ["none", "pool", "global", "global size-aware", "ltbm w=1", "ltbm w=1 size-aware"]
+    labels += ["segment_topk attention S=10", "adaptive_diverse t=0.9 attention-weighted"]
+    common = {"condition": condition, "metric": "wer", "lower_is_better": True}
+    cells = [
+        common
+        | {"label": label, "keep_ratio": 1.0 if label == "none" else 0.15}
+        | {"interval": interval(0.1 * index)}
+        for index, label in enumerate(labels)
+    ]
+    differences = [
+        common | {"a": a, "b": b, "keep_ratio": 0.15, "difference": interval(0.01 * index)}
+        for index, (a, b) in enumerate((a, b) for a in labels[1:] for b in labels[1:4] if a != b)
+    ][:17]
+    stats = {"options": {"level": 0.95}, "cells": cells, "differences": differences}
+    monkeypatch.setattr(plt, "close", lambda figure: None)  # keep the figure for a look
+    [path] = plot_statistics(stats, tmp_path).values()
+    figure = plt.gcf()
+    monkeypatch.undo()
+    renderer = figure.canvas.get_renderer()
+    inside = figure.bbox
+    for axis in figure.axes:
+        legend = axis.get_legend().get_window_extent(renderer)
+        assert inside.x0 - 1 <= legend.x0 and legend.x1 <= inside.x1 + 1
+        assert inside.y0 - 1 <= legend.y0 and legend.y1 <= inside.y1 + 1
+        assert axis.get_position().height > 0.25  # the data keeps a quarter of the figure
+    assert path.is_file()
+    plt.close(figure)

@@ -49,20 +49,35 @@ def keep_ratio_axis(axis) -> None:
         axis.invert_xaxis()
 
 
-def legend_below(axis) -> None:
+LEGEND_ROW_INCHES = 0.15
+"""Height of one legend row at font size 7, for growing the figure under its legends."""
+
+
+def legend_columns(labels: list[str]) -> int:
+    """Columns that fit labels of this length under a 5.5-inch panel at font size 7 (a
+    paired difference's label such as ``adaptive_diverse t=0.9 attention-weighted − ltbm w=1
+    size-aware`` needs the whole width)."""
+    longest = max((len(label) for label in labels), default=0)
+    return 3 if longest <= 20 else 2 if longest <= 36 else 1
+
+
+def legend_below(axis) -> int:
     """A legend under the panel, outside the data, for the series drawn with a label (none
-    when nothing was drawn, so no entry stands for missing data)."""
+    when nothing was drawn, so no entry stands for missing data); returns its rows."""
     handles, labels = axis.get_legend_handles_labels()
-    if handles:
-        axis.legend(
-            handles,
-            labels,
-            fontsize=7,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.16),
-            ncol=min(3, len(handles)),
-            frameon=False,
-        )
+    if not handles:
+        return 0
+    columns = min(legend_columns(labels), len(handles))
+    axis.legend(
+        handles,
+        labels,
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=columns,
+        frameon=False,
+    )
+    return -(-len(handles) // columns)
 
 
 def plot_statistics(stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -81,8 +96,11 @@ def plot_statistics(stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         figure, (cells_axis, differences_axis) = plt.subplots(
             1, 2, figsize=(11, 5), layout="constrained"
         )
-        _plot_cells(cells_axis, cells)
-        _plot_differences(differences_axis, differences.get(key, []))
+        rows = max(
+            _plot_cells(cells_axis, cells),
+            _plot_differences(differences_axis, differences.get(key, [])),
+        )
+        figure.set_size_inches(11, 5 + LEGEND_ROW_INCHES * rows)  # the legends, not the data
         rate = f" @ {condition['frame_rate_hz']:g} Hz" if condition["frame_rate_hz"] else ""
         level = f"{stats['options']['level']:.0%}"
         figure.suptitle(f"{condition['task']} — {condition['backbone']}{rate} ({level} intervals)")
@@ -95,7 +113,7 @@ def plot_statistics(stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _plot_cells(axis, cells: list[dict[str, Any]]) -> None:
+def _plot_cells(axis, cells: list[dict[str, Any]]) -> int:
     series: dict[str, list[tuple[float, dict]]] = defaultdict(list)
     for cell in cells:
         if cell["interval"]:
@@ -109,11 +127,11 @@ def _plot_cells(axis, cells: list[dict[str, Any]]) -> None:
     metric = cells[0]["metric"]
     axis.set_ylabel(metric + (" (lower is better)" if cells[0]["lower_is_better"] else ""))
     keep_ratio_axis(axis)
-    legend_below(axis)
     axis.set_title(f"{metric} vs keep ratio")
+    return legend_below(axis)
 
 
-def _plot_differences(axis, rows: list[dict[str, Any]]) -> None:
+def _plot_differences(axis, rows: list[dict[str, Any]]) -> int:
     series: dict[str, list[tuple[float, dict]]] = defaultdict(list)
     for row in rows:
         if row["difference"]:
@@ -126,8 +144,8 @@ def _plot_differences(axis, rows: list[dict[str, Any]]) -> None:
     if not series:
         axis.text(0.5, 0.5, "no paired differences", ha="center", transform=axis.transAxes)
     keep_ratio_axis(axis)
-    legend_below(axis)
     axis.set_title("paired differences")
+    return legend_below(axis)
 
 
 def _errorbars(axis, series: dict[str, list[tuple[float, dict]]]) -> None:
