@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltbm.backbones.hf.hooks import ModulePreHooks
 from ltbm.methods.registry import Compressed
 
 BIASABLE = ("eager", "sdpa")
@@ -168,7 +169,7 @@ def biased_mask(
     return torch.where(mask.to(bias.device), bias, torch.tensor(lowest, dtype=dtype))
 
 
-class KeyBias:
+class KeyBias(ModulePreHooks):
     """Forward pre-hooks on attention modules that add ``bias`` (``[B, T]``, one value per
     key position) to their attention mask while it is set; ``bias`` None: no change at all.
 
@@ -181,30 +182,13 @@ class KeyBias:
 
     def __init__(self, modules: Sequence[nn.Module], cross: bool = False) -> None:
         check_biasable(modules)
-        self.modules = list(modules)
+        super().__init__(modules)
         self.cross = cross
         self.bias: torch.Tensor | None = None
         self._names = {id(m): positional_names(m.forward) for m in self.modules}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def attach(self) -> KeyBias:
-        if not self._handles:
-            self._handles = [
-                m.register_forward_pre_hook(self._pre_hook, with_kwargs=True) for m in self.modules
-            ]
-        return self
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def clear(self) -> None:
         self.bias = None
-
-    def __enter__(self) -> KeyBias:
-        return self.attach()
-
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
 
     def _pre_hook(
         self, module: nn.Module, args: tuple, kwargs: dict[str, Any]

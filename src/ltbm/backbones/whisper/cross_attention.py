@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltbm.backbones.hf.hooks import ModulePreHooks
 
-class CrossAttentionMask:
+
+class CrossAttentionMask(ModulePreHooks):
     """An additive mask over the encoder rows of every decoder cross-attention, for batches
     whose clips have different numbers of rows (K + tail each, zero-padded to the longest).
 
@@ -28,36 +30,18 @@ class CrossAttentionMask:
     clips of one length, no mask is set and the decoder runs exactly as without ltbm."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = [layer.encoder_attn for layer in whisper_decoder(model).layers]
+        super().__init__([layer.encoder_attn for layer in whisper_decoder(model).layers])
         self.mask: torch.Tensor | None = None
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def attach(self) -> CrossAttentionMask:
-        if not self._handles:
-            self._handles = [
-                layer.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
-                for layer in self.layers
-            ]
-        return self
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def clear(self) -> None:
         self.mask = None
-
-    def __enter__(self) -> CrossAttentionMask:
-        return self.attach()
-
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
 
     def set(self, lengths: Sequence[int], width: int, like: torch.Tensor) -> None:
         """Mask rows ``≥ lengths[c]`` of clip ``c``; no mask when every clip fills ``width``."""
-        lengths_t = torch.as_tensor(list(lengths), device=like.device)
-        if bool((lengths_t == width).all()):
+        if all(length == width for length in lengths):  # host integers: no device wait
             self.mask = None
             return
+        lengths_t = torch.as_tensor(list(lengths), device=like.device)
         keep = torch.arange(width, device=like.device)[None, :] < lengths_t[:, None]
         mask = torch.zeros(keep.shape, dtype=like.dtype, device=like.device)
         self.mask = mask.masked_fill(~keep, torch.finfo(like.dtype).min)[:, None, None, :]
