@@ -189,7 +189,7 @@ class WhisperCompression:
         hidden = output.last_hidden_state
         clips = self._clips(hidden, frame_mask, features, queries, keys)
         compressed = self.frames.compress(clips, self.method)
-        rows = [self.frames.decoder_rows(clips, compressed, i) for i in range(len(clips))]
+        rows = self.frames.batch_decoder_rows(clips, compressed)
         padded = pad_rows(rows).to(hidden.device, hidden.dtype)
         self.cross.set([r.shape[0] for r in rows], padded.shape[1], padded)
         if self._key_bias is not None:

@@ -291,9 +291,24 @@ class WhisperFrames:
         ``tail_frames`` of its encoder window (fewer when the clip nearly fills 30 s)."""
         clip = encoded[index]
         if compressed is None:
-            kept = clip.frames[: clip.valid]
-        else:
-            kept = compressed.tokens[index, : int(compressed.lengths[index])].float()
+            return self._with_tail(clip, clip.frames[: clip.valid])
+        kept = compressed.tokens[index, : int(compressed.lengths[index])].float()
+        return self._with_tail(clip, kept)
+
+    def batch_decoder_rows(
+        self, encoded: list[EncodedClip], compressed: Compressed | None
+    ) -> list[torch.Tensor]:
+        """:meth:`decoder_rows` of every clip, reading the kept counts to the host once (one
+        device wait per batch, not one per clip)."""
+        if compressed is None:
+            return [self._with_tail(clip, clip.frames[: clip.valid]) for clip in encoded]
+        counts = compressed.lengths.tolist()
+        return [
+            self._with_tail(clip, compressed.tokens[index, :count].float())
+            for index, (clip, count) in enumerate(zip(encoded, counts, strict=True))
+        ]
+
+    def _with_tail(self, clip: EncodedClip, kept: torch.Tensor) -> torch.Tensor:
         window = clip.frames.shape[0]
         tail = clip.frames[max(clip.valid, window - self.tail_frames) :]
         return torch.cat([kept, tail], dim=0)

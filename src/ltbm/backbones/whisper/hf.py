@@ -268,7 +268,7 @@ class WhisperHF(WhisperFrames):
         (default: the bound setting) biases the cross-attention by each row's size."""
         check_max_new_tokens(max_new_tokens)
         size_aware = self.size_aware if size_aware is None else size_aware
-        rows = [self.decoder_rows(encoded, compressed, i) for i in range(len(encoded))]
+        rows = self.batch_decoder_rows(encoded, compressed)
         sizes = clip_log_sizes(compressed) if size_aware else None
         sequences: list[list[int]] = []
         for start in range(0, len(rows), self.decode_batch):
